@@ -1,0 +1,354 @@
+//! The consumer: reads the platform's outbound topics in a consumer group, decodes each record, sends
+//! bad ones to the dead-letter topic and good ones, per channel, to the channel actors.
+//!
+//! Before it dispatches anything from a newly assigned partition it resumes that partition's unfinished
+//! lifecycles from the store and learns which of the partition's uncommitted offsets are already stored,
+//! so that they are not planned twice (see `docs/offsets.md`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::channel::{ChannelActor, Dispatch, Resume};
+use crate::kafka::decode::{Decoder, RawRecord, Rejection};
+use crate::kafka::offsets::{Assignments, OffsetTracker};
+use crate::model::{Channel, Outbound};
+use crate::scenario::Scenario;
+use crate::store::Store;
+use crate::telemetry;
+
+pub const DLQ_REASON_HEADER: &str = "understudy-dlq-reason";
+pub const DLQ_KIND_HEADER: &str = "understudy-dlq-kind";
+
+/// Rebalance callbacks: on revoke, commit what is durable and give up the partition's lifecycles; on
+/// assign, tell the consumer loop to resume the partition before dispatching from it.
+pub struct RebalanceContext {
+    tracker: Arc<OffsetTracker>,
+    assignments: Arc<Assignments>,
+    assigned: std_mpsc::Sender<Vec<(String, i32)>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut commit = TopicPartitionList::new();
+            for e in tpl.elements() {
+                self.assignments.revoke(e.topic(), e.partition());
+                if let Some(pos) = self.tracker.revoke(e.topic(), e.partition()) {
+                    let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(pos));
+                }
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            if commit.count() > 0 {
+                match consumer.commit(&commit, CommitMode::Sync) {
+                    Ok(()) => telemetry::offsets_committed(commit.count()),
+                    Err(e) => tracing::warn!(error = %e, "final commit of revoked partitions failed"),
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+            for (t, p) in &parts {
+                self.assignments.assign(t, *p);
+            }
+            tracing::info!(partitions = parts.len(), "partitions assigned");
+            let _ = self.assigned.send(parts);
+        }
+    }
+}
+
+pub type KafkaConsumer = StreamConsumer<RebalanceContext>;
+
+/// Counters tests and reports read.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub consumed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped_already_stored: AtomicU64,
+}
+
+/// Everything the consumer loop needs.
+pub struct ConsumerLoop {
+    pub consumer: Arc<KafkaConsumer>,
+    pub assigned: std_mpsc::Receiver<Vec<(String, i32)>>,
+    pub decoder: Decoder,
+    pub scenario: Arc<Scenario>,
+    pub channels: [Option<Addr<ChannelActor>>; 3],
+    pub dlq: FutureProducer,
+    pub dlq_topic: String,
+    pub tracker: Arc<OffsetTracker>,
+    pub store_url: String,
+    pub max_batch: usize,
+    pub max_in_flight: usize,
+    pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub stats: Arc<ConsumerStats>,
+    pub shutdown: CancellationToken,
+}
+
+/// Create the group consumer and subscribe.
+pub fn create(
+    config: &rdkafka::ClientConfig,
+    topics: &[String],
+    tracker: Arc<OffsetTracker>,
+    assignments: Arc<Assignments>,
+) -> Result<(KafkaConsumer, std_mpsc::Receiver<Vec<(String, i32)>>), rdkafka::error::KafkaError> {
+    let (tx, rx) = std_mpsc::channel();
+    let consumer: KafkaConsumer = config.create_with_context(RebalanceContext { tracker, assignments, assigned: tx })?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok((consumer, rx))
+}
+
+struct Dead {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    rejection: Rejection,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl ConsumerLoop {
+    pub async fn run(self) {
+        let store = match Store::connect_lazy(&self.store_url, 2) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "consumer cannot open the store");
+                return;
+            }
+        };
+        let consumer = self.consumer.clone();
+        let mut stream = consumer.stream().ready_chunks(self.max_batch);
+        // Offsets of an assigned partition that are already stored: skipped, not planned again.
+        let mut already: HashMap<(String, i32), HashSet<i64>> = HashMap::new();
+        loop {
+            let chunk = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                c = stream.next() => match c { Some(c) => c, None => break },
+            };
+            while let Ok(parts) = self.assigned.try_recv() {
+                for (topic, partition) in parts {
+                    self.resume(&store, &topic, partition, &mut already).await;
+                }
+            }
+            self.wait_for_room().await;
+            self.handle(chunk, &mut already).await;
+        }
+        tracing::info!("consumer stopped");
+    }
+
+    /// Pause while too many lifecycles are waiting.
+    async fn wait_for_room(&self) {
+        let t = Instant::now();
+        while (self.in_flight)() > self.max_in_flight && !self.shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if t.elapsed() > Duration::from_millis(1) {
+            telemetry::backpressure("lifecycles", t.elapsed());
+        }
+    }
+
+    async fn resume(&self, store: &Store, topic: &str, partition: i32, already: &mut HashMap<(String, i32), HashSet<i64>>) {
+        let committed = {
+            let consumer = self.consumer.clone();
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(topic, partition);
+            tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, Duration::from_secs(10)))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|tpl| tpl.elements().first().map(|e| e.offset()))
+                .and_then(|o| if let Offset::Offset(n) = o { Some(n) } else { None })
+                .unwrap_or(0)
+        };
+        let mut backoff = Duration::from_millis(200);
+        let (pending, stored) = loop {
+            let r = async { Ok::<_, crate::store::StoreError>((store.pending(topic, partition).await?, store.stored_offsets(topic, partition, committed).await?)) }.await;
+            match r {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, partition, "cannot read unfinished lifecycles; retrying");
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if !pending.is_empty() {
+            tracing::info!(topic, partition, lifecycles = pending.len(), "resuming unfinished lifecycles");
+        }
+        let mut by_channel: [Vec<_>; 3] = Default::default();
+        for p in pending {
+            by_channel[p.message.outbound.channel.index()].push(p);
+        }
+        for (i, list) in by_channel.into_iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            if let Some(addr) = &self.channels[i] {
+                let _ = addr.send(Resume(list)).await;
+            }
+        }
+        already.insert((topic.to_owned(), partition), stored);
+    }
+
+    async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut HashMap<(String, i32), HashSet<i64>>) {
+        let now = Utc::now();
+        let mut by_channel: [Vec<Outbound>; 3] = Default::default();
+        let mut dead: Vec<Dead> = Vec::new();
+        for m in chunk {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    continue;
+                }
+            };
+            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+            self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            if let Some(set) = already.get_mut(&(topic.to_owned(), partition)) {
+                if set.remove(&offset) {
+                    self.stats.skipped_already_stored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            self.tracker.track(topic, partition, offset);
+            let headers: Vec<(&str, Option<&[u8]>)> =
+                m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+            let raw = RawRecord { topic, partition, offset, payload: m.payload(), headers };
+            let decoded = self.decoder.decode(&raw, now).and_then(|o| {
+                if self.scenario.has_channel(o.channel) {
+                    Ok(o)
+                } else {
+                    Err(Rejection {
+                        kind: "channel_not_in_scenario",
+                        reason: format!("the scenario `{}` has no `{}` channel", self.scenario.name(), o.channel),
+                    })
+                }
+            });
+            match decoded {
+                Ok(o) => by_channel[o.channel.index()].push(o),
+                Err(rejection) => dead.push(Dead {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    rejection,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m.headers().map(|h| h.detach()),
+                }),
+            }
+        }
+        for (i, batch) in by_channel.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(addr) = &self.channels[i] else { continue };
+            let t = Instant::now();
+            if addr.send(Dispatch(batch)).await.is_err() {
+                tracing::error!(channel = %Channel::ALL[i], "channel actor stopped");
+            }
+            telemetry::backpressure("channel", t.elapsed());
+        }
+        if !dead.is_empty() {
+            self.dead_letter(dead).await;
+        }
+    }
+
+    /// Produce rejected records, untouched, to the dead-letter topic; their offsets are released once
+    /// the DLQ has them.
+    async fn dead_letter(&self, dead: Vec<Dead>) {
+        let sends = dead.iter().map(|d| {
+            let mut headers = d.headers.clone().unwrap_or_default();
+            headers = headers
+                .insert(Header { key: DLQ_REASON_HEADER, value: Some(d.rejection.reason.as_bytes()) })
+                .insert(Header { key: DLQ_KIND_HEADER, value: Some(d.rejection.kind.as_bytes()) })
+                .insert(Header { key: "understudy-source-topic", value: Some(d.topic.as_bytes()) })
+                .insert(Header { key: "understudy-source-partition", value: Some(d.partition.to_string().as_bytes()) })
+                .insert(Header { key: "understudy-source-offset", value: Some(d.offset.to_string().as_bytes()) });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.dlq_topic).payload(d.payload.as_slice()).headers(headers);
+            if let Some(k) = &d.key {
+                record = record.key(k.as_slice());
+            }
+            self.dlq.send(record, rdkafka::util::Timeout::Never)
+        });
+        let results = futures::future::join_all(sends).await;
+        for (d, r) in dead.iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    telemetry::message_dead_lettered(d.rejection.kind);
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.rejection.reason, "dead-lettered");
+                    self.tracker.done(&d.topic, d.partition, d.offset);
+                }
+                Err((e, _)) => tracing::error!(error = %e, offset = d.offset, "cannot dead-letter; the offset stays uncommitted"),
+            }
+        }
+    }
+}
+
+/// Runs the consumer loop inside the actor system; stops when the loop ends.
+pub struct ConsumerActor {
+    run: Option<ConsumerLoop>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ConsumerActor {
+    pub fn new(run: ConsumerLoop, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        Self { run: Some(run), done: Some(done) }
+    }
+}
+
+impl Actor for ConsumerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(run) = self.run.take() {
+            ctx.spawn(run.run().into_actor(self).map(|_, act, ctx| {
+                if let Some(done) = act.done.take() {
+                    let _ = done.send(());
+                }
+                ctx.stop();
+            }));
+        }
+    }
+}
+
+/// Commit every position that advanced. `mode` Sync for the final commit.
+pub fn commit(consumer: &KafkaConsumer, tracker: &OffsetTracker, mode: CommitMode) {
+    let positions = tracker.commitable();
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, pos) in &positions {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos));
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => telemetry::offsets_committed(positions.len()),
+        Err(e) => {
+            tracker.rollback(&positions);
+            tracing::warn!(error = %e, "offset commit failed; retried at the next interval");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The emitter: produces ack events to the ack topic and hands each delivered event on to the persister.
+//!
+//! It is a shared handle rather than a mailbox actor: each lifecycle actor produces straight into
+//! librdkafka's bounded queue, which already is the emitter's mailbox. When that queue is full `emit`
+//! waits, which is the backpressure; delivery reports come back on the producer's own thread and are
+//! forwarded, in batches, to the persister (see [`forward_deliveries`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use chrono::Utc;
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
+
+use super::persister::{PersistEvents, Persister};
+use crate::model::AckEvent;
+use crate::store::EventRow;
+use crate::telemetry;
+
+/// Producer callbacks: delivered events go to the persister's queue.
+pub struct EmitterContext {
+    delivered: mpsc::Sender<EventRow>,
+}
+
+impl ClientContext for EmitterContext {}
+
+impl ProducerContext for EmitterContext {
+    type DeliveryOpaque = Box<AckEvent>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, event: Self::DeliveryOpaque) {
+        use rdkafka::message::Message;
+        match result {
+            Ok(m) => {
+                let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
+                telemetry::event_emitted(event.channel, event.status, lag);
+                let row = EventRow { event: *event, ack_partition: m.partition(), ack_offset: m.offset() };
+                // Blocking here (on the producer's thread) is the backpressure from a slow store.
+                if self.delivered.blocking_send(row).is_err() {
+                    tracing::warn!("persister queue closed; an event delivered to Kafka will be re-emitted on resume");
+                }
+            }
+            Err((e, _)) => {
+                telemetry::event_failed(event.channel);
+                tracing::error!(payload_id = %event.payload_id, status = %event.status, error = %e,
+                    "ack event not delivered; it is re-emitted when the lifecycle resumes");
+            }
+        }
+    }
+}
+
+/// Cheap to clone; every lifecycle actor holds one.
+#[derive(Clone)]
+pub struct Emitter {
+    producer: Arc<ThreadedProducer<EmitterContext>>,
+    topic: Arc<str>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter").field("topic", &self.topic).finish()
+    }
+}
+
+impl Emitter {
+    /// Create the producer. Delivered events arrive on the returned receiver.
+    pub fn new(config: &rdkafka::ClientConfig, topic: &str, queue: usize) -> Result<(Self, mpsc::Receiver<EventRow>), KafkaError> {
+        let (tx, rx) = mpsc::channel(queue);
+        let producer: ThreadedProducer<EmitterContext> = config.create_with_context(EmitterContext { delivered: tx })?;
+        Ok((Self { producer: Arc::new(producer), topic: topic.into() }, rx))
+    }
+
+    /// Produce one event, keyed by payload id. Waits while the producer queue is full.
+    pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
+        event.emitted_at = Utc::now();
+        let payload = serde_json::to_vec(&event).expect("events serialize");
+        let key = event.payload_id.clone();
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len() + 1);
+        for (k, v) in headers {
+            hs = hs.insert(Header { key: k, value: Some(v) });
+        }
+        hs = hs.insert(Header { key: "understudy-event-id", value: Some(event.event_id.to_string().as_bytes()) });
+        let mut record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event)).key(&key).payload(&payload).headers(hs);
+        let mut waited: Option<Instant> = None;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    record = rec;
+                    waited.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, rec)) => {
+                    telemetry::event_failed(rec.delivery_opaque.channel);
+                    tracing::error!(error = %e, payload_id = %key, "cannot produce ack event; it is re-emitted on resume");
+                    break;
+                }
+            }
+        }
+        if let Some(t) = waited {
+            telemetry::backpressure("emitter", t.elapsed());
+        }
+    }
+
+    /// Wait for every queued event to be delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush did not finish");
+        }
+    }
+
+    pub fn in_queue(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+/// Move delivered events to the persister in batches, waiting on its mailbox (backpressure).
+pub async fn forward_deliveries(mut rx: mpsc::Receiver<EventRow>, persister: Addr<Persister>, batch: usize) {
+    let mut buf = Vec::with_capacity(batch);
+    while rx.recv_many(&mut buf, batch).await > 0 {
+        let rows = std::mem::replace(&mut buf, Vec::with_capacity(batch));
+        let t = Instant::now();
+        if persister.send(PersistEvents(rows)).await.is_err() {
+            tracing::error!("persister stopped; delivered events will be re-emitted on resume");
+            return;
+        }
+        telemetry::backpressure("persister_events", t.elapsed());
+    }
+}

@@ -1,0 +1,190 @@
+//! Wires the stages together, sink end first so that nothing sends into a mailbox that does not exist
+//! yet, and owns the one shutdown path: stop consuming, let due lifecycles finish, flush the producer,
+//! write the last rows, commit the last offsets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::consumer::CommitMode;
+use tokio_util::sync::CancellationToken;
+
+use super::channel::{ChannelActor, ChannelStats};
+use super::consumer::{self, ConsumerActor, ConsumerLoop, ConsumerStats, KafkaConsumer};
+use super::emitter::{Emitter, forward_deliveries};
+use super::lifecycle::LifecycleShared;
+use super::persister::{Flush, Persister, PersisterStats};
+use crate::config::Settings;
+use crate::kafka::decode::Decoder;
+use crate::kafka::offsets::{Assignments, OffsetTracker};
+use crate::kafka::{self, admin};
+use crate::model::Channel;
+use crate::scenario::Scenario;
+use crate::store::Store;
+
+/// A running pipeline.
+pub struct Pipeline {
+    shutdown: CancellationToken,
+    consumer_done: Option<tokio::sync::oneshot::Receiver<()>>,
+    consumer: Arc<KafkaConsumer>,
+    tracker: Arc<OffsetTracker>,
+    persister: Addr<Persister>,
+    shared: Arc<LifecycleShared>,
+    arbiters: Vec<Arbiter>,
+    grace: Duration,
+    pub consumer_stats: Arc<ConsumerStats>,
+    pub persister_stats: Arc<PersisterStats>,
+    pub channel_stats: Arc<ChannelStats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Pipeline {
+    /// Start every stage. The store must already be migrated; topics are created when configured so.
+    pub async fn start(settings: &Settings, scenario: Arc<Scenario>, brokers: &str) -> Result<Self, PipelineError> {
+        let k = &settings.kafka;
+        if k.create_topics {
+            let mut topics: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
+            topics.push(&k.ack_topic);
+            topics.push(&k.dlq_topic);
+            admin::ensure_topics(k, brokers, &topics).await?;
+        }
+        let tracker = Arc::new(OffsetTracker::default());
+        let assignments = Arc::new(Assignments::default());
+        let store_url = settings.store.url_or_default();
+        // Fail early on a bad URL.
+        Store::connect_lazy(&store_url, 1)?;
+
+        // Sink end first: the persister, then the emitter that feeds it.
+        let persister_arbiter = Arbiter::new();
+        let (batch_rows, flush_interval) =
+            (settings.store.batch_rows, Duration::from_millis(settings.store.flush_interval_ms));
+        let (url, max_conn, t) = (store_url.clone(), settings.store.max_connections, tracker.clone());
+        let (stats_tx, stats_rx) = std::sync::mpsc::channel();
+        let persister = Persister::start_in_arbiter(&persister_arbiter.handle(), move |_| {
+            let store = Store::connect_lazy(&url, max_conn).expect("checked above");
+            let p = Persister::new(store, t, batch_rows, flush_interval);
+            let _ = stats_tx.send(p.stats());
+            p
+        });
+        let persister_stats = stats_rx.recv().expect("persister started");
+        let (emitter, delivered) =
+            Emitter::new(&kafka::producer_config(k, brokers), &k.ack_topic, batch_rows.max(1000) * 4).map_err(kafka::KafkaError::from)?;
+        persister_arbiter.spawn(forward_deliveries(delivered, persister.clone(), batch_rows));
+
+        let shared = Arc::new(LifecycleShared { emitter, assignments: assignments.clone(), in_flight: AtomicI64::new(0) });
+        let channel_stats = Arc::new(ChannelStats::default());
+        let mut arbiters = vec![persister_arbiter];
+        let mut channels: [Option<Addr<ChannelActor>>; 3] = [None, None, None];
+        for ch in Channel::ALL {
+            if !scenario.has_channel(ch) {
+                continue;
+            }
+            let arbiter = Arbiter::new();
+            let (s, p, sh, st) = (scenario.clone(), persister.clone(), shared.clone(), channel_stats.clone());
+            channels[ch.index()] =
+                Some(ChannelActor::start_in_arbiter(&arbiter.handle(), move |_| ChannelActor::new(ch, s, p, sh, st)));
+            arbiters.push(arbiter);
+        }
+
+        // Source end last.
+        let (kafka_consumer, assigned) =
+            consumer::create(&kafka::consumer_config(k, brokers), &k.input_topics, tracker.clone(), assignments)
+                .map_err(kafka::KafkaError::from)?;
+        let kafka_consumer = Arc::new(kafka_consumer);
+        let dlq = kafka::producer_config(k, brokers).create().map_err(kafka::KafkaError::from)?;
+        let shutdown = CancellationToken::new();
+        let consumer_stats = Arc::new(ConsumerStats::default());
+        let in_flight_shared = shared.clone();
+        let run = ConsumerLoop {
+            consumer: kafka_consumer.clone(),
+            assigned,
+            decoder: Decoder::new(settings.input.clone()),
+            scenario,
+            channels,
+            dlq,
+            dlq_topic: k.dlq_topic.clone(),
+            tracker: tracker.clone(),
+            store_url,
+            max_batch: settings.service.max_batch,
+            max_in_flight: settings.service.max_in_flight_lifecycles,
+            in_flight: Arc::new(move || in_flight_shared.in_flight.load(Ordering::Relaxed).max(0) as usize),
+            stats: consumer_stats.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let consumer_arbiter = Arbiter::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        ConsumerActor::start_in_arbiter(&consumer_arbiter.handle(), move |_| ConsumerActor::new(run, done_tx));
+        // Periodic commits of what the store has made durable.
+        let (c, tr, every, stop) =
+            (kafka_consumer.clone(), tracker.clone(), Duration::from_millis(k.commit_interval_ms), shutdown.clone());
+        consumer_arbiter.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => consumer::commit(&c, &tr, CommitMode::Async),
+                }
+            }
+        });
+        arbiters.push(consumer_arbiter);
+
+        Ok(Self {
+            shutdown,
+            consumer_done: Some(done_rx),
+            consumer: kafka_consumer,
+            tracker,
+            persister,
+            shared,
+            arbiters,
+            grace: Duration::from_millis(settings.service.shutdown_grace_ms),
+            consumer_stats,
+            persister_stats,
+            channel_stats,
+        })
+    }
+
+    /// Lifecycle actors alive.
+    pub fn lifecycles_in_flight(&self) -> i64 {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Consumed messages not yet durable.
+    pub fn uncommitted(&self) -> usize {
+        self.tracker.pending()
+    }
+
+    /// The one shutdown path.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(done) = self.consumer_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+        let deadline = Instant::now() + self.grace;
+        while self.lifecycles_in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.lifecycles_in_flight();
+        if left > 0 {
+            tracing::info!(lifecycles = left, "unfinished lifecycles are stored and resume on the next start");
+        }
+        let emitter = self.shared.emitter.clone();
+        let _ = tokio::task::spawn_blocking(move || emitter.flush(Duration::from_secs(30))).await;
+        // Let the forwarder hand the last deliveries over, then write them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = self.persister.send(Flush).await;
+        let (c, t) = (self.consumer.clone(), self.tracker.clone());
+        let _ = tokio::task::spawn_blocking(move || consumer::commit(&c, &t, CommitMode::Sync)).await;
+        for a in self.arbiters.drain(..) {
+            a.stop();
+        }
+        tracing::info!("pipeline stopped");
+    }
+}

@@ -1,0 +1,394 @@
+//! Settings, layered: `understudy.yaml` (or `--config FILE`) → environment (`UNDERSTUDY__SECTION__KEY`)
+//! → command-line flags. Everything is validated before any actor starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Channel;
+use crate::scenario::locate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{line}: `{field}`: {message}")]
+    Invalid { file: String, line: usize, field: String, message: String },
+    #[error("environment: {0} (variables are named like `UNDERSTUDY__KAFKA__BROKERS`)")]
+    Environment(String),
+    #[error("`{field}`: {message}")]
+    Value { field: String, message: String },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// All settings. Every section has defaults, so an empty file is a valid file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub input: InputSettings,
+    pub store: StoreSettings,
+    pub scenario: ScenarioSettings,
+    pub telemetry: TelemetrySettings,
+    pub service: ServiceSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bootstrap servers (`host:port,host:port`). Unset: an embedded broker is started in-process.
+    pub brokers: Option<String>,
+    /// Consumer group of the service; replicas share it and split the partitions.
+    pub group_id: String,
+    /// The platform's outbound topics to consume.
+    pub input_topics: Vec<String>,
+    /// Where ack events are produced.
+    pub ack_topic: String,
+    /// Where undecodable input goes, untouched, with the reason in the `understudy-dlq-reason` header.
+    pub dlq_topic: String,
+    /// Create missing topics at start-up.
+    pub create_topics: bool,
+    /// Partitions of topics Understudy creates.
+    pub partitions: i32,
+    /// Replication factor of topics Understudy creates.
+    pub replication_factor: i32,
+    /// How often stored offsets are committed, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Port of the embedded broker when `brokers` is unset (0 = any free port).
+    pub embedded_port: u16,
+    /// Extra librdkafka properties for every client (security, tuning): `security.protocol: SASL_SSL`.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            group_id: "understudy".into(),
+            input_topics: vec!["understudy.outbound".into()],
+            ack_topic: "understudy.acks".into(),
+            dlq_topic: "understudy.dlq".into(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            commit_interval_ms: 1000,
+            embedded_port: 0,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the channel of a message comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelSource {
+    /// The JSON field at `fields.channel`.
+    Field,
+    /// The header named by `channel_header`.
+    Header,
+    /// The topic, through `topic_channels`.
+    Topic,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputSettings {
+    /// JSON pointers to the fields Understudy reads.
+    pub fields: FieldPointers,
+    /// `field` (default), `header` or `topic`.
+    pub channel_source: ChannelSource,
+    /// Header holding the channel when `channel_source: header`.
+    pub channel_header: String,
+    /// Topic → channel when `channel_source: topic`.
+    pub topic_channels: BTreeMap<String, Channel>,
+    /// Header holding the tenant id; wins over `fields.tenant_id` when present.
+    pub tenant_header: String,
+    /// Headers copied from the outbound message onto every ack (case-insensitive).
+    pub propagate_headers: Vec<String>,
+    /// Larger messages are dead-lettered, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for InputSettings {
+    fn default() -> Self {
+        Self {
+            fields: FieldPointers::default(),
+            channel_source: ChannelSource::Field,
+            channel_header: "channel".into(),
+            topic_channels: BTreeMap::new(),
+            tenant_header: "tenant-id".into(),
+            propagate_headers: ["tenant-id", "traceparent", "tracestate", "baggage", "correlation-id", "x-correlation-id"]
+                .map(String::from)
+                .to_vec(),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldPointers {
+    pub payload_id: String,
+    pub batch_id: String,
+    pub channel: String,
+    pub recipient: String,
+    pub tenant_id: String,
+}
+
+impl Default for FieldPointers {
+    fn default() -> Self {
+        Self {
+            payload_id: "/payload_id".into(),
+            batch_id: "/batch_id".into(),
+            channel: "/channel".into(),
+            recipient: "/recipient".into(),
+            tenant_id: "/tenant_id".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `postgres://…` or `sqlite://…`. Unset: `sqlite://understudy.db`.
+    pub url: Option<String>,
+    /// Rows per write; a flush also happens every `flush_interval_ms`.
+    pub batch_rows: usize,
+    /// Longest a row waits in the buffer, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Connections of the writer pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { url: None, batch_rows: 4000, flush_interval_ms: 100, max_connections: 4 }
+    }
+}
+
+impl StoreSettings {
+    pub fn url_or_default(&self) -> String {
+        self.url.clone().unwrap_or_else(|| "sqlite://understudy.db".into())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScenarioSettings {
+    /// The scenario file.
+    pub path: PathBuf,
+}
+
+impl Default for ScenarioSettings {
+    fn default() -> Self {
+        Self { path: PathBuf::from("scenarios/default.yaml") }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Prometheus exporter address; unset = no exporter.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `understudy=debug,rdkafka=warn`; `RUST_LOG` wins.
+    pub log_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { metrics_addr: Some("127.0.0.1:9464".parse().expect("valid")), log_format: LogFormat::Text, log_level: "info".into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Messages taken from Kafka per dispatch.
+    pub max_batch: usize,
+    /// Lifecycles in flight above which the consumer pauses.
+    pub max_in_flight_lifecycles: usize,
+    /// How long shutdown waits for lifecycles due soon, in milliseconds; the rest resume on restart.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self { max_batch: 1000, max_in_flight_lifecycles: 1_000_000, shutdown_grace_ms: 2000 }
+    }
+}
+
+/// Command-line overrides, applied last.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub brokers: Option<String>,
+    pub database_url: Option<String>,
+    pub scenario: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub group_id: Option<String>,
+}
+
+impl Settings {
+    /// Load the layers. `file`: an explicit `--config`; otherwise `understudy.yaml` if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self> {
+        let default_file = Path::new("understudy.yaml");
+        let file = file.or_else(|| default_file.exists().then_some(default_file));
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
+            // Check the file alone first: its errors can then name line and field.
+            Self::check_file(&text, &path.display().to_string())?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Yaml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("UNDERSTUDY")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kafka.input_topics")
+                .with_list_parse_key("input.propagate_headers")
+                .try_parsing(true),
+        );
+        let layered = builder.build().map_err(|e| ConfigError::Environment(e.to_string()))?;
+        let mut settings: Settings =
+            layered.try_deserialize().map_err(|e| ConfigError::Environment(e.to_string()))?;
+        if let Some(b) = &overrides.brokers {
+            settings.kafka.brokers = Some(b.clone());
+        }
+        if let Some(u) = &overrides.database_url {
+            settings.store.url = Some(u.clone());
+        }
+        if let Some(s) = &overrides.scenario {
+            settings.scenario.path = s.clone();
+        }
+        if let Some(m) = overrides.metrics_addr {
+            settings.telemetry.metrics_addr = Some(m);
+        }
+        if let Some(g) = &overrides.group_id {
+            settings.kafka.group_id = g.clone();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parse one YAML file strictly, reporting file, line and field.
+    pub fn check_file(text: &str, file: &str) -> Result<Settings> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, Option<Settings>>(de) {
+            Ok(s) => Ok(s.unwrap_or_default()),
+            Err(e) => {
+                let segs = locate::from_serde(e.path());
+                let mut message = e.inner().to_string();
+                if let Some(i) = message.find(" at line ") {
+                    message.truncate(i);
+                }
+                let message = crate::scenario::strip_yaml_path(&message).to_owned();
+                Err(ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line: locate::locate(text, &segs)
+                        .or_else(|| e.inner().location().map(|l| l.line()))
+                        .unwrap_or(1),
+                    field: locate::render(&segs),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Checks that need more than types.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: String| Err(ConfigError::Value { field: field.into(), message });
+        if self.kafka.input_topics.is_empty() {
+            return bad("kafka.input_topics", "name at least one topic to consume".into());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return bad("kafka.group_id", "must not be empty".into());
+        }
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions", format!("must be at least 1, not {}", self.kafka.partitions));
+        }
+        for (name, ptr) in [
+            ("input.fields.payload_id", &self.input.fields.payload_id),
+            ("input.fields.batch_id", &self.input.fields.batch_id),
+            ("input.fields.channel", &self.input.fields.channel),
+            ("input.fields.recipient", &self.input.fields.recipient),
+            ("input.fields.tenant_id", &self.input.fields.tenant_id),
+        ] {
+            if !ptr.is_empty() && !ptr.starts_with('/') {
+                return bad(name, format!("`{ptr}` is not a JSON pointer; write it like `/meta/id`"));
+            }
+        }
+        if self.input.channel_source == ChannelSource::Topic {
+            for t in &self.kafka.input_topics {
+                if !self.input.topic_channels.contains_key(t) {
+                    return bad("input.topic_channels", format!("topic `{t}` has no channel; add `{t}: email` (or sms, whatsapp)"));
+                }
+            }
+        }
+        if self.store.batch_rows == 0 {
+            return bad("store.batch_rows", "must be at least 1".into());
+        }
+        if self.service.max_batch == 0 {
+            return bad("service.max_batch", "must be at least 1".into());
+        }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                return bad("store.url", "use a `postgres://…` or `sqlite://…` URL".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Show a URL without its password.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let s = Settings::check_file("", "u.yaml").unwrap();
+        assert_eq!(s.kafka.ack_topic, "understudy.acks");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field() {
+        let text = "kafka:\n  group_id: g\n  brokerz: x\n";
+        let e = Settings::check_file(text, "u.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("u.yaml:3: `kafka.brokerz`: unknown field `brokerz`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let text = "store:\n  batch_rows: many\n";
+        let e = Settings::check_file(text, "u.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("u.yaml:2: `store.batch_rows`"), "{e}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

@@ -1,0 +1,71 @@
+//! Kafka plumbing: client configuration, topic administration, the embedded broker and input decoding.
+
+pub mod admin;
+pub mod decode;
+pub mod embedded;
+pub mod offsets;
+
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("kafka: cannot create topic `{topic}`: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+    #[error("kafka: no brokers configured and no embedded broker started")]
+    NoBrokers,
+}
+
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// Base client configuration: bootstrap servers plus the user's librdkafka passthrough.
+pub fn client_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    cfg.set("client.id", "understudy");
+    for (k, v) in &settings.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Consumer configuration: manual commits of offsets the store has made durable.
+pub fn consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", "understudy")
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "50");
+    for (k, v) in &settings.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Producer configuration: idempotent, ordered per key, retried until delivered.
+pub fn producer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", "understudy")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "0");
+    for (k, v) in &settings.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg
+}

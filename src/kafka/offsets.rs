@@ -1,0 +1,173 @@
+//! Which offsets may be committed, and which partitions this instance owns.
+//!
+//! An offset is committed only once everything before it in its partition is durable in the store
+//! (or dead-lettered). See `docs/offsets.md`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+type Key = (String, i32);
+
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    /// Consumed, not yet durable.
+    pending: BTreeSet<i64>,
+    /// One past the highest offset seen.
+    next: i64,
+    /// Last position handed out for commit.
+    committed: i64,
+}
+
+impl PartitionOffsets {
+    fn watermark(&self) -> i64 {
+        self.pending.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// Tracks consumed-but-not-durable offsets per partition.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: Mutex<HashMap<Key, PartitionOffsets>>,
+}
+
+impl OffsetTracker {
+    pub fn track(&self, topic: &str, partition: i32, offset: i64) {
+        let mut parts = self.parts.lock().expect("offset lock");
+        let p = parts.entry((topic.to_owned(), partition)).or_insert_with(|| PartitionOffsets {
+            pending: BTreeSet::new(),
+            next: offset,
+            committed: -1,
+        });
+        p.pending.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    /// The message at `offset` is durable (or dead-lettered, or skipped as already stored).
+    pub fn done(&self, topic: &str, partition: i32, offset: i64) {
+        let mut parts = self.parts.lock().expect("offset lock");
+        if let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) {
+            p.pending.remove(&offset);
+        }
+    }
+
+    pub fn done_many<'a>(&self, offsets: impl IntoIterator<Item = (&'a str, i32, i64)>) {
+        let mut parts = self.parts.lock().expect("offset lock");
+        for (topic, partition, offset) in offsets {
+            if let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) {
+                p.pending.remove(&offset);
+            }
+        }
+    }
+
+    /// Positions (next offset to read) that advanced since the last call.
+    pub fn commitable(&self) -> Vec<(String, i32, i64)> {
+        let mut parts = self.parts.lock().expect("offset lock");
+        let mut out = Vec::new();
+        for ((topic, partition), p) in parts.iter_mut() {
+            let w = p.watermark();
+            if w > p.committed {
+                p.committed = w;
+                out.push((topic.clone(), *partition, w));
+            }
+        }
+        out
+    }
+
+    /// A commit of `positions` failed: hand them out again next time.
+    pub fn rollback(&self, positions: &[(String, i32, i64)]) {
+        let mut parts = self.parts.lock().expect("offset lock");
+        for (topic, partition, pos) in positions {
+            if let Some(p) = parts.get_mut(&(topic.clone(), *partition)) {
+                p.committed = p.committed.min(pos - 1);
+            }
+        }
+    }
+
+    /// Forget a revoked partition, returning its last safe position if it advanced.
+    pub fn revoke(&self, topic: &str, partition: i32) -> Option<i64> {
+        let mut parts = self.parts.lock().expect("offset lock");
+        let p = parts.remove(&(topic.to_owned(), partition))?;
+        let w = p.watermark();
+        (w > p.committed).then_some(w)
+    }
+
+    /// Consumed messages not yet durable, over all partitions.
+    pub fn pending(&self) -> usize {
+        self.parts.lock().expect("offset lock").values().map(|p| p.pending.len()).sum()
+    }
+}
+
+/// Partitions owned by this instance, each with the generation of its current assignment. A lifecycle
+/// remembers the generation it was started under and stops emitting once that assignment is gone.
+#[derive(Debug, Default)]
+pub struct Assignments {
+    owned: RwLock<HashMap<Key, u64>>,
+    next_generation: AtomicU64,
+}
+
+impl Assignments {
+    pub fn assign(&self, topic: &str, partition: i32) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.owned.write().expect("assignment lock").insert((topic.to_owned(), partition), generation);
+        generation
+    }
+
+    pub fn revoke(&self, topic: &str, partition: i32) {
+        self.owned.write().expect("assignment lock").remove(&(topic.to_owned(), partition));
+    }
+
+    pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.owned.read().expect("assignment lock").get(&(topic.to_owned(), partition)).copied()
+    }
+
+    pub fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        self.generation(topic, partition) == Some(generation)
+    }
+
+    pub fn owned(&self) -> Vec<(String, i32)> {
+        self.owned.read().expect("assignment lock").keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_below_the_first_pending_offset() {
+        let t = OffsetTracker::default();
+        for o in 10..15 {
+            t.track("t", 0, o);
+        }
+        t.done("t", 0, 10);
+        t.done("t", 0, 12);
+        assert_eq!(t.commitable(), vec![("t".into(), 0, 11)]);
+        assert!(t.commitable().is_empty(), "nothing new");
+        t.done_many([("t", 0, 11), ("t", 0, 13), ("t", 0, 14)]);
+        assert_eq!(t.commitable(), vec![("t".into(), 0, 15)]);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn revoke_forgets_and_reports_the_last_safe_position() {
+        let t = OffsetTracker::default();
+        t.track("t", 1, 5);
+        t.track("t", 1, 6);
+        t.done("t", 1, 5);
+        assert_eq!(t.revoke("t", 1), Some(6));
+        t.done("t", 1, 6);
+        assert!(t.commitable().is_empty());
+    }
+
+    #[test]
+    fn generations_change_on_reassignment() {
+        let a = Assignments::default();
+        let g1 = a.assign("t", 0);
+        assert!(a.owns("t", 0, g1));
+        a.revoke("t", 0);
+        assert!(!a.owns("t", 0, g1));
+        let g2 = a.assign("t", 0);
+        assert!(!a.owns("t", 0, g1) && a.owns("t", 0, g2));
+    }
+}

@@ -1,0 +1,196 @@
+//! The `understudy` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use understudy::actors::pipeline::Pipeline;
+use understudy::config::{Overrides, Settings, redact};
+use understudy::kafka::embedded::EmbeddedBroker;
+use understudy::scenario::Scenario;
+use understudy::store::Store;
+use understudy::{demo, telemetry};
+
+#[derive(Parser)]
+#[command(name = "understudy", version, about = "A stand-in for Email, SMS and WhatsApp vendors on Kafka")]
+struct Cli {
+    /// Config file (default: `understudy.yaml` if present).
+    #[arg(long, global = true, env = "UNDERSTUDY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct Common {
+    /// Kafka bootstrap servers; unset starts an embedded broker.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// `postgres://…` or `sqlite://…`; unset uses SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Scenario file.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Prometheus exporter address, e.g. `0.0.0.0:9464`.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Consumer group id.
+    #[arg(long)]
+    group_id: Option<String>,
+}
+
+impl Common {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            brokers: self.brokers.clone(),
+            database_url: self.database_url.clone(),
+            scenario: self.scenario.clone(),
+            metrics_addr: self.metrics_addr,
+            group_id: self.group_id.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mock vendor service until SIGTERM or SIGINT.
+    Run(Common),
+    /// Publish a sample batch on embedded defaults, run it to the end and print what happened.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Messages to publish, spread over email, SMS and WhatsApp.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Compress the scenario's timelines by this factor (0.0001: an hour becomes 0.36 s).
+        #[arg(long, default_value_t = 0.0001)]
+        time_scale: f64,
+    },
+    /// Work with scenario files.
+    Scenario {
+        #[command(subcommand)]
+        command: ScenarioCommand,
+    },
+    /// Run only the embedded broker (tansu, memory storage), for other processes to use.
+    Broker {
+        /// Port on 127.0.0.1.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Validate scenario files and print a summary of each.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Scenario { command: ScenarioCommand::Check { files } } => {
+            let mut ok = true;
+            for f in files {
+                match Scenario::load(&f) {
+                    Ok(s) => println!("{}", s.summary()),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        }
+        Command::Broker { port } => {
+            telemetry::init_tracing(&Default::default());
+            report(broker(port))
+        }
+        Command::Run(common) => {
+            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            telemetry::init_tracing(&settings.telemetry);
+            let scenario = match Scenario::load(&settings.scenario.path) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            report(actix::System::new().block_on(run(settings, scenario)))
+        }
+        Command::Demo { common, messages, time_scale } => {
+            let mut settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            if std::env::var_os("RUST_LOG").is_none() && common.metrics_addr.is_none() {
+                settings.telemetry.log_level = "warn".into();
+            }
+            telemetry::init_tracing(&settings.telemetry);
+            let opts = demo::DemoOptions { messages, time_scale, scenario: common.scenario.clone() };
+            report(actix::System::new().block_on(demo::run(settings, opts)))
+        }
+    }
+}
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn broker(port: u16) -> anyhow::Result<()> {
+    let b = EmbeddedBroker::start(port)?;
+    println!("embedded broker listening on {}", b.bootstrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(shutdown_signal());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(settings: Settings, scenario: Scenario) -> anyhow::Result<()> {
+    if let Some(addr) = settings.telemetry.metrics_addr {
+        telemetry::init_metrics(addr)?;
+        tracing::info!(%addr, "metrics exporter listening");
+    }
+    let (_broker, brokers) = match &settings.kafka.brokers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let b = EmbeddedBroker::start(settings.kafka.embedded_port)?;
+            let addr = b.bootstrap();
+            (Some(b), addr)
+        }
+    };
+    let url = settings.store.url_or_default();
+    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    tracing::info!(store = %redact(&url), brokers = %brokers, scenario = %scenario.name(), "starting");
+    let pipeline = Pipeline::start(&settings, Arc::new(scenario), &brokers).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    pipeline.shutdown().await;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The domain vocabulary shared by every stage: channels, vendor statuses, the decoded outbound message,
+//! the planned lifecycle and the ack event that goes back to the platform.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace of every deterministic id Understudy derives (UUIDv5).
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6e1d_5c2a_8f3b_4d7e_9a10_3c5b_7d2e_4f61);
+
+/// A vendor channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Sms,
+    Whatsapp,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Whatsapp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Whatsapp => "whatsapp",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The statuses this channel's vendors report at all.
+    pub fn statuses(self) -> &'static [Status] {
+        use Status::*;
+        match self {
+            Channel::Email => &[Send, Delivery, Open, Click, Deferred, Bounce, Reject, Complaint],
+            Channel::Sms => &[Send, Delivery, Deferred, Reject, Undelivered],
+            Channel::Whatsapp => &[Send, Delivery, Read, Deferred, Reject, Undelivered],
+        }
+    }
+
+    /// Whether `to` may follow `from` (`None` = the first event) on this channel.
+    pub fn allows(self, from: Option<Status>, to: Status) -> bool {
+        use Status::*;
+        if !self.statuses().contains(&to) {
+            return false;
+        }
+        match from {
+            None => matches!(to, Send | Reject),
+            Some(Send) => matches!(to, Delivery | Deferred | Bounce | Undelivered),
+            Some(Deferred) => matches!(to, Deferred | Delivery | Bounce | Undelivered),
+            Some(Delivery) => matches!(to, Open | Read | Complaint),
+            Some(Open) => matches!(to, Click | Complaint),
+            Some(Click) => matches!(to, Complaint),
+            Some(Read | Bounce | Reject | Complaint | Undelivered) => false,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Channel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "email" => Ok(Channel::Email),
+            "sms" => Ok(Channel::Sms),
+            "whatsapp" => Ok(Channel::Whatsapp),
+            other => Err(format!("unknown channel `{other}`; expected `email`, `sms` or `whatsapp`")),
+        }
+    }
+}
+
+/// A vendor status, as reported in an ack event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Send,
+    Delivery,
+    Open,
+    Click,
+    Read,
+    Deferred,
+    Bounce,
+    Reject,
+    Complaint,
+    Undelivered,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Send,
+        Status::Delivery,
+        Status::Open,
+        Status::Click,
+        Status::Read,
+        Status::Deferred,
+        Status::Bounce,
+        Status::Reject,
+        Status::Complaint,
+        Status::Undelivered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Send => "SEND",
+            Status::Delivery => "DELIVERY",
+            Status::Open => "OPEN",
+            Status::Click => "CLICK",
+            Status::Read => "READ",
+            Status::Deferred => "DEFERRED",
+            Status::Bounce => "BOUNCE",
+            Status::Reject => "REJECT",
+            Status::Complaint => "COMPLAINT",
+            Status::Undelivered => "UNDELIVERED",
+        }
+    }
+
+    /// Statuses that report a failure and so carry an error code and reason.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Status::Deferred | Status::Bounce | Status::Reject | Status::Complaint | Status::Undelivered
+        )
+    }
+
+    /// Statuses a lifecycle may end on.
+    pub fn can_end(self) -> bool {
+        !matches!(self, Status::Send | Status::Deferred)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let up = s.trim().to_ascii_uppercase();
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == up)
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+/// Hard or soft bounce (email).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BounceType {
+    Hard,
+    Soft,
+}
+
+/// Where a consumed record came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourcePosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An outbound message after decoding: the fields Understudy needs, the original bytes kept.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    pub source: SourcePosition,
+    pub payload_id: String,
+    pub batch_id: String,
+    pub channel: Channel,
+    pub recipient: String,
+    pub tenant_id: Option<String>,
+    /// Headers to propagate onto every ack, in their original order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// One planned step of a lifecycle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub status: Status,
+    pub attempt: u16,
+    /// Offset of the due time from the message's `received_at`, in microseconds.
+    pub due_us: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_type: Option<BounceType>,
+}
+
+/// The full, deterministic plan of one message's lifecycle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Name of the outcome path that was drawn.
+    pub path: String,
+    pub vendor_message_id: String,
+    pub steps: Vec<PlannedStep>,
+}
+
+/// A message with its plan: what the persister stores and what a lifecycle actor walks.
+#[derive(Clone, Debug)]
+pub struct PlannedMessage {
+    pub outbound: Outbound,
+    pub plan: Plan,
+}
+
+/// Deterministic id of one ack event.
+pub fn event_id(payload_id: &str, status: Status, attempt: u16) -> Uuid {
+    let name = format!("{payload_id}\u{1f}{}\u{1f}{attempt}", status.as_str());
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+/// Deterministic vendor message id, shaped the way each channel's vendors shape theirs.
+pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
+    let id = Uuid::new_v5(&ID_NAMESPACE, format!("vendor\u{1f}{payload_id}").as_bytes());
+    match channel {
+        Channel::Email => format!("<{}@understudy.email>", id.simple()),
+        Channel::Sms => format!("SM{}", id.simple()),
+        Channel::Whatsapp => format!("wamid.{}", id.simple()),
+    }
+}
+
+/// The ack event produced to the ack topic and stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AckEvent {
+    pub event_id: Uuid,
+    pub payload_id: String,
+    pub batch_id: String,
+    pub channel: Channel,
+    pub status: Status,
+    pub vendor_message_id: String,
+    pub attempt: u16,
+    pub scheduled_at: DateTime<Utc>,
+    pub emitted_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_type: Option<BounceType>,
+    pub tenant_id: Option<String>,
+}
+
+pub fn micros_to_time(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_only_comes_first() {
+        for ch in Channel::ALL {
+            assert!(ch.allows(None, Status::Reject));
+            for from in Status::ALL {
+                assert!(!ch.allows(Some(from), Status::Reject), "{ch}: {from} -> REJECT");
+            }
+        }
+    }
+
+    #[test]
+    fn channel_specific_statuses() {
+        assert!(!Channel::Email.allows(Some(Status::Delivery), Status::Read));
+        assert!(!Channel::Sms.allows(Some(Status::Delivery), Status::Open));
+        assert!(Channel::Whatsapp.allows(Some(Status::Delivery), Status::Read));
+        assert!(Channel::Email.allows(Some(Status::Open), Status::Click));
+    }
+
+    #[test]
+    fn event_ids_are_deterministic_and_distinct() {
+        assert_eq!(event_id("p1", Status::Send, 1), event_id("p1", Status::Send, 1));
+        assert_ne!(event_id("p1", Status::Send, 1), event_id("p1", Status::Send, 2));
+        assert_ne!(event_id("p1", Status::Send, 1), event_id("p2", Status::Send, 1));
+    }
+}

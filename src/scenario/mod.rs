@@ -1,0 +1,608 @@
+//! Scenario files: what QA edit to tune vendor behaviour.
+//!
+//! A scenario gives each channel weighted outcome paths (`[SEND, DELIVERY, OPEN]`) and a delay
+//! distribution per step. [`Scenario::plan`] turns (seed, payload id) into a whole lifecycle, a pure
+//! function: the same answer on every replica, in every order, on every rerun.
+
+pub mod distribution;
+pub mod locate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use distribution::{Delay, Dur, Sampler};
+use locate::Seg;
+
+use crate::model::{BounceType, Channel, Plan, PlannedStep, Status, vendor_message_id};
+
+/// What is wrong with a scenario file, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{file}: cannot read the scenario file: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{line}: `{field}`: {message}")]
+    Invalid { file: PathBuf, line: usize, field: String, message: String },
+}
+
+pub type Result<T, E = ScenarioError> = std::result::Result<T, E>;
+
+/// A scenario file as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// A short name shown in summaries and stored with every message.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text for the people who read the file.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Seed of every random draw. Same seed + same payload id = same lifecycle.
+    pub seed: u64,
+    /// Multiplies every delay: `0.001` turns an hour into 3.6 s. Default 1.
+    #[serde(default = "one")]
+    pub time_scale: f64,
+    /// Behaviour per channel (`email`, `sms`, `whatsapp`).
+    pub channels: BTreeMap<String, ChannelSpec>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One channel's behaviour.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// Delay before each status, counted from the previous step, keyed by status.
+    #[serde(default)]
+    pub delays: BTreeMap<String, Delay>,
+    /// Weighted outcome paths; one is drawn per message.
+    pub paths: Vec<PathSpec>,
+}
+
+/// One outcome path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    pub name: String,
+    /// Relative weight (any non-negative numbers; they need not add up to 1 or 100).
+    pub weight: f64,
+    /// Statuses in order, e.g. `[SEND, DELIVERY, OPEN]`.
+    pub steps: Vec<Status>,
+    /// Delays for this path only, overriding the channel's.
+    #[serde(default)]
+    pub delays: BTreeMap<String, Delay>,
+    /// Error codes for the failure steps of this path; one is drawn per message.
+    #[serde(default)]
+    pub errors: Vec<ErrorSpec>,
+    /// `hard` (default) or `soft`, for a path with a BOUNCE.
+    #[serde(default)]
+    pub bounce_type: Option<BounceType>,
+}
+
+/// A vendor error code with its reason.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorSpec {
+    pub code: String,
+    pub reason: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+/// A validated, ready-to-plan scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub file: ScenarioFile,
+    pub source: PathBuf,
+    channels: [Option<CompiledChannel>; 3],
+}
+
+#[derive(Clone, Debug)]
+struct CompiledChannel {
+    cumulative: Vec<f64>,
+    paths: Vec<CompiledPath>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledPath {
+    name: String,
+    steps: Vec<(Status, Sampler)>,
+    errors_cumulative: Vec<f64>,
+    errors: Vec<(String, String)>,
+    bounce_type: BounceType,
+}
+
+impl Scenario {
+    /// Read, parse and validate a scenario file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Read { file: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate scenario text; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let invalid = |segs: &[Seg], fallback_line: Option<usize>, message: String| ScenarioError::Invalid {
+            file: file.to_owned(),
+            line: locate::locate(text, segs).or(fallback_line).unwrap_or(1),
+            field: if segs.is_empty() { "(document)".into() } else { locate::render(segs) },
+            message,
+        };
+        let de = serde_yaml::Deserializer::from_str(text);
+        let parsed: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let segs = locate::from_serde(e.path());
+            let yaml_line = e.inner().location().map(|l| l.line());
+            let mut msg = e.inner().to_string();
+            // serde_yaml appends " at line N column M"; the line is already in front.
+            if let Some(i) = msg.find(" at line ") {
+                msg.truncate(i);
+            }
+            invalid(&segs, yaml_line, explain_serde(strip_yaml_path(&msg)))
+        })?;
+        let scenario = Self::compile(parsed, file.to_owned()).map_err(|(segs, message)| invalid(&segs, None, message))?;
+        Ok(scenario)
+    }
+
+    fn compile(file: ScenarioFile, source: PathBuf) -> Result<Self, (Vec<Seg>, String)> {
+        let key = |s: &str| Seg::Key(s.to_owned());
+        if !(file.time_scale.is_finite() && file.time_scale > 0.0) {
+            return Err((vec![key("time_scale")], format!("must be a positive number, not {}", file.time_scale)));
+        }
+        if file.channels.is_empty() {
+            return Err((vec![key("channels")], "name at least one channel: `email`, `sms` or `whatsapp`".into()));
+        }
+        let mut channels: [Option<CompiledChannel>; 3] = [None, None, None];
+        for (name, spec) in &file.channels {
+            let base = vec![key("channels"), key(name)];
+            let channel: Channel = name.parse().map_err(|e: String| (base.clone(), e))?;
+            let at = |rest: &[Seg]| [base.clone(), rest.to_vec()].concat();
+            let channel_delays = status_keys(channel, &spec.delays, &at(&[key("delays")]))?;
+            for (status, delay) in &channel_delays {
+                delay.validate().map_err(|(f, m)| (at(&[key("delays"), key(status.as_str()), key(f)]), m))?;
+            }
+            if spec.paths.is_empty() {
+                return Err((at(&[key("paths")]), "give at least one outcome path".into()));
+            }
+            let mut cumulative = Vec::new();
+            let mut paths = Vec::new();
+            let mut total = 0.0;
+            let mut names = std::collections::HashSet::new();
+            for (i, path) in spec.paths.iter().enumerate() {
+                let p = |rest: &[Seg]| at(&[&[key("paths"), Seg::Index(i)][..], rest].concat());
+                if !names.insert(path.name.as_str()) {
+                    return Err((p(&[key("name")]), format!("path name `{}` is used twice", path.name)));
+                }
+                if !(path.weight.is_finite() && path.weight >= 0.0) {
+                    return Err((p(&[key("weight")]), format!("must be zero or more, not {}", path.weight)));
+                }
+                if path.steps.is_empty() {
+                    return Err((p(&[key("steps")]), "give at least one status, e.g. `[SEND, DELIVERY]`".into()));
+                }
+                let path_delays = status_keys(channel, &path.delays, &p(&[key("delays")]))?;
+                let mut prev = None;
+                let mut steps = Vec::new();
+                for (j, &status) in path.steps.iter().enumerate() {
+                    if !channel.allows(prev, status) {
+                        let allowed: Vec<Status> =
+                            channel.statuses().iter().copied().filter(|s| channel.allows(prev, *s)).collect();
+                        let after = prev.map_or("as the first status".to_owned(), |s| format!("after {s}"));
+                        return Err((
+                            p(&[key("steps"), Seg::Index(j)]),
+                            format!(
+                                "{status} cannot come {after} on {channel}; allowed here: {}",
+                                if allowed.is_empty() { "nothing (the path must end)".into() } else { list(&allowed) }
+                            ),
+                        ));
+                    }
+                    let delay = path_delays.get(&status).or_else(|| channel_delays.get(&status)).ok_or_else(|| {
+                        (
+                            p(&[key("steps"), Seg::Index(j)]),
+                            format!(
+                                "no delay for {status}: add `channels.{channel}.delays.{status}` or a `delays.{status}` on this path"
+                            ),
+                        )
+                    })?;
+                    steps.push((status, delay.sampler(file.time_scale)));
+                    prev = Some(status);
+                }
+                for (status, delay) in &path_delays {
+                    delay.validate().map_err(|(f, m)| (p(&[key("delays"), key(status.as_str()), key(f)]), m))?;
+                    if !path.steps.contains(status) {
+                        return Err((p(&[key("delays"), key(status.as_str())]), format!("{status} is not a step of this path")));
+                    }
+                }
+                let last = *path.steps.last().expect("non-empty");
+                if !last.can_end() {
+                    return Err((
+                        p(&[key("steps")]),
+                        format!("a lifecycle cannot end on {last}; end it on a delivery or failure status"),
+                    ));
+                }
+                if path.bounce_type.is_some() && !path.steps.contains(&Status::Bounce) {
+                    return Err((p(&[key("bounce_type")]), "only a path with a BOUNCE step has a bounce type".into()));
+                }
+                let mut errors_cumulative = Vec::new();
+                let mut errors = Vec::new();
+                let mut etotal = 0.0;
+                for (k, e) in path.errors.iter().enumerate() {
+                    if !(e.weight.is_finite() && e.weight > 0.0) {
+                        return Err((p(&[key("errors"), Seg::Index(k), key("weight")]), "must be above zero".into()));
+                    }
+                    etotal += e.weight;
+                    errors_cumulative.push(etotal);
+                    errors.push((e.code.clone(), e.reason.clone()));
+                }
+                if !path.errors.is_empty() && !path.steps.iter().any(|s| s.is_failure()) {
+                    return Err((p(&[key("errors")]), "this path has no failure step to carry an error code".into()));
+                }
+                total += path.weight;
+                cumulative.push(total);
+                paths.push(CompiledPath {
+                    name: path.name.clone(),
+                    steps,
+                    errors_cumulative,
+                    errors,
+                    bounce_type: path.bounce_type.unwrap_or(BounceType::Hard),
+                });
+            }
+            if total <= 0.0 {
+                return Err((at(&[key("paths")]), "the path weights add up to zero; give at least one a weight above zero".into()));
+            }
+            channels[channel.index()] = Some(CompiledChannel { cumulative, paths });
+        }
+        Ok(Scenario { file, source, channels })
+    }
+
+    /// The same scenario with another `time_scale`.
+    pub fn rescaled(&self, time_scale: f64) -> Result<Self> {
+        let mut file = self.file.clone();
+        file.time_scale = time_scale;
+        Self::compile(file, self.source.clone()).map_err(|(segs, message)| ScenarioError::Invalid {
+            file: self.source.clone(),
+            line: 1,
+            field: locate::render(&segs),
+            message,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.file.name.as_deref().unwrap_or("unnamed")
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.file.seed
+    }
+
+    pub fn has_channel(&self, channel: Channel) -> bool {
+        self.channels[channel.index()].is_some()
+    }
+
+    /// The whole lifecycle of one message: a pure function of (seed, channel, payload id).
+    pub fn plan(&self, channel: Channel, payload_id: &str) -> Option<Plan> {
+        let ch = self.channels[channel.index()].as_ref()?;
+        let seed = xxhash_rust::xxh3::xxh3_64_with_seed(payload_id.as_bytes(), self.file.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let path = &ch.paths[pick(&ch.cumulative, &mut rng)];
+        let error = (!path.errors.is_empty()).then(|| &path.errors[pick(&path.errors_cumulative, &mut rng)]);
+        let mut steps = Vec::with_capacity(path.steps.len());
+        let (mut due_us, mut attempt) = (0i64, 1u16);
+        for (status, sampler) in &path.steps {
+            due_us += sampler.sample_us(&mut rng);
+            let (error_code, error_reason) = if status.is_failure() {
+                let (c, r) = error.cloned().unwrap_or_else(|| default_error(channel, *status, path.bounce_type));
+                (Some(c), Some(r))
+            } else {
+                (None, None)
+            };
+            steps.push(PlannedStep {
+                status: *status,
+                attempt,
+                due_us,
+                error_code,
+                error_reason,
+                bounce_type: (*status == Status::Bounce).then_some(path.bounce_type),
+            });
+            if *status == Status::Deferred {
+                attempt += 1;
+            }
+        }
+        Some(Plan { path: path.name.clone(), vendor_message_id: vendor_message_id(channel, payload_id), steps })
+    }
+
+    /// Expected share of each path per channel, for checks and summaries.
+    pub fn path_shares(&self, channel: Channel) -> Vec<(String, Vec<Status>, f64)> {
+        let Some(ch) = &self.channels[channel.index()] else { return Vec::new() };
+        let total = *ch.cumulative.last().unwrap_or(&1.0);
+        let mut prev = 0.0;
+        ch.paths
+            .iter()
+            .zip(&ch.cumulative)
+            .map(|(p, c)| {
+                let share = (c - prev) / total;
+                prev = *c;
+                (p.name.clone(), p.steps.iter().map(|s| s.0).collect(), share)
+            })
+            .collect()
+    }
+
+    /// The readable summary printed by `understudy scenario check`.
+    pub fn summary(&self) -> String {
+        let f = &self.file;
+        let mut out = format!(
+            "{}: scenario `{}`, seed {}, time_scale {}\n",
+            self.source.display(),
+            self.name(),
+            f.seed,
+            f.time_scale
+        );
+        for (name, spec) in &f.channels {
+            let Ok(channel) = name.parse::<Channel>() else { continue };
+            out.push_str(&format!("  {channel}\n    paths:\n"));
+            for (name, steps, share) in self.path_shares(channel) {
+                out.push_str(&format!(
+                    "      {:>6.2}%  {:<26} {}\n",
+                    share * 100.0,
+                    name,
+                    steps.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" → ")
+                ));
+            }
+            out.push_str("    delays (from the previous step, after time_scale):\n");
+            for (status, delay) in &spec.delays {
+                out.push_str(&format!("      {:<12} {}\n", status, delay.describe(f.time_scale)));
+            }
+            for path in &spec.paths {
+                for (status, delay) in &path.delays {
+                    out.push_str(&format!(
+                        "      {:<12} {}  (path {})\n",
+                        status,
+                        delay.describe(f.time_scale),
+                        path.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+/// Parse the status keys of a `delays` map, checking they belong to the channel.
+fn status_keys<'a>(
+    channel: Channel,
+    delays: &'a BTreeMap<String, Delay>,
+    at: &[Seg],
+) -> Result<BTreeMap<Status, &'a Delay>, (Vec<Seg>, String)> {
+    let mut out = BTreeMap::new();
+    for (name, delay) in delays {
+        let here = [at, &[Seg::Key(name.clone())]].concat();
+        let status: Status = name
+            .parse()
+            .map_err(|_| (here.clone(), format!("unknown status `{name}`; {channel} statuses are {}", list(channel.statuses()))))?;
+        if !channel.statuses().contains(&status) {
+            return Err((here, format!("{channel} has no {status} status; {channel} statuses are {}", list(channel.statuses()))));
+        }
+        out.insert(status, delay);
+    }
+    Ok(out)
+}
+
+fn pick<R: Rng>(cumulative: &[f64], rng: &mut R) -> usize {
+    let total = *cumulative.last().unwrap_or(&0.0);
+    let r: f64 = rng.random::<f64>() * total;
+    cumulative.iter().position(|c| r < *c).unwrap_or(cumulative.len() - 1)
+}
+
+fn list(statuses: &[Status]) -> String {
+    statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// serde_yaml starts some messages with the path (`kafka: unknown field…`); the path is shown already.
+pub fn strip_yaml_path(msg: &str) -> &str {
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest,
+        _ => msg,
+    }
+}
+
+/// Make serde's wording point at what to write instead.
+fn explain_serde(msg: &str) -> String {
+    if msg.contains("unknown variant") && msg.contains("SEND") {
+        format!("{msg} (statuses are upper case)")
+    } else if msg.contains("unknown variant") && msg.contains("email") {
+        format!("{msg} (channels are `email`, `sms`, `whatsapp`)")
+    } else {
+        msg.to_owned()
+    }
+}
+
+/// The error a vendor of `channel` would report for `status` when the scenario names none.
+pub fn default_error(channel: Channel, status: Status, bounce: BounceType) -> (String, String) {
+    let (c, r) = match (channel, status) {
+        (Channel::Email, Status::Bounce) if bounce == BounceType::Soft => ("452 4.2.2", "mailbox full"),
+        (Channel::Email, Status::Bounce) => ("550 5.1.1", "recipient address rejected: user unknown"),
+        (Channel::Email, Status::Deferred) => ("421 4.7.0", "try again later"),
+        (Channel::Email, Status::Reject) => ("554 5.7.1", "message rejected: suppressed recipient"),
+        (Channel::Email, Status::Complaint) => ("abuse", "recipient marked the message as spam"),
+        (Channel::Sms, Status::Reject) => ("21610", "attempt to send to unsubscribed recipient"),
+        (Channel::Sms, Status::Deferred) => ("30001", "queue overflow"),
+        (Channel::Sms, Status::Undelivered) => ("30003", "unreachable destination handset"),
+        (Channel::Whatsapp, Status::Reject) => ("131026", "message undeliverable"),
+        (Channel::Whatsapp, Status::Deferred) => ("130429", "rate limit hit"),
+        (Channel::Whatsapp, Status::Undelivered) => ("131047", "re-engagement message: more than 24 hours since the customer last replied"),
+        _ => ("0", "unspecified vendor error"),
+    };
+    (c.to_owned(), r.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"
+name: t
+seed: 42
+time_scale: 0.5
+channels:
+  email:
+    delays:
+      SEND: { dist: fixed, value: 100ms }
+      DELIVERY: { dist: lognormal, median: 1s, p99: 10s }
+      OPEN: { dist: exponential, mean: 1m }
+      BOUNCE: { dist: uniform, min: 1s, max: 2s }
+      DEFERRED: { dist: fixed, value: 5s }
+    paths:
+      - { name: opened, weight: 70, steps: [SEND, DELIVERY, OPEN] }
+      - { name: delivered, weight: 20, steps: [SEND, DEFERRED, DELIVERY] }
+      - name: bounced
+        weight: 10
+        steps: [SEND, BOUNCE]
+        bounce_type: soft
+  whatsapp:
+    delays:
+      SEND: { dist: fixed, value: 10ms }
+      DELIVERY: { dist: normal, mean: 1s, stddev: 200ms }
+      READ: { dist: pareto, scale: 1s, shape: 1.5, max: 1h }
+    paths:
+      - { name: read, weight: 1, steps: [SEND, DELIVERY, READ] }
+"#;
+
+    fn parse(text: &str) -> Result<Scenario> {
+        Scenario::parse(text, Path::new("s.yaml"))
+    }
+
+    fn err(text: &str) -> (usize, String, String) {
+        match parse(text).unwrap_err() {
+            ScenarioError::Invalid { line, field, message, .. } => (line, field, message),
+            e => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn same_input_same_lifecycle_and_seeds_differ() {
+        let s = parse(GOOD).unwrap();
+        let a = s.plan(Channel::Email, "p-1").unwrap();
+        assert_eq!(a, s.plan(Channel::Email, "p-1").unwrap());
+        let other = parse(&GOOD.replace("seed: 42", "seed: 43")).unwrap();
+        let differs = (0..50).any(|i| {
+            s.plan(Channel::Email, &format!("p-{i}")) != other.plan(Channel::Email, &format!("p-{i}"))
+        });
+        assert!(differs);
+        assert!(s.plan(Channel::Sms, "p-1").is_none());
+    }
+
+    #[test]
+    fn attempts_advance_after_deferral_and_failures_carry_codes() {
+        let s = parse(GOOD).unwrap();
+        let mut seen_deferred = false;
+        for i in 0..500 {
+            let plan = s.plan(Channel::Email, &format!("m{i}")).unwrap();
+            if plan.path == "delivered" {
+                seen_deferred = true;
+                assert_eq!(plan.steps[1].status, Status::Deferred);
+                assert_eq!(plan.steps[2].attempt, 2);
+                assert!(plan.steps[1].error_code.is_some());
+            }
+            if plan.path == "bounced" {
+                assert_eq!(plan.steps[1].bounce_type, Some(BounceType::Soft));
+                assert_eq!(plan.steps[1].error_code.as_deref(), Some("452 4.2.2"));
+            }
+            let dues: Vec<i64> = plan.steps.iter().map(|s| s.due_us).collect();
+            assert!(dues.windows(2).all(|w| w[0] <= w[1]));
+        }
+        assert!(seen_deferred);
+    }
+
+    #[test]
+    fn path_weights_are_respected() {
+        let s = parse(GOOD).unwrap();
+        let n = 20_000;
+        let opened = (0..n).filter(|i| s.plan(Channel::Email, &format!("x{i}")).unwrap().path == "opened").count();
+        let share = opened as f64 / n as f64;
+        assert!((share - 0.7).abs() < 0.02, "{share}");
+    }
+
+    #[test]
+    fn validation_names_line_field_and_fix() {
+        let (line, field, msg) = err(&GOOD.replace("[SEND, BOUNCE]", "[SEND, READ]"));
+        assert_eq!(field, "channels.email.paths[2].steps[1]");
+        assert_eq!(line, 18);
+        assert!(msg.contains("READ cannot come after SEND on email"), "{msg}");
+
+        let (line, field, msg) = err(&GOOD.replace("median: 1s, p99: 10s", "median: 1s, p99: 500ms"));
+        assert_eq!((line, field.as_str()), (9, "channels.email.delays.DELIVERY.p99"));
+        assert!(msg.contains("must be above `median`"), "{msg}");
+
+        let (line, field, msg) = err(&GOOD.replace("time_scale: 0.5", "time_scale: 0.5\ncolour: red"));
+        assert_eq!((line, field.as_str()), (5, "colour"));
+        assert!(msg.contains("unknown field `colour`"), "{msg}");
+
+        let (_, field, msg) = err(&GOOD.replace("value: 100ms", "value: soon"));
+        assert_eq!(field, "channels.email.delays.SEND");
+        assert!(msg.contains("`soon` is not a duration"), "{msg}");
+
+        let (line, field, msg) = err(&GOOD.replace("  whatsapp:", "  fax:"));
+        assert_eq!((line, field.as_str()), (20, "channels.fax"));
+        assert!(msg.contains("unknown channel `fax`"), "{msg}");
+
+        let (line, field, msg) = err(&GOOD.replace("      OPEN: { dist: exponential", "      READ: { dist: exponential"));
+        assert_eq!((line, field.as_str()), (10, "channels.email.delays.READ"));
+        assert!(msg.contains("email has no READ status"), "{msg}");
+
+        let (_, field, msg) = err(&GOOD.replace("      OPEN: { dist: exponential, mean: 1m }\n", ""));
+        assert_eq!(field, "channels.email.paths[0].steps[2]");
+        assert!(msg.contains("no delay for OPEN"), "{msg}");
+
+        let (_, field, msg) = err(&GOOD.replace("weight: 70", "weight: -1"));
+        assert_eq!(field, "channels.email.paths[0].weight");
+        assert!(msg.contains("zero or more"), "{msg}");
+
+        let (_, _, msg) = err(&GOOD.replace("[SEND, DELIVERY, READ]", "[SEND]"));
+        assert!(msg.contains("cannot end on SEND"), "{msg}");
+    }
+
+    #[test]
+    fn shipped_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!s.summary().is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+
+    proptest! {
+        #[test]
+        fn planned_lifecycles_never_break_the_state_machine(payload in "[a-z0-9-]{1,24}", seed in any::<u64>()) {
+            let text = GOOD.replace("seed: 42", &format!("seed: {seed}"));
+            let s = parse(&text).unwrap();
+            for channel in [Channel::Email, Channel::Whatsapp] {
+                let plan = s.plan(channel, &payload).unwrap();
+                let mut prev = None;
+                for step in &plan.steps {
+                    prop_assert!(channel.allows(prev, step.status), "{:?} -> {:?}", prev, step.status);
+                    prop_assert!(step.due_us >= 0);
+                    prev = Some(step.status);
+                }
+                prop_assert!(prev.unwrap().can_end());
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The audit store: every consumed message with its plan, every delivered ack event, written in batches.
+//! Postgres is the production store; SQLite is the zero-setup default, with the same semantics.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{AckEvent, Channel, Outbound, Plan, PlannedMessage, SourcePosition, micros_to_time};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("store: migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: `{url}` is not a postgres:// or sqlite:// URL")]
+    UnsupportedUrl { url: String },
+    #[error("store: row of `{payload_id}` cannot be read back: {reason}")]
+    Corrupt { payload_id: String, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A message row, ready to write.
+#[derive(Clone, Debug)]
+pub struct MessageRow {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload_id: String,
+    pub batch_id: String,
+    pub channel: &'static str,
+    pub recipient: String,
+    pub tenant_id: Option<String>,
+    pub received_at_us: i64,
+    pub scenario: String,
+    pub path: String,
+    pub planned_events: i32,
+    pub plan: String,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl MessageRow {
+    /// The row of a planned message; the body is moved out of the message (lifecycles do not need it).
+    pub fn new(m: &mut PlannedMessage, scenario: &str) -> Self {
+        let body = std::mem::take(&mut m.outbound.body);
+        let o = &m.outbound;
+        Self {
+            topic: o.source.topic.clone(),
+            partition: o.source.partition,
+            offset: o.source.offset,
+            payload_id: o.payload_id.clone(),
+            batch_id: o.batch_id.clone(),
+            channel: o.channel.as_str(),
+            recipient: o.recipient.clone(),
+            tenant_id: o.tenant_id.clone(),
+            received_at_us: o.received_at.timestamp_micros(),
+            scenario: scenario.to_owned(),
+            path: m.plan.path.clone(),
+            planned_events: m.plan.steps.len() as i32,
+            plan: serde_json::to_string(&m.plan).expect("plans serialize"),
+            headers: encode_headers(&o.headers),
+            body,
+        }
+    }
+}
+
+/// An event row, ready to write: the event plus where it landed in the ack topic.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub event: AckEvent,
+    pub ack_partition: i32,
+    pub ack_offset: i64,
+}
+
+/// A stored message whose lifecycle has not finished, with the ids of the events already stored.
+#[derive(Clone, Debug)]
+pub struct PendingLifecycle {
+    pub message: PlannedMessage,
+    pub stored_events: HashSet<Uuid>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct HeaderJson {
+    n: String,
+    v: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    hex: bool,
+}
+
+fn encode_headers(headers: &[(String, Vec<u8>)]) -> String {
+    let list: Vec<HeaderJson> = headers
+        .iter()
+        .map(|(n, v)| match std::str::from_utf8(v) {
+            Ok(s) => HeaderJson { n: n.clone(), v: s.to_owned(), hex: false },
+            Err(_) => HeaderJson { n: n.clone(), v: v.iter().map(|b| format!("{b:02x}")).collect(), hex: true },
+        })
+        .collect();
+    serde_json::to_string(&list).expect("headers serialize")
+}
+
+fn decode_headers(text: &str) -> Vec<(String, Vec<u8>)> {
+    let list: Vec<HeaderJson> = serde_json::from_str(text).unwrap_or_default();
+    list.into_iter()
+        .map(|h| {
+            let v = if h.hex {
+                (0..h.v.len() / 2).filter_map(|i| u8::from_str_radix(&h.v[2 * i..2 * i + 2], 16).ok()).collect()
+            } else {
+                h.v.into_bytes()
+            };
+            (h.n, v)
+        })
+        .collect()
+}
+
+/// The columns the pending-lifecycle queries return.
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    src_topic: String,
+    src_partition: i32,
+    src_offset: i64,
+    payload_id: String,
+    batch_id: String,
+    channel: String,
+    recipient: String,
+    tenant_id: Option<String>,
+    received_at_us: i64,
+    plan: String,
+    headers: String,
+}
+
+impl PendingRow {
+    fn into_message(self) -> Result<PlannedMessage> {
+        let corrupt = |reason: String| StoreError::Corrupt { payload_id: self.payload_id.clone(), reason };
+        let plan: Plan = serde_json::from_str(&self.plan).map_err(|e| corrupt(e.to_string()))?;
+        let channel = Channel::from_str(&self.channel).map_err(corrupt)?;
+        Ok(PlannedMessage {
+            outbound: Outbound {
+                source: SourcePosition { topic: self.src_topic, partition: self.src_partition, offset: self.src_offset },
+                payload_id: self.payload_id,
+                batch_id: self.batch_id,
+                channel,
+                recipient: self.recipient,
+                tenant_id: self.tenant_id,
+                headers: decode_headers(&self.headers),
+                body: Vec::new(),
+                received_at: micros_to_time(self.received_at_us),
+            },
+            plan,
+        })
+    }
+}
+
+/// Per channel and status counts, for reports.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StatusCount {
+    pub channel: String,
+    pub status: String,
+    pub n: i64,
+}
+
+/// Totals, for reports.
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct Totals {
+    pub messages: i64,
+    pub events: i64,
+    pub first_us: Option<i64>,
+    pub last_us: Option<i64>,
+}
+
+/// A store connection pool, Postgres or SQLite.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl Store {
+    /// Connect (lazily: connections are made on first use, on the caller's runtime) and run migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let store = Self::connect_lazy(url, max_connections)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A pool whose connections are opened on first use; no migrations.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::connect_lazy(url, max_connections).map(Store::Postgres)
+        } else if url.starts_with("sqlite:") {
+            sqlite::connect_lazy(url).map(Store::Sqlite)
+        } else {
+            Err(StoreError::UnsupportedUrl { url: crate::config::redact(url) })
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Store::Postgres(p) => sqlx::migrate!("src/store/migrations/postgres").run(p).await?,
+            Store::Sqlite(p) => sqlx::migrate!("src/store/migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Write messages then events in one transaction. Rows already stored are skipped.
+    pub async fn write(&self, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
+        match self {
+            Store::Postgres(p) => postgres::write(p, messages, events).await,
+            Store::Sqlite(p) => sqlite::write(p, messages, events).await,
+        }
+    }
+
+    /// Unfinished lifecycles of one partition.
+    pub async fn pending(&self, topic: &str, partition: i32) -> Result<Vec<PendingLifecycle>> {
+        let rows = match self {
+            Store::Postgres(p) => postgres::pending(p, topic, partition).await?,
+            Store::Sqlite(p) => sqlite::pending(p, topic, partition).await?,
+        };
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            messages.push(row.into_message()?);
+        }
+        let ids: Vec<String> = messages.iter().map(|m| m.outbound.payload_id.clone()).collect();
+        let stored = match self {
+            Store::Postgres(p) => postgres::event_ids(p, &ids).await?,
+            Store::Sqlite(p) => sqlite::event_ids(p, &ids).await?,
+        };
+        Ok(messages
+            .into_iter()
+            .map(|message| {
+                let stored_events = message
+                    .plan
+                    .steps
+                    .iter()
+                    .map(|s| crate::model::event_id(&message.outbound.payload_id, s.status, s.attempt))
+                    .filter(|id| stored.contains(id))
+                    .collect();
+                PendingLifecycle { message, stored_events }
+            })
+            .collect())
+    }
+
+    /// Offsets of stored messages of one partition at or after `from`.
+    pub async fn stored_offsets(&self, topic: &str, partition: i32, from: i64) -> Result<HashSet<i64>> {
+        let q = match self {
+            Store::Postgres(_) => include_str!("sql/postgres/message_offsets_from.sql"),
+            Store::Sqlite(_) => include_str!("sql/sqlite/message_offsets_from.sql"),
+        };
+        let rows: Vec<(i64,)> = match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(from).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(from).fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn status_counts(&self) -> Result<Vec<StatusCount>> {
+        let q = include_str!("sql/status_counts.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).fetch_all(p).await?,
+        })
+    }
+
+    pub async fn totals(&self) -> Result<Totals> {
+        let q = include_str!("sql/totals.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).fetch_one(p).await?,
+        })
+    }
+
+    /// All stored event ids, for checks against the ack topic.
+    pub async fn all_event_ids(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = match self {
+            Store::Postgres(p) => sqlx::query_as("SELECT event_id::text FROM events").fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as("SELECT event_id FROM events").fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Messages whose lifecycle has not finished, over all partitions.
+    pub async fn unfinished_count(&self) -> Result<i64> {
+        let q = "SELECT count(*) FROM messages m WHERE m.planned_events > \
+                 (SELECT count(*) FROM events e WHERE e.payload_id = m.payload_id)";
+        let (n,): (i64,) = match self {
+            Store::Postgres(p) => sqlx::query_as(q).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).fetch_one(p).await?,
+        };
+        Ok(n)
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(p) => p.close().await,
+            Store::Sqlite(p) => p.close().await,
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Tracing and metrics. Every metric Understudy exports is named here and recorded through a function,
+//! never through a raw string at a call site.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::config::{LogFormat, TelemetrySettings};
+use crate::model::{Channel, Status};
+
+pub const MESSAGES_CONSUMED: &str = "understudy_messages_consumed_total";
+pub const MESSAGES_DEAD_LETTERED: &str = "understudy_messages_dead_lettered_total";
+pub const EVENTS_EMITTED: &str = "understudy_events_emitted_total";
+pub const EVENTS_FAILED: &str = "understudy_events_failed_total";
+pub const LIFECYCLES_IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
+pub const LIFECYCLES_RESUMED: &str = "understudy_lifecycles_resumed_total";
+pub const PERSIST_BATCH_ROWS: &str = "understudy_persist_batch_rows";
+pub const PERSIST_SECONDS: &str = "understudy_persist_seconds";
+pub const PERSIST_ERRORS: &str = "understudy_persist_errors_total";
+pub const EMISSION_LAG_SECONDS: &str = "understudy_emission_lag_seconds";
+pub const CONSUMER_LAG: &str = "understudy_consumer_lag_messages";
+pub const BACKPRESSURE_SECONDS: &str = "understudy_backpressure_micros_total";
+pub const OFFSETS_COMMITTED: &str = "understudy_offsets_committed_total";
+
+pub fn message_consumed(channel: Channel) {
+    counter!(MESSAGES_CONSUMED, "channel" => channel.as_str()).increment(1);
+}
+
+pub fn message_dead_lettered(reason_kind: &'static str) {
+    counter!(MESSAGES_DEAD_LETTERED, "reason" => reason_kind).increment(1);
+}
+
+pub fn event_emitted(channel: Channel, status: Status, lag: Duration) {
+    counter!(EVENTS_EMITTED, "channel" => channel.as_str(), "status" => status.as_str()).increment(1);
+    histogram!(EMISSION_LAG_SECONDS, "channel" => channel.as_str()).record(lag.as_secs_f64());
+}
+
+pub fn event_failed(channel: Channel) {
+    counter!(EVENTS_FAILED, "channel" => channel.as_str()).increment(1);
+}
+
+pub fn lifecycles_in_flight(channel: Channel, delta: f64) {
+    gauge!(LIFECYCLES_IN_FLIGHT, "channel" => channel.as_str()).increment(delta);
+}
+
+pub fn lifecycles_resumed(n: u64) {
+    counter!(LIFECYCLES_RESUMED).increment(n);
+}
+
+pub fn persisted(rows: usize, took: Duration) {
+    histogram!(PERSIST_BATCH_ROWS).record(rows as f64);
+    histogram!(PERSIST_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn persist_error() {
+    counter!(PERSIST_ERRORS).increment(1);
+}
+
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Time a data path spent waiting on a full mailbox or queue downstream.
+pub fn backpressure(stage: &'static str, waited: Duration) {
+    counter!(BACKPRESSURE_SECONDS, "stage" => stage).increment(waited.as_micros() as u64);
+}
+
+pub fn offsets_committed(n: usize) {
+    counter!(OFFSETS_COMMITTED).increment(n as u64);
+}
+
+/// Install the tracing subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_tracing(settings: &TelemetrySettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Start the Prometheus exporter on `addr`.
+pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    let lag_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let rows_buckets = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(EMISSION_LAG_SECONDS.into()), &lag_buckets)?
+        .set_buckets_for_metric(Matcher::Full(PERSIST_SECONDS.into()), &lag_buckets)?
+        .set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
+    metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
+    metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
+    metrics::describe_counter!(EVENTS_EMITTED, "Ack events delivered to the ack topic, by channel and status.");
+    metrics::describe_counter!(EVENTS_FAILED, "Ack events the producer could not deliver.");
+    metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycle actors still waiting to emit.");
+    metrics::describe_counter!(LIFECYCLES_RESUMED, "Unfinished lifecycles resumed from the store.");
+    metrics::describe_histogram!(PERSIST_BATCH_ROWS, "Rows per store write.");
+    metrics::describe_histogram!(PERSIST_SECONDS, "Duration of one store write.");
+    metrics::describe_counter!(PERSIST_ERRORS, "Failed store writes (retried).");
+    metrics::describe_histogram!(EMISSION_LAG_SECONDS, "Emitted minus scheduled time of ack events.");
+    metrics::describe_gauge!(CONSUMER_LAG, "High watermark minus consumed position, per partition.");
+    metrics::describe_counter!(BACKPRESSURE_SECONDS, "Microseconds spent waiting on a full stage downstream, by stage.");
+    metrics::describe_counter!(OFFSETS_COMMITTED, "Partition offsets committed.");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Shared helpers: a real broker (embedded tansu, or `KAFKA_BROKERS`), a fresh Postgres database or
+//! SQLite file per test, unique topics per test, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use understudy::config::Settings;
+use understudy::kafka::embedded::EmbeddedBroker;
+use understudy::scenario::Scenario;
+
+/// Bootstrap servers of the broker every test in this binary shares.
+pub fn brokers() -> String {
+    if let Ok(b) = std::env::var("KAFKA_BROKERS") {
+        return b;
+    }
+    static BROKER: OnceLock<EmbeddedBroker> = OnceLock::new();
+    BROKER.get_or_init(|| EmbeddedBroker::start(0).expect("embedded broker starts")).bootstrap()
+}
+
+pub fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// A new, empty Postgres database. Fails loudly when Postgres is not reachable.
+pub async fn postgres_url() -> String {
+    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("understudy_test_{}", suffix());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("Postgres at {base} is needed for this test (set DATABASE_URL): {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A new SQLite file in a temp dir that lives as long as the returned guard.
+pub fn sqlite_url() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("understudy.db").display());
+    (url, dir)
+}
+
+/// Settings with this test's own topics and group.
+pub fn settings(store_url: &str, partitions: i32) -> Settings {
+    let s = suffix();
+    let mut settings = Settings::default();
+    settings.kafka.brokers = Some(brokers());
+    settings.kafka.input_topics = vec![format!("t.{s}.outbound")];
+    settings.kafka.ack_topic = format!("t.{s}.acks");
+    settings.kafka.dlq_topic = format!("t.{s}.dlq");
+    settings.kafka.group_id = format!("g-{s}");
+    settings.kafka.partitions = partitions;
+    settings.kafka.commit_interval_ms = 200;
+    settings.store.url = Some(store_url.to_owned());
+    settings.store.flush_interval_ms = 50;
+    settings.telemetry.metrics_addr = None;
+    settings
+}
+
+/// A shipped scenario, compressed by `time_scale`.
+pub fn scenario(file: &str, time_scale: f64) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file);
+    Scenario::load(&path).expect("shipped scenario is valid").rescaled(time_scale).expect("rescaled")
+}
+
+/// Poll `f` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
