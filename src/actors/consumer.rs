@@ -8,7 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -36,7 +35,7 @@ pub const DLQ_KIND_HEADER: &str = "understudy-dlq-kind";
 pub struct RebalanceContext {
     tracker: Arc<OffsetTracker>,
     assignments: Arc<Assignments>,
-    assigned: std_mpsc::Sender<Vec<(String, i32)>>,
+    assigned: tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -86,7 +85,7 @@ pub struct ConsumerStats {
 /// Everything the consumer loop needs.
 pub struct ConsumerLoop {
     pub consumer: Arc<KafkaConsumer>,
-    pub assigned: std_mpsc::Receiver<Vec<(String, i32)>>,
+    pub assigned: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
     pub decoder: Decoder,
     pub scenario: Arc<Scenario>,
     pub channels: [Option<Addr<ChannelActor>>; 3],
@@ -107,8 +106,8 @@ pub fn create(
     topics: &[String],
     tracker: Arc<OffsetTracker>,
     assignments: Arc<Assignments>,
-) -> Result<(KafkaConsumer, std_mpsc::Receiver<Vec<(String, i32)>>), rdkafka::error::KafkaError> {
-    let (tx, rx) = std_mpsc::channel();
+) -> Result<(KafkaConsumer, tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>), rdkafka::error::KafkaError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let consumer: KafkaConsumer = config.create_with_context(RebalanceContext { tracker, assignments, assigned: tx })?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -126,7 +125,7 @@ struct Dead {
 }
 
 impl ConsumerLoop {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let store = match Store::connect_lazy(&self.store_url, 2) {
             Ok(s) => s,
             Err(e) => {
@@ -140,9 +139,18 @@ impl ConsumerLoop {
         let mut already: HashMap<(String, i32), HashSet<i64>> = HashMap::new();
         loop {
             let chunk = tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
+                Some(parts) = self.assigned.recv() => {
+                    // Resume even when no new record arrives for the partition.
+                    for (topic, partition) in parts {
+                        self.resume(&store, &topic, partition, &mut already).await;
+                    }
+                    continue;
+                }
                 c = stream.next() => match c { Some(c) => c, None => break },
             };
+            // The assignment of a partition is announced before any of its records arrive.
             while let Ok(parts) = self.assigned.try_recv() {
                 for (topic, partition) in parts {
                     self.resume(&store, &topic, partition, &mut already).await;

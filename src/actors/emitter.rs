@@ -6,6 +6,7 @@
 //! forwarded, in batches, to the persister (see [`forward_deliveries`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -25,6 +26,8 @@ use crate::telemetry;
 /// Producer callbacks: delivered events go to the persister's queue.
 pub struct EmitterContext {
     delivered: mpsc::Sender<EventRow>,
+    /// Delivered events not yet handed to the persister.
+    unforwarded: Arc<AtomicI64>,
 }
 
 impl ClientContext for EmitterContext {}
@@ -40,7 +43,9 @@ impl ProducerContext for EmitterContext {
                 telemetry::event_emitted(event.channel, event.status, lag);
                 let row = EventRow { event: *event, ack_partition: m.partition(), ack_offset: m.offset() };
                 // Blocking here (on the producer's thread) is the backpressure from a slow store.
+                self.unforwarded.fetch_add(1, Ordering::SeqCst);
                 if self.delivered.blocking_send(row).is_err() {
+                    self.unforwarded.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!("persister queue closed; an event delivered to Kafka will be re-emitted on resume");
                 }
             }
@@ -58,6 +63,7 @@ impl ProducerContext for EmitterContext {
 pub struct Emitter {
     producer: Arc<ThreadedProducer<EmitterContext>>,
     topic: Arc<str>,
+    unforwarded: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -70,8 +76,10 @@ impl Emitter {
     /// Create the producer. Delivered events arrive on the returned receiver.
     pub fn new(config: &rdkafka::ClientConfig, topic: &str, queue: usize) -> Result<(Self, mpsc::Receiver<EventRow>), KafkaError> {
         let (tx, rx) = mpsc::channel(queue);
-        let producer: ThreadedProducer<EmitterContext> = config.create_with_context(EmitterContext { delivered: tx })?;
-        Ok((Self { producer: Arc::new(producer), topic: topic.into() }, rx))
+        let unforwarded = Arc::new(AtomicI64::new(0));
+        let producer: ThreadedProducer<EmitterContext> =
+            config.create_with_context(EmitterContext { delivered: tx, unforwarded: unforwarded.clone() })?;
+        Ok((Self { producer: Arc::new(producer), topic: topic.into(), unforwarded }, rx))
     }
 
     /// Produce one event, keyed by payload id. Waits while the producer queue is full.
@@ -116,15 +124,33 @@ impl Emitter {
     pub fn in_queue(&self) -> i32 {
         self.producer.in_flight_count()
     }
+
+    /// Delivered events still on their way to the persister's mailbox.
+    pub fn unforwarded(&self) -> i64 {
+        self.unforwarded.load(Ordering::SeqCst)
+    }
+
+    /// The counter [`forward_deliveries`] decrements.
+    pub fn unforwarded_counter(&self) -> Arc<AtomicI64> {
+        self.unforwarded.clone()
+    }
 }
 
 /// Move delivered events to the persister in batches, waiting on its mailbox (backpressure).
-pub async fn forward_deliveries(mut rx: mpsc::Receiver<EventRow>, persister: Addr<Persister>, batch: usize) {
+pub async fn forward_deliveries(
+    mut rx: mpsc::Receiver<EventRow>,
+    persister: Addr<Persister>,
+    batch: usize,
+    unforwarded: Arc<AtomicI64>,
+) {
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         let rows = std::mem::replace(&mut buf, Vec::with_capacity(batch));
+        let n = rows.len() as i64;
         let t = Instant::now();
-        if persister.send(PersistEvents(rows)).await.is_err() {
+        let sent = persister.send(PersistEvents(rows)).await;
+        unforwarded.fetch_sub(n, Ordering::SeqCst);
+        if sent.is_err() {
             tracing::error!("persister stopped; delivered events will be re-emitted on resume");
             return;
         }

@@ -77,7 +77,7 @@ impl Pipeline {
         let persister_stats = stats_rx.recv().expect("persister started");
         let (emitter, delivered) =
             Emitter::new(&kafka::producer_config(k, brokers), &k.ack_topic, batch_rows.max(1000) * 4).map_err(kafka::KafkaError::from)?;
-        persister_arbiter.spawn(forward_deliveries(delivered, persister.clone(), batch_rows));
+        persister_arbiter.spawn(forward_deliveries(delivered, persister.clone(), batch_rows, emitter.unforwarded_counter()));
 
         let shared = Arc::new(LifecycleShared { emitter, assignments: assignments.clone(), in_flight: AtomicI64::new(0) });
         let channel_stats = Arc::new(ChannelStats::default());
@@ -178,7 +178,10 @@ impl Pipeline {
         let emitter = self.shared.emitter.clone();
         let _ = tokio::task::spawn_blocking(move || emitter.flush(Duration::from_secs(30))).await;
         // Let the forwarder hand the last deliveries over, then write them.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = self.persister.send(Flush).await;
         let (c, t) = (self.consumer.clone(), self.tracker.clone());
         let _ = tokio::task::spawn_blocking(move || consumer::commit(&c, &t, CommitMode::Sync)).await;
