@@ -163,7 +163,10 @@ async fn two_instances_share_the_work_exactly_once() {
     let a = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
     let b = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
     // Let the group settle so both members own partitions before the batch arrives.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    common::eventually(Duration::from_secs(30), "both instances own partitions", || async {
+        (a.owned_partitions() > 0 && b.owned_partitions() > 0 && a.owned_partitions() + b.owned_partitions() == 6).then_some(())
+    })
+    .await;
 
     let batch = sample_batch(&common::suffix(), N);
     let expected: usize = batch.iter().map(|m| scenario.plan(m.channel, &m.payload_id).unwrap().steps.len()).sum();

@@ -235,7 +235,10 @@ impl ConsumerLoop {
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             if let Some(set) = already.get_mut(&(topic.to_owned(), partition)) {
                 if set.remove(&offset) {
+                    // Stored before the restart and resumed from the store: durable, so committable.
                     self.stats.skipped_already_stored.fetch_add(1, Ordering::Relaxed);
+                    self.tracker.track(topic, partition, offset);
+                    self.tracker.done(topic, partition, offset);
                     continue;
                 }
             }
@@ -357,6 +360,18 @@ pub fn commit(consumer: &KafkaConsumer, tracker: &OffsetTracker, mode: CommitMod
         Err(e) => {
             tracker.rollback(&positions);
             tracing::warn!(error = %e, "offset commit failed; retried at the next interval");
+        }
+    }
+}
+
+/// Publish consumer lag per owned partition: high watermark minus position. Brokers that report the high
+/// watermark late (tansu 0.6 answers the last batch's base offset + 1) make this read low.
+pub fn report_lag(consumer: &KafkaConsumer) {
+    let Ok(position) = consumer.position() else { return };
+    for e in position.elements() {
+        let Offset::Offset(pos) = e.offset() else { continue };
+        if let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
+            telemetry::consumer_lag(e.topic(), e.partition(), (high - pos).max(0));
         }
     }
 }

@@ -16,7 +16,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Events handed to the producer and not yet delivered, at most; below librdkafka's queue size so that
+/// waiting happens here, in line, rather than in a retry loop.
+pub const IN_FLIGHT_EVENTS: usize = 50_000;
 
 use super::persister::{PersistEvents, Persister};
 use crate::model::AckEvent;
@@ -28,6 +32,8 @@ pub struct EmitterContext {
     delivered: mpsc::Sender<EventRow>,
     /// Delivered events not yet handed to the persister.
     unforwarded: Arc<AtomicI64>,
+    /// Room in the producer queue; a permit comes back with each delivery report.
+    room: Arc<Semaphore>,
 }
 
 impl ClientContext for EmitterContext {}
@@ -37,6 +43,7 @@ impl ProducerContext for EmitterContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, event: Self::DeliveryOpaque) {
         use rdkafka::message::Message;
+        self.room.add_permits(1);
         match result {
             Ok(m) => {
                 let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
@@ -64,6 +71,7 @@ pub struct Emitter {
     producer: Arc<ThreadedProducer<EmitterContext>>,
     topic: Arc<str>,
     unforwarded: Arc<AtomicI64>,
+    room: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -77,13 +85,23 @@ impl Emitter {
     pub fn new(config: &rdkafka::ClientConfig, topic: &str, queue: usize) -> Result<(Self, mpsc::Receiver<EventRow>), KafkaError> {
         let (tx, rx) = mpsc::channel(queue);
         let unforwarded = Arc::new(AtomicI64::new(0));
-        let producer: ThreadedProducer<EmitterContext> =
-            config.create_with_context(EmitterContext { delivered: tx, unforwarded: unforwarded.clone() })?;
-        Ok((Self { producer: Arc::new(producer), topic: topic.into(), unforwarded }, rx))
+        let room = Arc::new(Semaphore::new(IN_FLIGHT_EVENTS));
+        let producer: ThreadedProducer<EmitterContext> = config.create_with_context(EmitterContext {
+            delivered: tx,
+            unforwarded: unforwarded.clone(),
+            room: room.clone(),
+        })?;
+        Ok((Self { producer: Arc::new(producer), topic: topic.into(), unforwarded, room }, rx))
     }
 
-    /// Produce one event, keyed by payload id. Waits while the producer queue is full.
+    /// Produce one event, keyed by payload id. Waits (in line, without polling) while
+    /// [`IN_FLIGHT_EVENTS`] events are undelivered.
     pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
+        let t = Instant::now();
+        let permit = self.room.acquire().await.expect("never closed");
+        if t.elapsed() > Duration::from_millis(1) {
+            telemetry::backpressure("emitter", t.elapsed());
+        }
         event.emitted_at = Utc::now();
         let payload = serde_json::to_vec(&event).expect("events serialize");
         let key = event.payload_id.clone();
@@ -96,7 +114,11 @@ impl Emitter {
         let mut waited: Option<Instant> = None;
         loop {
             match self.producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => {
+                    // Returned by the delivery report.
+                    permit.forget();
+                    break;
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
                     record = rec;
                     waited.get_or_insert_with(Instant::now);

@@ -1,7 +1,8 @@
 //! The persister: buffers message and event rows and writes them in batches, on size or on time.
 //!
-//! While a write is under way the actor takes no new rows (`ctx.wait`), so a slow or unavailable store
-//! fills its mailbox and slows everything upstream instead of growing memory. A failed write is retried
+//! Up to three writes (one on SQLite) run at once. While all of them are under way the actor takes no new
+//! rows (`ctx.wait`), so a slow or unavailable store fills its mailbox and slows everything upstream
+//! instead of growing memory. A failed write is retried
 //! until it succeeds; nothing is dropped. Offsets of messages become committable only after their write.
 
 use std::sync::Arc;
@@ -46,11 +47,21 @@ pub struct Persister {
     batch_rows: usize,
     flush_interval: Duration,
     stats: Arc<PersisterStats>,
+    /// One permit per concurrent write.
+    slots: Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
 }
 
 impl Persister {
     pub fn new(store: Store, tracker: Arc<OffsetTracker>, batch_rows: usize, flush_interval: Duration) -> Self {
+        // SQLite has one writer at a time; Postgres takes concurrent batches.
+        let concurrency = match &store {
+            Store::Postgres(_) => 3,
+            Store::Sqlite(_) => 1,
+        };
         Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            concurrency,
             store,
             tracker,
             messages: Vec::new(),
@@ -69,48 +80,56 @@ impl Persister {
         self.messages.len() + self.events.len()
     }
 
-    /// Write the buffers; the actor handles nothing else until the write has succeeded.
+    /// Hand the buffers to a writer. Up to `concurrency` writes run at once; when all are busy the actor
+    /// waits for a free one and takes no new rows meanwhile (backpressure).
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if let Some(write) = self.write() {
-            ctx.wait(write);
-        }
-    }
-
-    /// The write of everything buffered, retried until it succeeds; then its offsets are released.
-    fn write(&mut self) -> Option<impl ActorFuture<Self, Output = ()> + 'static> {
         if self.buffered() == 0 {
-            return None;
+            return;
         }
         let messages = std::mem::take(&mut self.messages);
         let events = std::mem::take(&mut self.events);
-        let store = self.store.clone();
-        let stats = self.stats.clone();
-        let fut = async move {
-            let rows = messages.len() + events.len();
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let t = Instant::now();
-                match store.write(&messages, &events).await {
-                    Ok(()) => {
-                        telemetry::persisted(rows, t.elapsed());
-                        stats.writes.fetch_add(1, Ordering::Relaxed);
-                        stats.messages_written.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                        stats.events_written.fetch_add(events.len() as u64, Ordering::Relaxed);
-                        return messages;
-                    }
-                    Err(e) => {
-                        telemetry::persist_error();
-                        stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, rows, retry_in = ?backoff, "store write failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+        let slots = self.slots.clone();
+        let wait_started = Instant::now();
+        ctx.wait(async move { slots.acquire_owned().await.expect("never closed") }.into_actor(self).map(
+            move |slot, act, _| {
+                if wait_started.elapsed() > Duration::from_millis(1) {
+                    telemetry::backpressure("store", wait_started.elapsed());
                 }
+                let (store, stats, tracker) = (act.store.clone(), act.stats.clone(), act.tracker.clone());
+                // A task of its own, not an actor item: items are not polled while the actor waits for
+                // a slot, and the slot is freed by this very write.
+                actix::spawn(async move {
+                    write_until_done(&store, &stats, &messages, &events).await;
+                    tracker.done_many(messages.iter().map(|m| (m.topic.as_str(), m.partition, m.offset)));
+                    drop(slot);
+                });
+            },
+        ));
+    }
+}
+
+/// Write one batch, retrying until it succeeds: nothing is dropped while the store is away.
+async fn write_until_done(store: &Store, stats: &PersisterStats, messages: &[MessageRow], events: &[EventRow]) {
+    let rows = messages.len() + events.len();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let t = Instant::now();
+        match store.write(messages, events).await {
+            Ok(()) => {
+                telemetry::persisted(rows, t.elapsed());
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+                stats.messages_written.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                stats.events_written.fetch_add(events.len() as u64, Ordering::Relaxed);
+                return;
             }
-        };
-        Some(fut.into_actor(self).map(|messages, act, _| {
-            act.tracker.done_many(messages.iter().map(|m| (m.topic.as_str(), m.partition, m.offset)));
-        }))
+            Err(e) => {
+                telemetry::persist_error();
+                stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, rows, retry_in = ?backoff, "store write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -145,11 +164,15 @@ impl Handler<PersistEvents> for Persister {
 
 impl Handler<Flush> for Persister {
     type Result = AtomicResponse<Self, ()>;
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
-        // Answered only once the write is durable.
-        match self.write() {
-            Some(write) => AtomicResponse::new(Box::pin(write)),
-            None => AtomicResponse::new(Box::pin(actix::fut::ready(()))),
-        }
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
+        self.flush(ctx);
+        // Answered once every write, this one included, is durable: all slots free again.
+        let (slots, n) = (self.slots.clone(), self.concurrency);
+        AtomicResponse::new(Box::pin(
+            async move {
+                let _all = slots.acquire_many(n as u32).await;
+            }
+            .into_actor(self),
+        ))
     }
 }

@@ -127,10 +127,16 @@ impl Pipeline {
             (kafka_consumer.clone(), tracker.clone(), Duration::from_millis(k.commit_interval_ms), shutdown.clone());
         consumer_arbiter.spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut lag_at = Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => consumer::commit(&c, &tr, CommitMode::Async),
+                }
+                if lag_at.elapsed() >= Duration::from_secs(5) {
+                    lag_at = Instant::now();
+                    let c = c.clone();
+                    let _ = tokio::task::spawn_blocking(move || consumer::report_lag(&c)).await;
                 }
             }
         });
@@ -154,6 +160,11 @@ impl Pipeline {
     /// Lifecycle actors alive.
     pub fn lifecycles_in_flight(&self) -> i64 {
         self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Partitions this instance owns now.
+    pub fn owned_partitions(&self) -> usize {
+        self.shared.assignments.owned().len()
     }
 
     /// Consumed messages not yet durable.

@@ -1,0 +1,195 @@
+//! Service benchmarks on the embedded broker with Postgres, printing the figures the README quotes.
+//!
+//! The service runs as the real binary in a child process, so its CPU time and memory are its own; the
+//! broker runs in this process. Input is loaded into the topic before the service starts, so the
+//! throughput figure is the service's, not the publisher's.
+//!
+//!     cargo bench --bench pipeline              # 200,000 messages each part
+//!     BENCH_MESSAGES=50000 cargo bench --bench pipeline
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use understudy::demo::{publish, sample_batch};
+use understudy::kafka::embedded::EmbeddedBroker;
+use understudy::scenario::Scenario;
+use understudy::store::Store;
+
+fn ticks_per_sec() -> f64 {
+    100.0
+}
+
+/// (user + system CPU seconds, RSS bytes) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let rss_pages: u64 = f.get(21).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (ticks / ticks_per_sec(), rss_pages * 4096)
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let total: f64 = body
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(total)
+}
+
+async fn fresh_database() -> String {
+    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("understudy_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+struct Service {
+    child: Child,
+    metrics_port: u16,
+}
+
+fn start_service(dir: &Path, brokers: &str, url: &str, scenario: &Path, tag: &str) -> Service {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join(format!("{tag}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: \"{brokers}\"\n  group_id: bench-{tag}\n  input_topics: [bench.{tag}.outbound]\n  ack_topic: bench.{tag}.acks\n  dlq_topic: bench.{tag}.dlq\n  partitions: 6\nstore:\n  url: \"{url}\"\ntelemetry:\n  metrics_addr: \"127.0.0.1:{metrics_port}\"\n  log_level: warn\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--scenario")
+        .arg(scenario)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("service starts");
+    Service { child, metrics_port }
+}
+
+fn stop(mut s: Service) {
+    let _ = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status();
+    let _ = s.child.wait();
+}
+
+async fn create_topics(brokers: &str, tag: &str) {
+    let mut k = understudy::config::KafkaSettings::default();
+    k.partitions = 6;
+    let names = [format!("bench.{tag}.outbound"), format!("bench.{tag}.acks"), format!("bench.{tag}.dlq")];
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    understudy::kafka::admin::ensure_topics(&k, brokers, &refs).await.unwrap();
+}
+
+async fn throughput(dir: &Path, brokers: &str, n: usize) {
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let scenario_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/zero-delay.yaml");
+    let scenario = Scenario::load(&scenario_path).unwrap();
+    let batch = sample_batch("tp", n);
+    let events: usize = batch.iter().map(|m| scenario.plan(m.channel, &m.payload_id).unwrap().steps.len()).sum();
+    create_topics(brokers, "tp").await;
+    let t = Instant::now();
+    publish(brokers, "bench.tp.outbound", &batch, None).await.unwrap();
+    println!("  loaded {n} messages into the input topic in {:.1} s", t.elapsed().as_secs_f64());
+
+    let svc = start_service(dir, brokers, &url, &scenario_path, "tp");
+    let pid = svc.child.id();
+    // Progress from the service's own metrics (rows written), so that polling does not load Postgres.
+    let mut start: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let rows = (n + events) as f64;
+    loop {
+        let written = metric(svc.metrics_port, "understudy_persist_batch_rows_sum").unwrap_or(0.0);
+        if start.is_none() && metric(svc.metrics_port, "understudy_messages_consumed_total").unwrap_or(0.0) > 0.0 {
+            start = Some((Instant::now(), proc_usage(pid).0));
+        }
+        if written >= rows {
+            break;
+        }
+        assert!(Instant::now() < deadline, "benchmark did not finish: {written} of {rows} rows");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = store.totals().await.unwrap();
+    assert_eq!((t.messages as usize, t.events as usize), (n, events), "everything stored once");
+    let (t0, cpu0) = start.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu1, rss) = proc_usage(pid);
+    let cpu = cpu1 - cpu0;
+    stop(svc);
+    println!("  end to end, zero delays: {n} messages, {events} acks in {secs:.2} s");
+    println!("    throughput        {:>10.0} outbound messages/s ({:.0} acks/s)", n as f64 / secs, events as f64 / secs);
+    println!("    service CPU       {:>10.2} µs per outbound message ({cpu:.2} s CPU)", cpu * 1e6 / n as f64);
+    println!("    service RSS       {:>10.1} MiB at the end", rss as f64 / 1048576.0);
+    store.close().await;
+}
+
+async fn pending_memory(dir: &Path, brokers: &str, n: usize) {
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let scenario_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pending.yaml");
+    create_topics(brokers, "mem").await;
+    let svc = start_service(dir, brokers, &url, &scenario_path, "mem");
+    let pid = svc.child.id();
+    // Idle baseline once the service is up and assigned.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(svc.metrics_port, "understudy_offsets_committed_total").is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, rss0) = proc_usage(pid);
+    let batch = sample_batch("mem", n);
+    publish(brokers, "bench.mem.outbound", &batch, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let in_flight = metric(svc.metrics_port, "understudy_lifecycles_in_flight").unwrap_or(0.0);
+        if in_flight as usize >= n && store.totals().await.unwrap().messages as usize >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lifecycles did not all start ({in_flight})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, rss1) = proc_usage(pid);
+    stop(svc);
+    println!("  {n} pending lifecycles (nothing due for an hour)");
+    println!("    RSS idle          {:>10.1} MiB", rss0 as f64 / 1048576.0);
+    println!("    RSS with pending  {:>10.1} MiB", rss1 as f64 / 1048576.0);
+    println!("    per lifecycle     {:>10.0} bytes", (rss1.saturating_sub(rss0)) as f64 / n as f64);
+    store.close().await;
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects a part.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let broker = EmbeddedBroker::start(0).expect("embedded broker");
+    let brokers = broker.bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("understudy benchmarks ({} cores), embedded tansu broker, Postgres", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    rt.block_on(async {
+        if filter.as_deref().is_none_or(|f| "throughput".contains(f)) {
+            throughput(dir.path(), &brokers, n).await;
+        }
+        if filter.as_deref().is_none_or(|f| "memory".contains(f)) {
+            pending_memory(dir.path(), &brokers, n).await;
+        }
+    });
+}
