@@ -17,15 +17,19 @@ use crate::scenario::Scenario;
 use crate::store::{MessageRow, PendingLifecycle};
 use crate::telemetry;
 
-/// Decoded messages of this channel, in consumption order.
+/// Decoded messages of this channel, in consumption order, each with the generation of the partition
+/// assignment it was consumed under.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Dispatch(pub Vec<Outbound>);
+pub struct Dispatch(pub Vec<(u64, Outbound)>);
 
-/// Unfinished lifecycles loaded from the store after a (re)assignment.
+/// Unfinished lifecycles of one partition, loaded from the store after its assignment `generation`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Resume(pub Vec<PendingLifecycle>);
+pub struct Resume {
+    pub generation: u64,
+    pub lifecycles: Vec<PendingLifecycle>,
+}
 
 /// Counters tests and reports read.
 #[derive(Debug, Default)]
@@ -53,10 +57,11 @@ impl ChannelActor {
         Self { channel, scenario, persister, shared, stats }
     }
 
-    fn start_lifecycle(&self, message: PlannedMessage, skip: Option<HashSet<Uuid>>) {
+    fn start_lifecycle(&self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, generation: u64) {
         let src = &message.outbound.source;
-        // A partition revoked meanwhile is resumed by its new owner.
-        if let Some(generation) = self.shared.assignments.generation(&src.topic, src.partition) {
+        // A partition revoked (or revoked and assigned again) meanwhile is resumed from the store by
+        // whoever owns it now.
+        if self.shared.assignments.owns(&src.topic, src.partition, generation) {
             Lifecycle::new(message, skip, generation, self.shared.clone()).start();
         }
     }
@@ -77,12 +82,12 @@ impl Handler<Dispatch> for ChannelActor {
     fn handle(&mut self, msg: Dispatch, _: &mut Self::Context) -> Self::Result {
         let mut planned = Vec::with_capacity(msg.0.len());
         let mut rows = Vec::with_capacity(msg.0.len());
-        for outbound in msg.0 {
+        for (generation, outbound) in msg.0 {
             telemetry::message_consumed(self.channel);
             let Some(plan) = self.scenario.plan(self.channel, &outbound.payload_id) else { continue };
             let mut pm = PlannedMessage { outbound, plan };
             rows.push(MessageRow::new(&mut pm, self.scenario.name()));
-            planned.push(pm);
+            planned.push((generation, pm));
         }
         self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);
         let persister = self.persister.clone();
@@ -96,8 +101,8 @@ impl Handler<Dispatch> for ChannelActor {
             }
             .into_actor(self)
             .map(move |_, act, _| {
-                for pm in planned {
-                    act.start_lifecycle(pm, None);
+                for (generation, pm) in planned {
+                    act.start_lifecycle(pm, None, generation);
                 }
             }),
         ))
@@ -108,10 +113,11 @@ impl Handler<Resume> for ChannelActor {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, _: &mut Self::Context) {
-        self.stats.resumed.fetch_add(msg.0.len() as u64, Ordering::Relaxed);
-        telemetry::lifecycles_resumed(msg.0.len() as u64);
-        for p in msg.0 {
-            self.start_lifecycle(p.message, Some(p.stored_events));
+        let n = msg.lifecycles.len() as u64;
+        self.stats.resumed.fetch_add(n, Ordering::Relaxed);
+        telemetry::lifecycles_resumed(n);
+        for p in msg.lifecycles {
+            self.start_lifecycle(p.message, Some(p.stored_events), msg.generation);
         }
     }
 }

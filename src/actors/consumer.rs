@@ -20,6 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelActor, Dispatch, Resume};
+use super::persister::{Flush, Persister};
 use crate::kafka::decode::{Decoder, RawRecord, Rejection};
 use crate::kafka::offsets::{Assignments, OffsetTracker};
 use crate::model::{Channel, Outbound};
@@ -60,10 +61,27 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Hand the positions out again at the next interval.
+            let positions: Vec<(String, i32, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                    _ => None,
+                })
+                .collect();
+            self.tracker.rollback(&positions);
+            tracing::warn!(error = %e, "offset commit failed; retried at the next interval");
+        }
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
             for (t, p) in &parts {
+                self.tracker.assign(t, *p);
                 self.assignments.assign(t, *p);
             }
             tracing::info!(partitions = parts.len(), "partitions assigned");
@@ -92,6 +110,8 @@ pub struct ConsumerLoop {
     pub dlq: FutureProducer,
     pub dlq_topic: String,
     pub tracker: Arc<OffsetTracker>,
+    pub assignments: Arc<Assignments>,
+    pub persister: Addr<Persister>,
     pub store_url: String,
     pub max_batch: usize,
     pub max_in_flight: usize,
@@ -186,9 +206,16 @@ impl ConsumerLoop {
                 .and_then(|o| if let Offset::Offset(n) = o { Some(n) } else { None })
                 .unwrap_or(0)
         };
+        // Rows this instance still buffers for the partition are written first, so that every stored
+        // offset below is also either resumed or finished.
+        let _ = self.persister.send(Flush).await;
         let mut backoff = Duration::from_millis(200);
         let (pending, stored) = loop {
-            let r = async { Ok::<_, crate::store::StoreError>((store.pending(topic, partition).await?, store.stored_offsets(topic, partition, committed).await?)) }.await;
+            let r = async {
+                let stored = store.stored_offsets(topic, partition, committed).await?;
+                Ok::<_, crate::store::StoreError>((store.pending(topic, partition).await?, stored))
+            }
+            .await;
             match r {
                 Ok(v) => break v,
                 Err(e) => {
@@ -201,6 +228,8 @@ impl ConsumerLoop {
                 }
             }
         };
+        // Revoked again while reading: the next owner resumes it.
+        let Some(generation) = self.assignments.generation(topic, partition) else { return };
         if !pending.is_empty() {
             tracing::info!(topic, partition, lifecycles = pending.len(), "resuming unfinished lifecycles");
         }
@@ -213,7 +242,7 @@ impl ConsumerLoop {
                 continue;
             }
             if let Some(addr) = &self.channels[i] {
-                let _ = addr.send(Resume(list)).await;
+                let _ = addr.send(Resume { generation, lifecycles: list }).await;
             }
         }
         already.insert((topic.to_owned(), partition), stored);
@@ -221,7 +250,7 @@ impl ConsumerLoop {
 
     async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut HashMap<(String, i32), HashSet<i64>>) {
         let now = Utc::now();
-        let mut by_channel: [Vec<Outbound>; 3] = Default::default();
+        let mut by_channel: [Vec<(u64, Outbound)>; 3] = Default::default();
         let mut dead: Vec<Dead> = Vec::new();
         for m in chunk {
             let m = match m {
@@ -233,6 +262,8 @@ impl ConsumerLoop {
             };
             let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            // Fetched before a revoke: the partition's new owner processes it.
+            let Some(generation) = self.assignments.generation(topic, partition) else { continue };
             if let Some(set) = already.get_mut(&(topic.to_owned(), partition)) {
                 if set.remove(&offset) {
                     // Stored before the restart and resumed from the store: durable, so committable.
@@ -257,7 +288,7 @@ impl ConsumerLoop {
                 }
             });
             match decoded {
-                Ok(o) => by_channel[o.channel.index()].push(o),
+                Ok(o) => by_channel[o.channel.index()].push((generation, o)),
                 Err(rejection) => dead.push(Dead {
                     topic: topic.to_owned(),
                     partition,
@@ -287,7 +318,20 @@ impl ConsumerLoop {
 
     /// Produce rejected records, untouched, to the dead-letter topic; their offsets are released once
     /// the DLQ has them.
-    async fn dead_letter(&self, dead: Vec<Dead>) {
+    async fn dead_letter(&self, mut dead: Vec<Dead>) {
+        let mut backoff = Duration::from_millis(200);
+        while !dead.is_empty() {
+            dead = self.dead_letter_once(dead).await;
+            if dead.is_empty() || self.shutdown.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One attempt; returns the records the DLQ did not take.
+    async fn dead_letter_once(&self, dead: Vec<Dead>) -> Vec<Dead> {
         let sends = dead.iter().map(|d| {
             let mut headers = d.headers.clone().unwrap_or_default();
             headers = headers
@@ -304,7 +348,8 @@ impl ConsumerLoop {
             self.dlq.send(record, rdkafka::util::Timeout::Never)
         });
         let results = futures::future::join_all(sends).await;
-        for (d, r) in dead.iter().zip(results) {
+        let mut failed = Vec::new();
+        for (d, r) in dead.into_iter().zip(results) {
             match r {
                 Ok(_) => {
                     telemetry::message_dead_lettered(d.rejection.kind);
@@ -312,9 +357,13 @@ impl ConsumerLoop {
                     tracing::debug!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.rejection.reason, "dead-lettered");
                     self.tracker.done(&d.topic, d.partition, d.offset);
                 }
-                Err((e, _)) => tracing::error!(error = %e, offset = d.offset, "cannot dead-letter; the offset stays uncommitted"),
+                Err((e, _)) => {
+                    tracing::error!(error = %e, offset = d.offset, "cannot dead-letter yet; retrying");
+                    failed.push(d);
+                }
             }
         }
+        failed
     }
 }
 
@@ -355,6 +404,7 @@ pub fn commit(consumer: &KafkaConsumer, tracker: &OffsetTracker, mode: CommitMod
     for (topic, partition, pos) in &positions {
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos));
     }
+    // Failures of async commits arrive in `commit_callback`, which rolls them back.
     match consumer.commit(&tpl, mode) {
         Ok(()) => telemetry::offsets_committed(positions.len()),
         Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::consumer::CommitMode;
+use rdkafka::consumer::{CommitMode, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelActor, ChannelStats};
@@ -96,7 +96,7 @@ impl Pipeline {
 
         // Source end last.
         let (kafka_consumer, assigned) =
-            consumer::create(&kafka::consumer_config(k, brokers), &k.input_topics, tracker.clone(), assignments)
+            consumer::create(&kafka::consumer_config(k, brokers), &k.input_topics, tracker.clone(), assignments.clone())
                 .map_err(kafka::KafkaError::from)?;
         let kafka_consumer = Arc::new(kafka_consumer);
         let dlq = kafka::producer_config(k, brokers).create().map_err(kafka::KafkaError::from)?;
@@ -112,6 +112,8 @@ impl Pipeline {
             dlq,
             dlq_topic: k.dlq_topic.clone(),
             tracker: tracker.clone(),
+            assignments,
+            persister: persister.clone(),
             store_url,
             max_batch: settings.service.max_batch,
             max_in_flight: settings.service.max_in_flight_lifecycles,
@@ -186,6 +188,8 @@ impl Pipeline {
         if left > 0 {
             tracing::info!(lifecycles = left, "unfinished lifecycles are stored and resume on the next start");
         }
+        // From here on nothing new is emitted, so everything emitted can be stored before exit.
+        self.shared.assignments.revoke_all();
         let emitter = self.shared.emitter.clone();
         let _ = tokio::task::spawn_blocking(move || emitter.flush(Duration::from_secs(30))).await;
         // Let the forwarder hand the last deliveries over, then write them.
@@ -193,9 +197,16 @@ impl Pipeline {
         while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let _ = self.persister.send(Flush).await;
+        if tokio::time::timeout(Duration::from_secs(30), self.persister.send(Flush)).await.is_err() {
+            tracing::error!("the store did not take the last rows within 30 s; their lifecycles resume on restart");
+        }
         let (c, t) = (self.consumer.clone(), self.tracker.clone());
-        let _ = tokio::task::spawn_blocking(move || consumer::commit(&c, &t, CommitMode::Sync)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            consumer::commit(&c, &t, CommitMode::Sync);
+            // Leave the group now rather than after the session timeout.
+            c.unsubscribe();
+        })
+        .await;
         for a in self.arbiters.drain(..) {
             a.stop();
         }

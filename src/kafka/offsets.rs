@@ -9,19 +9,19 @@ use std::sync::{Mutex, RwLock};
 
 type Key = (String, i32);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionOffsets {
     /// Consumed, not yet durable.
     pending: BTreeSet<i64>,
-    /// One past the highest offset seen.
-    next: i64,
+    /// One past the highest offset seen; `None` before the first record.
+    next: Option<i64>,
     /// Last position handed out for commit.
     committed: i64,
 }
 
 impl PartitionOffsets {
-    fn watermark(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(self.next)
+    fn watermark(&self) -> Option<i64> {
+        self.pending.first().copied().or(self.next)
     }
 }
 
@@ -32,15 +32,20 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    pub fn track(&self, topic: &str, partition: i32, offset: i64) {
+    /// Start tracking an assigned partition (anew: what an earlier assignment left is forgotten).
+    pub fn assign(&self, topic: &str, partition: i32) {
+        let fresh = PartitionOffsets { pending: BTreeSet::new(), next: None, committed: -1 };
+        self.parts.lock().expect("offset lock").insert((topic.to_owned(), partition), fresh);
+    }
+
+    /// A record was consumed. Records of partitions not assigned (any more) are ignored: their
+    /// positions are the new owner's to commit.
+    pub fn track(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let mut parts = self.parts.lock().expect("offset lock");
-        let p = parts.entry((topic.to_owned(), partition)).or_insert_with(|| PartitionOffsets {
-            pending: BTreeSet::new(),
-            next: offset,
-            committed: -1,
-        });
+        let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) else { return false };
         p.pending.insert(offset);
-        p.next = p.next.max(offset + 1);
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        true
     }
 
     /// The message at `offset` is durable (or dead-lettered, or skipped as already stored).
@@ -65,7 +70,7 @@ impl OffsetTracker {
         let mut parts = self.parts.lock().expect("offset lock");
         let mut out = Vec::new();
         for ((topic, partition), p) in parts.iter_mut() {
-            let w = p.watermark();
+            let Some(w) = p.watermark() else { continue };
             if w > p.committed {
                 p.committed = w;
                 out.push((topic.clone(), *partition, w));
@@ -88,7 +93,7 @@ impl OffsetTracker {
     pub fn revoke(&self, topic: &str, partition: i32) -> Option<i64> {
         let mut parts = self.parts.lock().expect("offset lock");
         let p = parts.remove(&(topic.to_owned(), partition))?;
-        let w = p.watermark();
+        let w = p.watermark()?;
         (w > p.committed).then_some(w)
     }
 
@@ -117,6 +122,11 @@ impl Assignments {
         self.owned.write().expect("assignment lock").remove(&(topic.to_owned(), partition));
     }
 
+    /// Give up every partition: running lifecycles stop at their next step (shutdown).
+    pub fn revoke_all(&self) {
+        self.owned.write().expect("assignment lock").clear();
+    }
+
     pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
         self.owned.read().expect("assignment lock").get(&(topic.to_owned(), partition)).copied()
     }
@@ -137,6 +147,9 @@ mod tests {
     #[test]
     fn commits_only_below_the_first_pending_offset() {
         let t = OffsetTracker::default();
+        assert!(!t.track("t", 0, 9), "unassigned partitions are not tracked");
+        t.assign("t", 0);
+        assert!(t.commitable().is_empty(), "nothing consumed yet");
         for o in 10..15 {
             t.track("t", 0, o);
         }
@@ -152,6 +165,7 @@ mod tests {
     #[test]
     fn revoke_forgets_and_reports_the_last_safe_position() {
         let t = OffsetTracker::default();
+        t.assign("t", 1);
         t.track("t", 1, 5);
         t.track("t", 1, 6);
         t.done("t", 1, 5);
