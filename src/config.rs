@@ -289,20 +289,8 @@ impl Settings {
         match serde_path_to_error::deserialize::<_, Option<Settings>>(de) {
             Ok(s) => Ok(s.unwrap_or_default()),
             Err(e) => {
-                let segs = locate::from_serde(e.path());
-                let mut message = e.inner().to_string();
-                if let Some(i) = message.find(" at line ") {
-                    message.truncate(i);
-                }
-                let message = crate::scenario::strip_yaml_path(&message).to_owned();
-                Err(ConfigError::Invalid {
-                    file: file.to_owned(),
-                    line: locate::locate(text, &segs)
-                        .or_else(|| e.inner().location().map(|l| l.line()))
-                        .unwrap_or(1),
-                    field: locate::render(&segs),
-                    message,
-                })
+                let (line, field, message) = locate::yaml_error(text, &e);
+                Err(ConfigError::Invalid { file: file.to_owned(), line, field, message })
             }
         }
     }

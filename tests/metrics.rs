@@ -22,22 +22,11 @@ fn scrape(port: u16) -> Option<String> {
 #[actix::test]
 async fn exporter_serves_every_metric() {
     let (url, dir) = common::sqlite_url();
-    let settings = common::settings(&url, 2);
-    let k = &settings.kafka;
+    let mut settings = common::settings(&url, 2);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("understudy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "kafka:\n  brokers: \"{}\"\n  group_id: {}\n  input_topics: [{}]\n  ack_topic: {}\n  dlq_topic: {}\n  partitions: 2\nstore:\n  url: \"{url}\"\ntelemetry:\n  metrics_addr: \"127.0.0.1:{port}\"\n",
-            k.brokers.as_deref().unwrap(),
-            k.group_id,
-            k.input_topics[0],
-            k.ack_topic,
-            k.dlq_topic
-        ),
-    )
-    .unwrap();
+    settings.telemetry.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    let config = common::write_config(dir.path(), &settings);
+    let k = &settings.kafka;
     let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/zero-delay.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
         .args(["run", "--config"])

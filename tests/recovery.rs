@@ -38,20 +38,8 @@ async fn killed_service_resumes_without_duplicates() {
     let scenario_path = dir.path().join("scenario.yaml");
     std::fs::write(&scenario_path, &text).unwrap();
     let scenario = Scenario::load(&scenario_path).unwrap();
-    let config_path = dir.path().join("understudy.yaml");
+    let config_path = common::write_config(dir.path(), &settings);
     let k = &settings.kafka;
-    std::fs::write(
-        &config_path,
-        format!(
-            "kafka:\n  brokers: \"{}\"\n  group_id: {}\n  input_topics: [{}]\n  ack_topic: {}\n  dlq_topic: {}\n  partitions: 4\n  commit_interval_ms: 200\nstore:\n  url: \"{url}\"\n  flush_interval_ms: 50\ntelemetry:\n  metrics_addr: null\n",
-            k.brokers.as_deref().unwrap(),
-            k.group_id,
-            k.input_topics[0],
-            k.ack_topic,
-            k.dlq_topic
-        ),
-    )
-    .unwrap();
     let log = dir.path().join("service.log");
     let store = Store::connect(&url, 2).await.unwrap();
 

@@ -40,6 +40,24 @@ pub fn from_serde(path: &serde_path_to_error::Path) -> Vec<Seg> {
         .collect()
 }
 
+/// Where a YAML deserialization error is and what it says: (1-based line, field path, message without
+/// serde_yaml's own position and path prefix).
+pub fn yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml::Error>) -> (usize, String, String) {
+    let segs = from_serde(e.path());
+    let mut message = e.inner().to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    // serde_yaml starts some messages with the path (`kafka: unknown field…`); the path is shown already.
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest.to_owned(),
+        _ => message,
+    };
+    let line = locate(text, &segs).or_else(|| e.inner().location().map(|l| l.line())).unwrap_or(1);
+    let field = if segs.is_empty() { "(document)".to_owned() } else { render(&segs) };
+    (line, field, message)
+}
+
 struct Line<'a> {
     indent: usize,
     text: &'a str,

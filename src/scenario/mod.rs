@@ -129,24 +129,18 @@ impl Scenario {
 
     /// Parse and validate scenario text; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let invalid = |segs: &[Seg], fallback_line: Option<usize>, message: String| ScenarioError::Invalid {
+        let invalid = |segs: &[Seg], message: String| ScenarioError::Invalid {
             file: file.to_owned(),
-            line: locate::locate(text, segs).or(fallback_line).unwrap_or(1),
+            line: locate::locate(text, segs).unwrap_or(1),
             field: if segs.is_empty() { "(document)".into() } else { locate::render(segs) },
             message,
         };
         let de = serde_yaml::Deserializer::from_str(text);
         let parsed: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let segs = locate::from_serde(e.path());
-            let yaml_line = e.inner().location().map(|l| l.line());
-            let mut msg = e.inner().to_string();
-            // serde_yaml appends " at line N column M"; the line is already in front.
-            if let Some(i) = msg.find(" at line ") {
-                msg.truncate(i);
-            }
-            invalid(&segs, yaml_line, explain_serde(strip_yaml_path(&msg)))
+            let (line, field, message) = locate::yaml_error(text, &e);
+            ScenarioError::Invalid { file: file.to_owned(), line, field, message: explain_serde(&message) }
         })?;
-        let scenario = Self::compile(parsed, file.to_owned()).map_err(|(segs, message)| invalid(&segs, None, message))?;
+        let scenario = Self::compile(parsed, file.to_owned()).map_err(|(segs, message)| invalid(&segs, message))?;
         Ok(scenario)
     }
 
@@ -406,14 +400,6 @@ fn pick<R: Rng>(cumulative: &[f64], rng: &mut R) -> usize {
 
 fn list(statuses: &[Status]) -> String {
     statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// serde_yaml starts some messages with the path (`kafka: unknown field…`); the path is shown already.
-pub fn strip_yaml_path(msg: &str) -> &str {
-    match msg.split_once(": ") {
-        Some((head, rest)) if !head.contains(' ') && !head.contains('`') => rest,
-        _ => msg,
-    }
 }
 
 /// Make serde's wording point at what to write instead.

@@ -61,6 +61,13 @@ pub fn settings(store_url: &str, partitions: i32) -> Settings {
     settings
 }
 
+/// Write `settings` as a config file for the real binary (every key, as the loader reads them).
+pub fn write_config(dir: &Path, settings: &Settings) -> std::path::PathBuf {
+    let path = dir.join("understudy.yaml");
+    std::fs::write(&path, serde_yaml::to_string(settings).expect("settings serialize")).expect("write config");
+    path
+}
+
 /// A shipped scenario, compressed by `time_scale`.
 pub fn scenario(file: &str, time_scale: f64) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file);
