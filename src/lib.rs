@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod config;
 pub mod demo;
+pub mod json;
 pub mod kafka;
 pub mod model;
 pub mod scenario;

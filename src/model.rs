@@ -219,10 +219,20 @@ pub struct PlannedMessage {
     pub plan: Plan,
 }
 
-/// Deterministic id of one ack event.
+/// Deterministic id of one ack event: UUIDv5 of `payload_id`, status and attempt, separated by U+001F.
 pub fn event_id(payload_id: &str, status: Status, attempt: u16) -> Uuid {
-    let name = format!("{payload_id}\u{1f}{}\u{1f}{attempt}", status.as_str());
-    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    let mut digits = itoa::Buffer::new();
+    let parts = [payload_id.as_bytes(), b"\x1f", status.as_str().as_bytes(), b"\x1f", digits.format(attempt).as_bytes()];
+    let mut name = [0u8; 256];
+    if parts.iter().map(|p| p.len()).sum::<usize>() > name.len() {
+        return Uuid::new_v5(&ID_NAMESPACE, &parts.concat());
+    }
+    let mut at = 0;
+    for part in parts {
+        name[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    Uuid::new_v5(&ID_NAMESPACE, &name[..at])
 }
 
 /// Deterministic vendor message id, shaped the way each channel's vendors shape theirs.
@@ -256,6 +266,62 @@ pub struct AckEvent {
     pub tenant_id: Option<String>,
 }
 
+impl AckEvent {
+    /// The event as JSON, as serde writes it (timestamps to the microsecond), into `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut uuid = Uuid::encode_buffer();
+        let mut w = crate::json::ObjectWriter::new(out);
+        w.str("event_id", self.event_id.hyphenated().encode_lower(&mut uuid))
+            .str("payload_id", &self.payload_id)
+            .str("batch_id", &self.batch_id)
+            .str("channel", self.channel.as_str())
+            .str("status", self.status.as_str())
+            .str("vendor_message_id", &self.vendor_message_id)
+            .int("attempt", i64::from(self.attempt))
+            .time("scheduled_at", self.scheduled_at)
+            .time("emitted_at", self.emitted_at)
+            .some_str("error_code", self.error_code.as_deref())
+            .some_str("error_reason", self.error_reason.as_deref())
+            .some_str("bounce_type", self.bounce_type.map(BounceType::as_str))
+            .opt_str("tenant_id", self.tenant_id.as_deref())
+            .end();
+    }
+}
+
+impl BounceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BounceType::Hard => "hard",
+            BounceType::Soft => "soft",
+        }
+    }
+}
+
+impl Plan {
+    /// The plan as JSON, as serde writes it, into `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut w = crate::json::ObjectWriter::new(out);
+        w.str("path", &self.path).str("vendor_message_id", &self.vendor_message_id).raw("steps", |out| {
+            out.push(b'[');
+            for (i, s) in self.steps.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                crate::json::ObjectWriter::new(out)
+                    .str("status", s.status.as_str())
+                    .int("attempt", i64::from(s.attempt))
+                    .int("due_us", s.due_us)
+                    .some_str("error_code", s.error_code.as_deref())
+                    .some_str("error_reason", s.error_reason.as_deref())
+                    .some_str("bounce_type", s.bounce_type.map(BounceType::as_str))
+                    .end();
+            }
+            out.push(b']');
+        });
+        w.end();
+    }
+}
+
 pub fn micros_to_time(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
@@ -280,6 +346,61 @@ mod tests {
         assert!(!Channel::Sms.allows(Some(Status::Delivery), Status::Open));
         assert!(Channel::Whatsapp.allows(Some(Status::Delivery), Status::Read));
         assert!(Channel::Email.allows(Some(Status::Open), Status::Click));
+    }
+
+    #[test]
+    fn event_ids_keep_their_definition() {
+        let long = "p".repeat(300);
+        for (p, st, a) in [("p1", Status::Send, 1u16), ("x", Status::Deferred, 12), (long.as_str(), Status::Read, 2)] {
+            let name = format!("{p}\u{1f}{}\u{1f}{a}", st.as_str());
+            assert_eq!(event_id(p, st, a), Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn hand_written_json_reads_back_as_serde_would() {
+        let t = |us| micros_to_time(us);
+        let mut e = AckEvent {
+            event_id: event_id("p\"1", Status::Bounce, 1),
+            payload_id: "p\"1".into(),
+            batch_id: "b".into(),
+            channel: Channel::Email,
+            status: Status::Bounce,
+            vendor_message_id: vendor_message_id(Channel::Email, "p\"1"),
+            attempt: 1,
+            scheduled_at: t(1_700_000_000_123_456),
+            emitted_at: t(1_700_000_000_223_456),
+            error_code: Some("5.1.1".into()),
+            error_reason: Some("no such user".into()),
+            bounce_type: Some(BounceType::Hard),
+            tenant_id: None,
+        };
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            e.write_json(&mut out);
+            let ours: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(ours, serde_json::from_slice::<serde_json::Value>(&serde_json::to_vec(&e).unwrap()).unwrap());
+            assert_eq!(serde_json::from_slice::<AckEvent>(&out).unwrap(), e);
+            (e.error_code, e.error_reason, e.bounce_type, e.tenant_id) = (None, None, None, Some("t".into()));
+        }
+        let plan = Plan {
+            path: "bounced".into(),
+            vendor_message_id: "v".into(),
+            steps: vec![
+                PlannedStep { status: Status::Send, attempt: 1, due_us: 5, error_code: None, error_reason: None, bounce_type: None },
+                PlannedStep {
+                    status: Status::Bounce,
+                    attempt: 1,
+                    due_us: 9,
+                    error_code: Some("5.1.1".into()),
+                    error_reason: Some("gone".into()),
+                    bounce_type: Some(BounceType::Soft),
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        plan.write_json(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&plan).unwrap());
     }
 
     #[test]

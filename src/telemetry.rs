@@ -2,9 +2,10 @@
 //! never through a raw string at a call site.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::config::{LogFormat, TelemetrySettings};
@@ -24,8 +25,31 @@ pub const CONSUMER_LAG: &str = "understudy_consumer_lag_messages";
 pub const BACKPRESSURE_SECONDS: &str = "understudy_backpressure_micros_total";
 pub const OFFSETS_COMMITTED: &str = "understudy_offsets_committed_total";
 
-pub fn message_consumed(channel: Channel) {
-    counter!(MESSAGES_CONSUMED, "channel" => channel.as_str()).increment(1);
+/// Handles of the per-message metrics, registered once: a handle records without the registry lookup
+/// (hashing of name and labels) that a `counter!` call pays each time.
+struct Hot {
+    consumed: [Counter; 3],
+    emitted: [[Counter; Status::ALL.len()]; 3],
+    lag: [Histogram; 3],
+    in_flight: [Gauge; 3],
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// Registered on first use, which is after the exporter is installed (or never, in library use: then
+/// they record nowhere, as the macros would).
+fn hot() -> &'static Hot {
+    HOT.get_or_init(|| Hot {
+        consumed: Channel::ALL.map(|c| counter!(MESSAGES_CONSUMED, "channel" => c.as_str())),
+        emitted: Channel::ALL
+            .map(|c| Status::ALL.map(|s| counter!(EVENTS_EMITTED, "channel" => c.as_str(), "status" => s.as_str()))),
+        lag: Channel::ALL.map(|c| histogram!(EMISSION_LAG_SECONDS, "channel" => c.as_str())),
+        in_flight: Channel::ALL.map(|c| gauge!(LIFECYCLES_IN_FLIGHT, "channel" => c.as_str())),
+    })
+}
+
+pub fn messages_consumed(channel: Channel, n: u64) {
+    hot().consumed[channel.index()].increment(n);
 }
 
 pub fn message_dead_lettered(reason_kind: &'static str) {
@@ -33,8 +57,9 @@ pub fn message_dead_lettered(reason_kind: &'static str) {
 }
 
 pub fn event_emitted(channel: Channel, status: Status, lag: Duration) {
-    counter!(EVENTS_EMITTED, "channel" => channel.as_str(), "status" => status.as_str()).increment(1);
-    histogram!(EMISSION_LAG_SECONDS, "channel" => channel.as_str()).record(lag.as_secs_f64());
+    let h = hot();
+    h.emitted[channel.index()][status as usize].increment(1);
+    h.lag[channel.index()].record(lag.as_secs_f64());
 }
 
 pub fn event_failed(channel: Channel) {
@@ -42,7 +67,7 @@ pub fn event_failed(channel: Channel) {
 }
 
 pub fn lifecycles_in_flight(channel: Channel, delta: f64) {
-    gauge!(LIFECYCLES_IN_FLIGHT, "channel" => channel.as_str()).increment(delta);
+    hot().in_flight[channel.index()].increment(delta);
 }
 
 pub fn lifecycles_resumed(n: u64) {

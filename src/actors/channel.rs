@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::lifecycle::{Lifecycle, LifecycleShared};
+use super::lifecycle::{Lifecycle, LifecycleShared, Walk};
 use super::persister::{PersistMessages, Persister};
 use crate::model::{Channel, Outbound, PlannedMessage};
 use crate::scenario::Scenario;
@@ -44,6 +44,9 @@ pub struct ChannelActor {
     persister: Addr<Persister>,
     shared: Arc<LifecycleShared>,
     stats: Arc<ChannelStats>,
+    scenario_name: Arc<str>,
+    /// Source topics, shared by the lifecycles of their messages.
+    topics: Vec<Arc<str>>,
 }
 
 impl ChannelActor {
@@ -54,15 +57,26 @@ impl ChannelActor {
         shared: Arc<LifecycleShared>,
         stats: Arc<ChannelStats>,
     ) -> Self {
-        Self { channel, scenario, persister, shared, stats }
+        let scenario_name = scenario.name().into();
+        Self { channel, scenario, persister, shared, stats, scenario_name, topics: Vec::new() }
     }
 
-    fn start_lifecycle(&self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, generation: u64) {
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.topics.iter().find(|t| &***t == name) {
+            return t.clone();
+        }
+        let t: Arc<str> = name.into();
+        self.topics.push(t.clone());
+        t
+    }
+
+    fn start_lifecycle(&mut self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, generation: u64) {
         let src = &message.outbound.source;
         // A partition revoked (or revoked and assigned again) meanwhile is resumed from the store by
         // whoever owns it now.
         if self.shared.assignments.owns(&src.topic, src.partition, generation) {
-            Lifecycle::new(message, skip, generation, self.shared.clone()).start();
+            let topic = self.topic(&src.topic);
+            Lifecycle::new(Walk::new(message, topic), skip, generation, self.shared.clone()).start();
         }
     }
 }
@@ -82,11 +96,11 @@ impl Handler<Dispatch> for ChannelActor {
     fn handle(&mut self, msg: Dispatch, _: &mut Self::Context) -> Self::Result {
         let mut planned = Vec::with_capacity(msg.0.len());
         let mut rows = Vec::with_capacity(msg.0.len());
+        telemetry::messages_consumed(self.channel, msg.0.len() as u64);
         for (generation, outbound) in msg.0 {
-            telemetry::message_consumed(self.channel);
             let Some(plan) = self.scenario.plan(self.channel, &outbound.payload_id) else { continue };
             let mut pm = PlannedMessage { outbound, plan };
-            rows.push(MessageRow::new(&mut pm, self.scenario.name()));
+            rows.push(MessageRow::new(&mut pm, &self.scenario_name));
             planned.push((generation, pm));
         }
         self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);

@@ -245,7 +245,12 @@ impl ConsumerLoop {
                 let _ = addr.send(Resume { generation, lifecycles: list }).await;
             }
         }
-        already.insert((topic.to_owned(), partition), stored);
+        // Kept only while non-empty: the per-record check below is then free in the common case.
+        if stored.is_empty() {
+            already.remove(&(topic.to_owned(), partition));
+        } else {
+            already.insert((topic.to_owned(), partition), stored);
+        }
     }
 
     async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut HashMap<(String, i32), HashSet<i64>>) {
@@ -264,8 +269,12 @@ impl ConsumerLoop {
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             // Fetched before a revoke: the partition's new owner processes it.
             let Some(generation) = self.assignments.generation(topic, partition) else { continue };
-            if let Some(set) = already.get_mut(&(topic.to_owned(), partition)) {
-                if set.remove(&offset) {
+            if let Some(set) = (!already.is_empty()).then(|| already.get_mut(&(topic.to_owned(), partition))).flatten() {
+                let skip = set.remove(&offset);
+                if set.is_empty() {
+                    already.remove(&(topic.to_owned(), partition));
+                }
+                if skip {
                     // Stored before the restart and resumed from the store: durable, so committable.
                     self.stats.skipped_already_stored.fetch_add(1, Ordering::Relaxed);
                     self.tracker.track(topic, partition, offset);

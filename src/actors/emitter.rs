@@ -65,6 +65,17 @@ impl ProducerContext for EmitterContext {
     }
 }
 
+/// The header every ack carries with its event id.
+pub const EVENT_ID_HEADER: &str = "understudy-event-id";
+
+enum Produced {
+    Queued,
+    /// librdkafka's queue is full: the event comes back.
+    Full(AckEvent),
+    /// Not produced and not retried here (logged, counted); the lifecycle's resume re-emits it.
+    Failed,
+}
+
 /// Cheap to clone; every lifecycle actor holds one.
 #[derive(Clone)]
 pub struct Emitter {
@@ -94,46 +105,77 @@ impl Emitter {
         Ok((Self { producer: Arc::new(producer), topic: topic.into(), unforwarded, room }, rx))
     }
 
+    /// Produce one event now if the producer has room; otherwise hand the event back (then
+    /// [`Emitter::emit`] waits for room).
+    pub fn try_emit(&self, event: AckEvent, headers: &[(String, Vec<u8>)]) -> Result<(), AckEvent> {
+        let Ok(permit) = self.room.try_acquire() else { return Err(event) };
+        match self.produce(event, headers) {
+            Produced::Queued => {
+                // Returned by the delivery report.
+                permit.forget();
+                Ok(())
+            }
+            Produced::Full(event) => Err(event),
+            Produced::Failed => Ok(()),
+        }
+    }
+
     /// Produce one event, keyed by payload id. Waits (in line, without polling) while
     /// [`IN_FLIGHT_EVENTS`] events are undelivered.
     pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
-        if t.elapsed() > Duration::from_millis(1) {
-            telemetry::backpressure("emitter", t.elapsed());
-        }
-        event.emitted_at = Utc::now();
-        let payload = serde_json::to_vec(&event).expect("events serialize");
-        let key = event.payload_id.clone();
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len() + 1);
-        for (k, v) in headers {
-            hs = hs.insert(Header { key: k, value: Some(v) });
-        }
-        hs = hs.insert(Header { key: "understudy-event-id", value: Some(event.event_id.to_string().as_bytes()) });
-        let mut record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event)).key(&key).payload(&payload).headers(hs);
-        let mut waited: Option<Instant> = None;
+        let mut waited = (t.elapsed() > Duration::from_millis(1)).then_some(t);
         loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    // Returned by the delivery report.
+            match self.produce(event, headers) {
+                Produced::Queued => {
                     permit.forget();
                     break;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                    record = rec;
+                Produced::Full(e) => {
+                    event = e;
                     waited.get_or_insert_with(Instant::now);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((e, rec)) => {
-                    telemetry::event_failed(rec.delivery_opaque.channel);
-                    tracing::error!(error = %e, payload_id = %key, "cannot produce ack event; it is re-emitted on resume");
-                    break;
-                }
+                Produced::Failed => break,
             }
         }
         if let Some(t) = waited {
             telemetry::backpressure("emitter", t.elapsed());
         }
+    }
+
+    /// Hand one event to librdkafka (which copies key, value and headers).
+    fn produce(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) -> Produced {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        }
+        event.emitted_at = Utc::now();
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            event.write_json(buf);
+            let value_len = buf.len();
+            buf.extend_from_slice(event.payload_id.as_bytes());
+            let (payload, key) = buf.split_at(value_len);
+            let mut id = uuid::Uuid::encode_buffer();
+            let id = event.event_id.hyphenated().encode_lower(&mut id);
+            let mut hs = OwnedHeaders::new_with_capacity(headers.len() + 1);
+            for (k, v) in headers {
+                hs = hs.insert(Header { key: k, value: Some(v) });
+            }
+            hs = hs.insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
+            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event)).key(key).payload(payload).headers(hs);
+            match self.producer.send(record) {
+                Ok(()) => Produced::Queued,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => Produced::Full(*rec.delivery_opaque),
+                Err((e, rec)) => {
+                    let event = rec.delivery_opaque;
+                    telemetry::event_failed(event.channel);
+                    tracing::error!(error = %e, payload_id = %event.payload_id, "cannot produce ack event; it is re-emitted on resume");
+                    Produced::Failed
+                }
+            }
+        })
     }
 
     /// Wait for every queued event to be delivered (or `timeout`).

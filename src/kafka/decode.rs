@@ -1,7 +1,9 @@
 //! Turning a consumed record into an [`Outbound`] message, or into a dead-letter reason.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::config::{ChannelSource, InputSettings};
 use crate::model::{Channel, Outbound, SourcePosition};
@@ -33,12 +35,34 @@ pub struct RawRecord<'a> {
 pub struct Decoder {
     settings: InputSettings,
     propagate: Vec<String>,
+    /// The configured JSON pointers, merged into one tree: a message is read in one pass that
+    /// captures those fields and skips everything else without building a document.
+    fields: Trie,
 }
+
+/// Slot of each field in the capture.
+const PAYLOAD_ID: usize = 0;
+const BATCH_ID: usize = 1;
+const RECIPIENT: usize = 2;
+const CHANNEL: usize = 3;
+const TENANT_ID: usize = 4;
+const FIELDS: usize = 5;
 
 impl Decoder {
     pub fn new(settings: InputSettings) -> Self {
         let propagate = settings.propagate_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
-        Self { settings, propagate }
+        let f = &settings.fields;
+        let mut fields = Trie::default();
+        fields.add(&f.payload_id, PAYLOAD_ID);
+        fields.add(&f.batch_id, BATCH_ID);
+        fields.add(&f.recipient, RECIPIENT);
+        if settings.channel_source == ChannelSource::Field {
+            fields.add(&f.channel, CHANNEL);
+        }
+        if !f.tenant_id.is_empty() {
+            fields.add(&f.tenant_id, TENANT_ID);
+        }
+        Self { settings, propagate, fields }
     }
 
     pub fn decode(&self, rec: &RawRecord<'_>, received_at: DateTime<Utc>) -> Result<Outbound, Rejection> {
@@ -52,20 +76,24 @@ impl Decoder {
                 format!("the message is {} bytes, above `input.max_message_bytes` ({})", body.len(), self.settings.max_message_bytes),
             ));
         }
-        let json: Value = serde_json::from_slice(body).map_err(|e| {
-            if std::str::from_utf8(body).is_err() {
-                Rejection::new("not_utf8", "the message is not valid UTF-8")
-            } else {
-                Rejection::new("not_json", format!("the message is not JSON: {e}"))
+        let mut captured: [Captured; FIELDS] = Default::default();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let read = de
+            .deserialize_any(Capture { node: &self.fields, slots: &mut captured, root: true })
+            .and_then(|()| de.end());
+        match read {
+            Ok(()) => {}
+            Err(_) if std::str::from_utf8(body).is_err() => return Err(Rejection::new("not_utf8", "the message is not valid UTF-8")),
+            Err(e) if e.to_string().starts_with(NOT_OBJECT) => {
+                return Err(Rejection::new("not_object", "the message is JSON but not an object"));
             }
-        })?;
-        if !json.is_object() {
-            return Err(Rejection::new("not_object", "the message is JSON but not an object"));
+            Err(e) => return Err(Rejection::new("not_json", format!("the message is not JSON: {e}"))),
         }
+        let [payload_id, batch_id, recipient, channel_field, tenant_field] = captured;
         let f = &self.settings.fields;
-        let payload_id = required(&json, &f.payload_id, "payload_id")?;
-        let batch_id = required(&json, &f.batch_id, "batch_id")?;
-        let recipient = required(&json, &f.recipient, "recipient")?;
+        let payload_id = payload_id.required(&f.payload_id, "payload_id")?;
+        let batch_id = batch_id.required(&f.batch_id, "batch_id")?;
+        let recipient = recipient.required(&f.recipient, "recipient")?;
         let header = |name: &str| {
             rec.headers
                 .iter()
@@ -74,7 +102,7 @@ impl Decoder {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         let channel_text = match self.settings.channel_source {
-            ChannelSource::Field => required(&json, &f.channel, "channel")?,
+            ChannelSource::Field => channel_field.required(&f.channel, "channel")?,
             ChannelSource::Header => header(&self.settings.channel_header).ok_or_else(|| {
                 Rejection::new("missing_field", format!("header `{}` (the channel) is missing", self.settings.channel_header))
             })?,
@@ -84,7 +112,7 @@ impl Decoder {
             },
         };
         let channel: Channel = channel_text.parse().map_err(|e: String| Rejection::new("unknown_channel", e))?;
-        let tenant_id = header(&self.settings.tenant_header).or_else(|| optional(&json, &f.tenant_id));
+        let tenant_id = header(&self.settings.tenant_header).or_else(|| tenant_field.optional());
         let headers = rec
             .headers
             .iter()
@@ -105,28 +133,184 @@ impl Decoder {
     }
 }
 
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// What the pass found at one pointer.
+#[derive(Debug, Default)]
+enum Captured {
+    #[default]
+    Missing,
+    Null,
+    Scalar(String),
+    /// An object, an array, a boolean or an empty string.
+    WrongType,
+}
+
+impl Captured {
+    fn required(self, pointer: &str, name: &str) -> Result<String, Rejection> {
+        match self {
+            Captured::Scalar(v) => Ok(v),
+            Captured::Missing | Captured::Null => {
+                Err(Rejection::new("missing_field", format!("`{name}` (at `{pointer}`) is missing")))
+            }
+            Captured::WrongType => Err(Rejection::new(
+                "wrong_type",
+                format!("`{name}` (at `{pointer}`) must be a non-empty string or a number"),
+            )),
+        }
+    }
+
+    fn optional(self) -> Option<String> {
+        match self {
+            Captured::Scalar(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
-fn required(json: &Value, pointer: &str, name: &str) -> Result<String, Rejection> {
-    match json.pointer(pointer) {
-        None | Some(Value::Null) => Err(Rejection::new("missing_field", format!("`{name}` (at `{pointer}`) is missing"))),
-        Some(v) => scalar(v).ok_or_else(|| {
-            Rejection::new("wrong_type", format!("`{name}` (at `{pointer}`) must be a non-empty string or a number"))
-        }),
+/// JSON pointers merged into a tree of their (unescaped) reference tokens.
+#[derive(Clone, Debug, Default)]
+struct Trie {
+    slot: Option<usize>,
+    children: Vec<(String, Trie)>,
+}
+
+impl Trie {
+    fn add(&mut self, pointer: &str, slot: usize) {
+        let mut node = self;
+        for token in pointer.split('/').skip(1) {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let i = match node.children.iter().position(|(t, _)| *t == token) {
+                Some(i) => i,
+                None => {
+                    node.children.push((token, Trie::default()));
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[i].1;
+        }
+        node.slot = Some(slot);
+    }
+
+    fn child(&self, token: &str) -> Option<&Trie> {
+        self.children.iter().find(|(t, _)| t == token).map(|(_, n)| n)
     }
 }
 
-fn optional(json: &Value, pointer: &str) -> Option<String> {
-    if pointer.is_empty() {
-        return None;
+const NOT_OBJECT: &str = "understudy: not an object";
+
+/// One pass over a JSON value, capturing the scalars the trie points at.
+struct Capture<'t, 's> {
+    node: &'t Trie,
+    slots: &'s mut [Captured; FIELDS],
+    root: bool,
+}
+
+impl Capture<'_, '_> {
+    fn set(&mut self, v: Captured) -> Result<(), String> {
+        if self.root {
+            return Err(NOT_OBJECT.into());
+        }
+        if let Some(i) = self.node.slot {
+            self.slots[i] = v;
+        }
+        Ok(())
     }
-    json.pointer(pointer).and_then(scalar)
+}
+
+impl<'de> DeserializeSeed<'de> for Capture<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A map key, matched against the trie's children without being copied.
+struct KeySeed<'t>(&'t Trie);
+
+impl<'de, 't> DeserializeSeed<'de> for KeySeed<'t> {
+    type Value = Option<&'t Trie>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 't> Visitor<'de> for KeySeed<'t> {
+    type Value = Option<&'t Trie>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.child(v))
+    }
+}
+
+macro_rules! scalar_number {
+    ($name:ident, $t:ty) => {
+        fn $name<E: serde::de::Error>(mut self, v: $t) -> Result<(), E> {
+            let text = serde_json::Number::from(v).to_string();
+            self.set(Captured::Scalar(text)).map_err(E::custom)
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for Capture<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        let c = if v.trim().is_empty() { Captured::WrongType } else { Captured::Scalar(v.to_owned()) };
+        self.set(c).map_err(E::custom)
+    }
+
+    scalar_number!(visit_u64, u64);
+    scalar_number!(visit_i64, i64);
+
+    fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
+        let c = serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string()));
+        self.set(c).map_err(E::custom)
+    }
+
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.set(Captured::WrongType).map_err(E::custom)
+    }
+
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.set(Captured::Null).map_err(E::custom)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        self.set(Captured::WrongType).map_err(A::Error::custom)?;
+        let mut index = 0usize;
+        loop {
+            let child = if self.node.children.is_empty() { None } else { self.node.child(itoa::Buffer::new().format(index)) };
+            let more = match child {
+                Some(node) => seq.next_element_seed(Capture { node, slots: &mut *self.slots, root: false })?.is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if !self.root {
+            if let Some(i) = self.node.slot {
+                self.slots[i] = Captured::WrongType;
+            }
+        }
+        while let Some(child) = map.next_key_seed(KeySeed(self.node))? {
+            match child {
+                Some(node) => map.next_value_seed(Capture { node, slots: &mut *self.slots, root: false })?,
+                None => map.next_value::<IgnoredAny>().map(drop)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +345,14 @@ mod tests {
         assert_eq!(e.kind, "unknown_channel");
         let e = decode(r#"{"payload_id":{},"batch_id":"b","channel":"sms","recipient":"r"}"#).unwrap_err();
         assert_eq!(e.kind, "wrong_type");
+        for wrong in [r#"[]"#, r#"true"#, r#""  ""#, r#"{"id":"x"}"#] {
+            let body = format!(r#"{{"payload_id":{wrong},"batch_id":"b","channel":"sms","recipient":"r"}}"#);
+            assert_eq!(decode(&body).unwrap_err().kind, "wrong_type", "{body}");
+        }
+        let e = decode(r#"{"payload_id":null,"batch_id":"b","channel":"sms","recipient":"r"}"#).unwrap_err();
+        assert_eq!(e.kind, "missing_field");
+        assert_eq!(decode(r#"{"payload_id":"p","batch_id":"b","channel":"sms","recipient":"r"} x"#).unwrap_err().kind, "not_json");
+        assert_eq!(decode(r#""text""#).unwrap_err().kind, "not_object");
         let bad = Decoder::new(InputSettings::default()).decode(&rec(&[0xff, 0xfe], vec![]), Utc::now());
         assert_eq!(bad.unwrap_err().kind, "not_utf8");
     }
@@ -184,5 +376,16 @@ mod tests {
         assert_eq!(m.tenant_id.as_deref(), Some("acme"));
         let names: Vec<&str> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["Tenant-Id", "traceparent"]);
+        let d = Decoder::new(InputSettings {
+            fields: crate::config::FieldPointers {
+                payload_id: "/ids/1/a~1b".into(),
+                batch_id: "/batch".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let body = br#"{"ids":[{"a/b":"zero"},{"a/b":7.5}],"batch":-3,"channel":"email","recipient":"r","skip":[{"x":[1,{}]}]}"#;
+        let m = d.decode(&rec(body, vec![]), Utc::now()).unwrap();
+        assert_eq!((m.payload_id.as_str(), m.batch_id.as_str(), m.channel), ("7.5", "-3", Channel::Email));
     }
 }

@@ -62,7 +62,7 @@ pub fn producer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig 
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
-        .set("compression.type", "lz4")
+        .set("compression.type", "none")
         .set("message.timeout.ms", "0");
     for (k, v) in &settings.librdkafka {
         cfg.set(k, v);

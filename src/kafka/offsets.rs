@@ -7,7 +7,53 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-type Key = (String, i32);
+/// Per-partition values, looked up by `(&str, i32)` without allocating a key.
+#[derive(Debug)]
+struct PartitionMap<V>(HashMap<String, HashMap<i32, V>>);
+
+impl<V> Default for PartitionMap<V> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<V> PartitionMap<V> {
+    fn get(&self, topic: &str, partition: i32) -> Option<&V> {
+        self.0.get(topic)?.get(&partition)
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut V> {
+        self.0.get_mut(topic)?.get_mut(&partition)
+    }
+
+    fn insert(&mut self, topic: &str, partition: i32, value: V) {
+        match self.0.get_mut(topic) {
+            Some(m) => {
+                m.insert(partition, value);
+            }
+            None => {
+                self.0.insert(topic.to_owned(), HashMap::from([(partition, value)]));
+            }
+        }
+    }
+
+    fn remove(&mut self, topic: &str, partition: i32) -> Option<V> {
+        let m = self.0.get_mut(topic)?;
+        let v = m.remove(&partition);
+        if m.is_empty() {
+            self.0.remove(topic);
+        }
+        v
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, i32, &mut V)> {
+        self.0.iter_mut().flat_map(|(t, m)| m.iter_mut().map(move |(p, v)| (t, *p, v)))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, i32, &V)> {
+        self.0.iter().flat_map(|(t, m)| m.iter().map(move |(p, v)| (t, *p, v)))
+    }
+}
 
 #[derive(Debug)]
 struct PartitionOffsets {
@@ -28,21 +74,21 @@ impl PartitionOffsets {
 /// Tracks consumed-but-not-durable offsets per partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    parts: Mutex<HashMap<Key, PartitionOffsets>>,
+    parts: Mutex<PartitionMap<PartitionOffsets>>,
 }
 
 impl OffsetTracker {
     /// Start tracking an assigned partition (anew: what an earlier assignment left is forgotten).
     pub fn assign(&self, topic: &str, partition: i32) {
         let fresh = PartitionOffsets { pending: BTreeSet::new(), next: None, committed: -1 };
-        self.parts.lock().expect("offset lock").insert((topic.to_owned(), partition), fresh);
+        self.parts.lock().expect("offset lock").insert(topic, partition, fresh);
     }
 
     /// A record was consumed. Records of partitions not assigned (any more) are ignored: their
     /// positions are the new owner's to commit.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let mut parts = self.parts.lock().expect("offset lock");
-        let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) else { return false };
+        let Some(p) = parts.get_mut(topic, partition) else { return false };
         p.pending.insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         true
@@ -51,7 +97,7 @@ impl OffsetTracker {
     /// The message at `offset` is durable (or dead-lettered, or skipped as already stored).
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
         let mut parts = self.parts.lock().expect("offset lock");
-        if let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) {
+        if let Some(p) = parts.get_mut(topic, partition) {
             p.pending.remove(&offset);
         }
     }
@@ -59,7 +105,7 @@ impl OffsetTracker {
     pub fn done_many<'a>(&self, offsets: impl IntoIterator<Item = (&'a str, i32, i64)>) {
         let mut parts = self.parts.lock().expect("offset lock");
         for (topic, partition, offset) in offsets {
-            if let Some(p) = parts.get_mut(&(topic.to_owned(), partition)) {
+            if let Some(p) = parts.get_mut(topic, partition) {
                 p.pending.remove(&offset);
             }
         }
@@ -69,11 +115,11 @@ impl OffsetTracker {
     pub fn commitable(&self) -> Vec<(String, i32, i64)> {
         let mut parts = self.parts.lock().expect("offset lock");
         let mut out = Vec::new();
-        for ((topic, partition), p) in parts.iter_mut() {
+        for (topic, partition, p) in parts.iter_mut() {
             let Some(w) = p.watermark() else { continue };
             if w > p.committed {
                 p.committed = w;
-                out.push((topic.clone(), *partition, w));
+                out.push((topic.clone(), partition, w));
             }
         }
         out
@@ -83,7 +129,7 @@ impl OffsetTracker {
     pub fn rollback(&self, positions: &[(String, i32, i64)]) {
         let mut parts = self.parts.lock().expect("offset lock");
         for (topic, partition, pos) in positions {
-            if let Some(p) = parts.get_mut(&(topic.clone(), *partition)) {
+            if let Some(p) = parts.get_mut(topic, *partition) {
                 p.committed = p.committed.min(pos - 1);
             }
         }
@@ -92,14 +138,14 @@ impl OffsetTracker {
     /// Forget a revoked partition, returning its last safe position if it advanced.
     pub fn revoke(&self, topic: &str, partition: i32) -> Option<i64> {
         let mut parts = self.parts.lock().expect("offset lock");
-        let p = parts.remove(&(topic.to_owned(), partition))?;
+        let p = parts.remove(topic, partition)?;
         let w = p.watermark()?;
         (w > p.committed).then_some(w)
     }
 
     /// Consumed messages not yet durable, over all partitions.
     pub fn pending(&self) -> usize {
-        self.parts.lock().expect("offset lock").values().map(|p| p.pending.len()).sum()
+        self.parts.lock().expect("offset lock").iter().map(|(_, _, p)| p.pending.len()).sum()
     }
 }
 
@@ -107,28 +153,28 @@ impl OffsetTracker {
 /// remembers the generation it was started under and stops emitting once that assignment is gone.
 #[derive(Debug, Default)]
 pub struct Assignments {
-    owned: RwLock<HashMap<Key, u64>>,
+    owned: RwLock<PartitionMap<u64>>,
     next_generation: AtomicU64,
 }
 
 impl Assignments {
     pub fn assign(&self, topic: &str, partition: i32) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.owned.write().expect("assignment lock").insert((topic.to_owned(), partition), generation);
+        self.owned.write().expect("assignment lock").insert(topic, partition, generation);
         generation
     }
 
     pub fn revoke(&self, topic: &str, partition: i32) {
-        self.owned.write().expect("assignment lock").remove(&(topic.to_owned(), partition));
+        self.owned.write().expect("assignment lock").remove(topic, partition);
     }
 
     /// Give up every partition: running lifecycles stop at their next step (shutdown).
     pub fn revoke_all(&self) {
-        self.owned.write().expect("assignment lock").clear();
+        self.owned.write().expect("assignment lock").0.clear();
     }
 
     pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.owned.read().expect("assignment lock").get(&(topic.to_owned(), partition)).copied()
+        self.owned.read().expect("assignment lock").get(topic, partition).copied()
     }
 
     pub fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool {
@@ -136,7 +182,7 @@ impl Assignments {
     }
 
     pub fn owned(&self) -> Vec<(String, i32)> {
-        self.owned.read().expect("assignment lock").keys().cloned().collect()
+        self.owned.read().expect("assignment lock").iter().map(|(t, p, _)| (t.clone(), p)).collect()
     }
 }
 

@@ -38,7 +38,7 @@ pub struct MessageRow {
     pub recipient: String,
     pub tenant_id: Option<String>,
     pub received_at_us: i64,
-    pub scenario: String,
+    pub scenario: std::sync::Arc<str>,
     pub path: String,
     pub planned_events: i32,
     pub plan: String,
@@ -47,9 +47,13 @@ pub struct MessageRow {
 }
 
 impl MessageRow {
-    /// The row of a planned message; the body is moved out of the message (lifecycles do not need it).
-    pub fn new(m: &mut PlannedMessage, scenario: &str) -> Self {
+    /// The row of a planned message; the recipient and the body are moved out of the message
+    /// (lifecycles do not need them).
+    pub fn new(m: &mut PlannedMessage, scenario: &std::sync::Arc<str>) -> Self {
         let body = std::mem::take(&mut m.outbound.body);
+        let recipient = std::mem::take(&mut m.outbound.recipient);
+        let mut plan = Vec::with_capacity(256);
+        m.plan.write_json(&mut plan);
         let o = &m.outbound;
         Self {
             topic: o.source.topic.clone(),
@@ -58,13 +62,13 @@ impl MessageRow {
             payload_id: o.payload_id.clone(),
             batch_id: o.batch_id.clone(),
             channel: o.channel.as_str(),
-            recipient: o.recipient.clone(),
+            recipient,
             tenant_id: o.tenant_id.clone(),
             received_at_us: o.received_at.timestamp_micros(),
-            scenario: scenario.to_owned(),
+            scenario: scenario.clone(),
             path: m.plan.path.clone(),
             planned_events: m.plan.steps.len() as i32,
-            plan: serde_json::to_string(&m.plan).expect("plans serialize"),
+            plan: String::from_utf8(plan).expect("JSON is UTF-8"),
             headers: encode_headers(&o.headers),
             body,
         }
@@ -95,14 +99,27 @@ struct HeaderJson {
 }
 
 fn encode_headers(headers: &[(String, Vec<u8>)]) -> String {
-    let list: Vec<HeaderJson> = headers
-        .iter()
-        .map(|(n, v)| match std::str::from_utf8(v) {
-            Ok(s) => HeaderJson { n: n.clone(), v: s.to_owned(), hex: false },
-            Err(_) => HeaderJson { n: n.clone(), v: v.iter().map(|b| format!("{b:02x}")).collect(), hex: true },
-        })
-        .collect();
-    serde_json::to_string(&list).expect("headers serialize")
+    if headers.is_empty() {
+        return "[]".into();
+    }
+    let mut out = Vec::with_capacity(64 * headers.len());
+    out.push(b'[');
+    for (i, (n, v)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut w = crate::json::ObjectWriter::new(&mut out);
+        match std::str::from_utf8(v) {
+            Ok(s) => w.str("n", n).str("v", s),
+            Err(_) => {
+                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                w.str("n", n).str("v", &hex).raw("hex", |o| o.extend_from_slice(b"true"))
+            }
+        }
+        .end();
+    }
+    out.push(b']');
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 fn decode_headers(text: &str) -> Vec<(String, Vec<u8>)> {
@@ -307,5 +324,23 @@ impl Store {
             Store::Postgres(p) => p.close().await,
             Store::Sqlite(p) => p.close().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_through_their_json() {
+        let headers = vec![
+            ("traceparent".to_owned(), b"00-abc-01".to_vec()),
+            ("quote\"d".to_owned(), b"line\nbreak".to_vec()),
+            ("binary".to_owned(), vec![0xff, 0x00, 0x10]),
+        ];
+        let text = encode_headers(&headers);
+        assert_eq!(decode_headers(&text), headers);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap()[2]["hex"], true);
+        assert_eq!(encode_headers(&[]), "[]");
     }
 }

@@ -1,4 +1,7 @@
-//! Postgres: batched writes through `UNNEST` arrays, one round trip per table per batch.
+//! Postgres: batched writes. The common case is a binary `COPY` per table in one transaction, the
+//! cheapest way into Postgres for both sides. A row that is there already (a redelivery after a crash)
+//! fails the `COPY` with a unique violation; that batch is then written again through `UNNEST` arrays
+//! with `ON CONFLICT DO NOTHING`, so every row is stored exactly once either way.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,6 +20,129 @@ pub(super) fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool> {
 }
 
 pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
+    match copy(pool, messages, events).await {
+        Err(super::StoreError::Sqlx(sqlx::Error::Database(e))) if e.code().as_deref() == Some("23505") => {
+            tracing::debug!("rows already stored in this batch; writing it idempotently");
+            insert(pool, messages, events).await
+        }
+        r => r,
+    }
+}
+
+const MESSAGE_COPY: &str = "COPY messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
+     tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body) FROM STDIN (FORMAT binary)";
+const EVENT_COPY: &str = "COPY events (event_id, payload_id, batch_id, channel, status, attempt, vendor_message_id, \
+     scheduled_at_us, emitted_at_us, error_code, error_reason, bounce_type, tenant_id, ack_partition, ack_offset) \
+     FROM STDIN (FORMAT binary)";
+
+async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    if !messages.is_empty() {
+        let mut b = CopyBinary::with_capacity(messages.len() * 512);
+        for r in messages {
+            b.row(15)
+                .text(&r.topic)
+                .int4(r.partition)
+                .int8(r.offset)
+                .text(&r.payload_id)
+                .text(&r.batch_id)
+                .text(r.channel)
+                .text(&r.recipient)
+                .opt_text(r.tenant_id.as_deref())
+                .int8(r.received_at_us)
+                .text(&r.scenario)
+                .text(&r.path)
+                .int4(r.planned_events)
+                .text(&r.plan)
+                .text(&r.headers)
+                .bytes(&r.body);
+        }
+        let mut c = tx.copy_in_raw(MESSAGE_COPY).await?;
+        c.send(b.finish()).await?;
+        c.finish().await?;
+    }
+    if !events.is_empty() {
+        let mut b = CopyBinary::with_capacity(events.len() * 256);
+        for r in events {
+            let e = &r.event;
+            b.row(15)
+                .bytes(e.event_id.as_bytes())
+                .text(&e.payload_id)
+                .text(&e.batch_id)
+                .text(e.channel.as_str())
+                .text(e.status.as_str())
+                .int4(i32::from(e.attempt))
+                .text(&e.vendor_message_id)
+                .int8(e.scheduled_at.timestamp_micros())
+                .int8(e.emitted_at.timestamp_micros())
+                .opt_text(e.error_code.as_deref())
+                .opt_text(e.error_reason.as_deref())
+                .opt_text(e.bounce_type.map(crate::model::BounceType::as_str))
+                .opt_text(e.tenant_id.as_deref())
+                .int4(r.ack_partition)
+                .int8(r.ack_offset);
+        }
+        let mut c = tx.copy_in_raw(EVENT_COPY).await?;
+        c.send(b.finish()).await?;
+        c.finish().await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Postgres' binary `COPY` format: a signature, then per row a field count and length-prefixed fields.
+struct CopyBinary(Vec<u8>);
+
+impl CopyBinary {
+    fn with_capacity(n: usize) -> Self {
+        let mut buf = Vec::with_capacity(n + 21);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        Self(buf)
+    }
+
+    fn row(&mut self, fields: i16) -> &mut Self {
+        self.0.extend_from_slice(&fields.to_be_bytes());
+        self
+    }
+
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        self.0.extend_from_slice(v);
+        self
+    }
+
+    fn text(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
+    fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.text(v),
+            None => {
+                self.0.extend_from_slice(&(-1i32).to_be_bytes());
+                self
+            }
+        }
+    }
+
+    fn int4(&mut self, v: i32) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    fn int8(&mut self, v: i64) -> &mut Self {
+        self.bytes(&v.to_be_bytes())
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        self.0
+    }
+}
+
+/// The idempotent write: rows already stored are left as they are.
+async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
     let mut tx = pool.begin().await?;
     if !messages.is_empty() {
         let m = messages;
@@ -30,7 +156,7 @@ pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[Even
             .bind(m.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.tenant_id.as_deref()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.received_at_us).collect::<Vec<_>>())
-            .bind(m.iter().map(|r| r.scenario.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.scenario).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.path.as_str()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.planned_events).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.plan.as_str()).collect::<Vec<_>>())
@@ -53,7 +179,7 @@ pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[Even
             .bind(e.iter().map(|r| r.event.emitted_at.timestamp_micros()).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.event.error_code.as_deref()).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.event.error_reason.as_deref()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.event.bounce_type.map(bounce)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.bounce_type.map(crate::model::BounceType::as_str)).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.event.tenant_id.as_deref()).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.ack_partition).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.ack_offset).collect::<Vec<_>>())
@@ -62,13 +188,6 @@ pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[Even
     }
     tx.commit().await?;
     Ok(())
-}
-
-pub(super) fn bounce(b: crate::model::BounceType) -> &'static str {
-    match b {
-        crate::model::BounceType::Hard => "hard",
-        crate::model::BounceType::Soft => "soft",
-    }
 }
 
 pub(super) async fn pending(pool: &PgPool, topic: &str, partition: i32) -> Result<Vec<PendingRow>> {

@@ -39,7 +39,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(&r.recipient)
                 .push_bind(&r.tenant_id)
                 .push_bind(r.received_at_us)
-                .push_bind(&r.scenario)
+                .push_bind(&*r.scenario)
                 .push_bind(&r.path)
                 .push_bind(r.planned_events)
                 .push_bind(&r.plan)
@@ -67,7 +67,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(e.emitted_at.timestamp_micros())
                 .push_bind(&e.error_code)
                 .push_bind(&e.error_reason)
-                .push_bind(e.bounce_type.map(super::postgres::bounce))
+                .push_bind(e.bounce_type.map(crate::model::BounceType::as_str))
                 .push_bind(&e.tenant_id)
                 .push_bind(r.ack_partition)
                 .push_bind(r.ack_offset);
