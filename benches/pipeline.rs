@@ -62,13 +62,13 @@ struct Service {
     metrics_port: u16,
 }
 
-fn start_service(dir: &Path, brokers: &str, url: &str, scenario: &Path, tag: &str) -> Service {
+fn start_service(dir: &Path, brokers: &str, url: &str, scenario: &Path, tag: &str, extra: &str) -> Service {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.join(format!("{tag}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "kafka:\n  brokers: \"{brokers}\"\n  group_id: bench-{tag}\n  input_topics: [bench.{tag}.outbound]\n  ack_topic: bench.{tag}.acks\n  dlq_topic: bench.{tag}.dlq\n  partitions: 6\nstore:\n  url: \"{url}\"\ntelemetry:\n  metrics_addr: \"127.0.0.1:{metrics_port}\"\n  log_level: warn\n"
+            "kafka:\n  brokers: \"{brokers}\"\n  group_id: bench-{tag}\n  input_topics: [bench.{tag}.outbound]\n  ack_topic: bench.{tag}.acks\n  dlq_topic: bench.{tag}.dlq\n  partitions: 6\nstore:\n  url: \"{url}\"\ntelemetry:\n  metrics_addr: \"127.0.0.1:{metrics_port}\"\n  log_level: warn\n{extra}"
         ),
     )
     .unwrap();
@@ -109,7 +109,7 @@ async fn throughput(dir: &Path, brokers: &str, n: usize) {
     publish(brokers, "bench.tp.outbound", &batch, None).await.unwrap();
     println!("  loaded {n} messages into the input topic in {:.1} s", t.elapsed().as_secs_f64());
 
-    let svc = start_service(dir, brokers, &url, &scenario_path, "tp");
+    let svc = start_service(dir, brokers, &url, &scenario_path, "tp", "");
     let pid = svc.child.id();
     // Progress from the service's own metrics (rows written), so that polling does not load Postgres.
     let mut start: Option<(Instant, f64)> = None;
@@ -140,12 +140,16 @@ async fn throughput(dir: &Path, brokers: &str, n: usize) {
     store.close().await;
 }
 
-async fn pending_memory(dir: &Path, brokers: &str, n: usize) {
+/// Memory per pending lifecycle: asleep (the default for waits over `hibernate_after_ms`) or, with
+/// hibernation off, each one an actor with its timer.
+async fn pending_memory(dir: &Path, brokers: &str, n: usize, asleep: bool) {
     let url = fresh_database().await;
     let store = Store::connect(&url, 2).await.unwrap();
     let scenario_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pending.yaml");
-    create_topics(brokers, "mem").await;
-    let svc = start_service(dir, brokers, &url, &scenario_path, "mem");
+    let tag = if asleep { "mem" } else { "memactors" };
+    create_topics(brokers, tag).await;
+    let extra = if asleep { "" } else { "service:\n  hibernate_after_ms: 0\n" };
+    let svc = start_service(dir, brokers, &url, &scenario_path, tag, extra);
     let pid = svc.child.id();
     // Idle baseline once the service is up and assigned.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -154,8 +158,8 @@ async fn pending_memory(dir: &Path, brokers: &str, n: usize) {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, rss0) = proc_usage(pid);
-    let batch = sample_batch("mem", n);
-    publish(brokers, "bench.mem.outbound", &batch, None).await.unwrap();
+    let batch = sample_batch(tag, n);
+    publish(brokers, &format!("bench.{tag}.outbound"), &batch, None).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let in_flight = metric(svc.metrics_port, "understudy_lifecycles_in_flight").unwrap_or(0.0);
@@ -168,7 +172,8 @@ async fn pending_memory(dir: &Path, brokers: &str, n: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, rss1) = proc_usage(pid);
     stop(svc);
-    println!("  {n} pending lifecycles (nothing due for an hour)");
+    let how = if asleep { "asleep, the default" } else { "each an actor: hibernate_after_ms: 0" };
+    println!("  {n} pending lifecycles (nothing due for an hour; {how})");
     println!("    RSS idle          {:>10.1} MiB", rss0 as f64 / 1048576.0);
     println!("    RSS with pending  {:>10.1} MiB", rss1 as f64 / 1048576.0);
     println!("    per lifecycle     {:>10.0} bytes", (rss1.saturating_sub(rss0)) as f64 / n as f64);
@@ -189,7 +194,8 @@ fn main() {
             throughput(dir.path(), &brokers, n).await;
         }
         if filter.as_deref().is_none_or(|f| "memory".contains(f)) {
-            pending_memory(dir.path(), &brokers, n).await;
+            pending_memory(dir.path(), &brokers, n, true).await;
+            pending_memory(dir.path(), &brokers, n, false).await;
         }
     });
 }

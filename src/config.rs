@@ -221,11 +221,14 @@ pub struct ServiceSettings {
     pub max_in_flight_lifecycles: usize,
     /// How long shutdown waits for lifecycles due soon, in milliseconds; the rest resume on restart.
     pub shutdown_grace_ms: u64,
+    /// A lifecycle whose next step is further away than this sleeps as plain data instead of as an
+    /// actor, in milliseconds; 0 keeps every lifecycle an actor. At least 1000 otherwise.
+    pub hibernate_after_ms: u64,
 }
 
 impl Default for ServiceSettings {
     fn default() -> Self {
-        Self { max_batch: 1000, max_in_flight_lifecycles: 1_000_000, shutdown_grace_ms: 2000 }
+        Self { max_batch: 1000, max_in_flight_lifecycles: 1_000_000, shutdown_grace_ms: 2000, hibernate_after_ms: 2000 }
     }
 }
 
@@ -327,6 +330,9 @@ impl Settings {
         }
         if self.store.batch_rows == 0 {
             return bad("store.batch_rows", "must be at least 1".into());
+        }
+        if self.service.hibernate_after_ms != 0 && self.service.hibernate_after_ms < 1000 {
+            return bad("service.hibernate_after_ms", "must be 0 (never) or at least 1000".into());
         }
         if self.service.max_batch == 0 {
             return bad("service.max_batch", "must be at least 1".into());

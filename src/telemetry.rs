@@ -16,6 +16,7 @@ pub const MESSAGES_DEAD_LETTERED: &str = "understudy_messages_dead_lettered_tota
 pub const EVENTS_EMITTED: &str = "understudy_events_emitted_total";
 pub const EVENTS_FAILED: &str = "understudy_events_failed_total";
 pub const LIFECYCLES_IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
+pub const LIFECYCLES_ASLEEP: &str = "understudy_lifecycles_asleep";
 pub const LIFECYCLES_RESUMED: &str = "understudy_lifecycles_resumed_total";
 pub const PERSIST_BATCH_ROWS: &str = "understudy_persist_batch_rows";
 pub const PERSIST_SECONDS: &str = "understudy_persist_seconds";
@@ -32,6 +33,7 @@ struct Hot {
     emitted: [[Counter; Status::ALL.len()]; 3],
     lag: [Histogram; 3],
     in_flight: [Gauge; 3],
+    asleep: [Gauge; 3],
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -45,6 +47,7 @@ fn hot() -> &'static Hot {
             .map(|c| Status::ALL.map(|s| counter!(EVENTS_EMITTED, "channel" => c.as_str(), "status" => s.as_str()))),
         lag: Channel::ALL.map(|c| histogram!(EMISSION_LAG_SECONDS, "channel" => c.as_str())),
         in_flight: Channel::ALL.map(|c| gauge!(LIFECYCLES_IN_FLIGHT, "channel" => c.as_str())),
+        asleep: Channel::ALL.map(|c| gauge!(LIFECYCLES_ASLEEP, "channel" => c.as_str())),
     })
 }
 
@@ -68,6 +71,10 @@ pub fn event_failed(channel: Channel) {
 
 pub fn lifecycles_in_flight(channel: Channel, delta: f64) {
     hot().in_flight[channel.index()].increment(delta);
+}
+
+pub fn lifecycles_asleep(channel: Channel, delta: f64) {
+    hot().asleep[channel.index()].increment(delta);
 }
 
 pub fn lifecycles_resumed(n: u64) {
@@ -122,7 +129,8 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
     metrics::describe_counter!(EVENTS_EMITTED, "Ack events delivered to the ack topic, by channel and status.");
     metrics::describe_counter!(EVENTS_FAILED, "Ack events the producer could not deliver.");
-    metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycle actors still waiting to emit.");
+    metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycles not finished, running as actors or asleep.");
+    metrics::describe_gauge!(LIFECYCLES_ASLEEP, "Lifecycles asleep in their channel actor's queue until shortly before their next step.");
     metrics::describe_counter!(LIFECYCLES_RESUMED, "Unfinished lifecycles resumed from the store.");
     metrics::describe_histogram!(PERSIST_BATCH_ROWS, "Rows per store write.");
     metrics::describe_histogram!(PERSIST_SECONDS, "Duration of one store write.");

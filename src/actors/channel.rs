@@ -10,7 +10,9 @@ use std::time::Instant;
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::lifecycle::{Lifecycle, LifecycleShared, Walk};
+use std::rc::Rc;
+
+use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
 use super::persister::{PersistMessages, Persister};
 use crate::model::{Channel, Outbound, PlannedMessage};
 use crate::scenario::Scenario;
@@ -47,6 +49,7 @@ pub struct ChannelActor {
     scenario_name: Arc<str>,
     /// Source topics, shared by the lifecycles of their messages.
     topics: Vec<Arc<str>>,
+    sleepers: Rc<Sleepers>,
 }
 
 impl ChannelActor {
@@ -58,7 +61,8 @@ impl ChannelActor {
         stats: Arc<ChannelStats>,
     ) -> Self {
         let scenario_name = scenario.name().into();
-        Self { channel, scenario, persister, shared, stats, scenario_name, topics: Vec::new() }
+        let sleepers = Sleepers::new(shared.clone());
+        Self { channel, scenario, persister, shared, stats, scenario_name, topics: Vec::new(), sleepers }
     }
 
     fn topic(&mut self, name: &str) -> Arc<str> {
@@ -76,7 +80,7 @@ impl ChannelActor {
         // whoever owns it now.
         if self.shared.assignments.owns(&src.topic, src.partition, generation) {
             let topic = self.topic(&src.topic);
-            Lifecycle::new(Walk::new(message, topic), skip, generation, self.shared.clone()).start();
+            self.sleepers.start(Waiting::new(Walk::new(message, topic), skip, generation));
         }
     }
 }
@@ -86,6 +90,7 @@ impl Actor for ChannelActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4);
+        ctx.run_interval(WAKE_EVERY, |act, _| act.sleepers.wake_due());
         tracing::debug!(channel = %self.channel, "channel actor started");
     }
 }

@@ -5,8 +5,17 @@
 //! A lifecycle keeps only what its events carry (a [`Walk`]): the recipient, the body and the rest of
 //! the message are in the store already. Steps that are due are emitted in one go, without a future
 //! per step, while the producer has room; when it has none the actor waits in line for it.
+//!
+//! A lifecycle whose next step is further away than `service.hibernate_after_ms` hibernates: the actor
+//! stops and its state waits in its channel actor's [`Sleepers`] queue, a few hundred bytes instead of
+//! an actor with its mailbox, context and timer. The channel actor starts it again as an actor shortly
+//! before the step is due, and that actor emits at the exact due time. Vendors keep hours between SEND
+//! and OPEN, so most lifecycles of a long scenario are asleep most of the time.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -25,9 +34,18 @@ use crate::telemetry;
 pub struct LifecycleShared {
     pub emitter: Emitter,
     pub assignments: Arc<Assignments>,
-    /// Lifecycle actors alive in this pipeline.
+    /// Lifecycles not finished in this pipeline, running or asleep.
     pub in_flight: AtomicI64,
+    /// Of those, the ones asleep.
+    pub asleep: AtomicI64,
+    /// Waits longer than this (µs) are slept in the channel actor's queue; 0: never.
+    pub hibernate_after_us: i64,
 }
+
+/// How long before its due time a sleeping lifecycle is started again as an actor.
+pub const WAKE_AHEAD: Duration = Duration::from_millis(500);
+/// How often each channel actor looks for lifecycles to wake.
+pub const WAKE_EVERY: Duration = Duration::from_millis(100);
 
 /// One step, compactly: failure details only where there are some.
 struct Step {
@@ -103,54 +121,180 @@ impl Walk {
     }
 }
 
-pub struct Lifecycle {
+/// Where a lifecycle is in its walk: all of its state.
+pub struct Waiting {
     walk: Walk,
     next: usize,
     /// Events already stored (a resumed lifecycle): not emitted again.
     skip: Option<Box<HashSet<Uuid>>>,
     generation: u64,
+}
+
+impl Waiting {
+    pub fn new(walk: Walk, skip: Option<HashSet<Uuid>>, generation: u64) -> Self {
+        Self { walk, next: 0, skip: skip.filter(|s| !s.is_empty()).map(Box::new), generation }
+    }
+
+    /// The next step to emit, past those already stored; `None` when the walk is over.
+    fn next_step(&mut self) -> Option<usize> {
+        if let Some(skip) = &self.skip {
+            while let Some(s) = self.walk.steps.get(self.next) {
+                if !skip.contains(&event_id(&self.walk.payload_id, s.status, s.attempt)) {
+                    break;
+                }
+                self.next += 1;
+            }
+        }
+        (self.next < self.walk.steps.len()).then_some(self.next)
+    }
+
+    fn due_us(&self, step: usize) -> i64 {
+        self.walk.received_us + self.walk.steps[step].due_us
+    }
+}
+
+/// The sleeping lifecycles of one channel actor, earliest wake-up first. Shared (on the channel
+/// actor's thread) by the channel actor, which wakes them, and its lifecycle actors, which fall asleep.
+pub struct Sleepers {
+    queue: RefCell<BinaryHeap<Sleeper>>,
     shared: Arc<LifecycleShared>,
 }
 
-impl Lifecycle {
-    pub fn new(walk: Walk, skip: Option<HashSet<Uuid>>, generation: u64, shared: Arc<LifecycleShared>) -> Self {
-        Self { walk, next: 0, skip: skip.filter(|s| !s.is_empty()).map(Box::new), generation, shared }
+struct Sleeper {
+    wake_us: i64,
+    waiting: Box<Waiting>,
+}
+
+impl PartialEq for Sleeper {
+    fn eq(&self, other: &Self) -> bool {
+        self.wake_us == other.wake_us
+    }
+}
+impl Eq for Sleeper {}
+impl PartialOrd for Sleeper {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Sleeper {
+    /// Reversed: the max-heap yields the earliest wake-up.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        other.wake_us.cmp(&self.wake_us)
+    }
+}
+
+impl Sleepers {
+    pub fn new(shared: Arc<LifecycleShared>) -> Rc<Self> {
+        Rc::new(Self { queue: RefCell::new(BinaryHeap::new()), shared })
     }
 
-    /// Emit every step that is due, then sleep until the next one, or stop after the last.
+    /// Start a lifecycle: as an actor when its next step is near, asleep otherwise.
+    pub fn start(self: &Rc<Self>, mut w: Waiting) {
+        let Some(step) = w.next_step() else { return };
+        let due = w.due_us(step);
+        self.sleep_if_far(w, due, Utc::now().timestamp_micros());
+    }
+
+    /// Put `w` to sleep if `due` is far enough away; otherwise start its actor. Returns whether it sleeps.
+    fn sleep_if_far(self: &Rc<Self>, w: Waiting, due_us: i64, now_us: i64) -> bool {
+        let h = self.shared.hibernate_after_us;
+        if h > 0 && due_us - now_us > h {
+            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            telemetry::lifecycles_in_flight(w.walk.channel, 1.0);
+            telemetry::lifecycles_asleep(w.walk.channel, 1.0);
+            self.shared.asleep.fetch_add(1, Ordering::Relaxed);
+            let wake_us = due_us - WAKE_AHEAD.as_micros() as i64;
+            self.queue.borrow_mut().push(Sleeper { wake_us, waiting: Box::new(w) });
+            true
+        } else {
+            Lifecycle::new(w, self).start();
+            false
+        }
+    }
+
+    /// Start, as actors, the lifecycles due within [`WAKE_AHEAD`]; drop those whose partition is gone
+    /// (its new owner resumes them from the store).
+    pub fn wake_due(self: &Rc<Self>) {
+        let now = Utc::now().timestamp_micros();
+        loop {
+            let sleeper = {
+                let mut q = self.queue.borrow_mut();
+                match q.peek() {
+                    Some(s) if s.wake_us <= now => q.pop().expect("peeked"),
+                    _ => return,
+                }
+            };
+            let w = *sleeper.waiting;
+            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            telemetry::lifecycles_in_flight(w.walk.channel, -1.0);
+            telemetry::lifecycles_asleep(w.walk.channel, -1.0);
+            self.shared.asleep.fetch_sub(1, Ordering::Relaxed);
+            if self.shared.assignments.owns(&w.walk.topic, w.walk.partition, w.generation) {
+                Lifecycle::new(w, self).start();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The actor of a lifecycle that has a step due soon.
+pub struct Lifecycle {
+    /// `None` once it fell asleep (its state moved to the sleepers queue).
+    w: Option<Waiting>,
+    channel: Channel,
+    shared: Arc<LifecycleShared>,
+    sleepers: Rc<Sleepers>,
+}
+
+impl Lifecycle {
+    fn new(w: Waiting, sleepers: &Rc<Sleepers>) -> Self {
+        Self { channel: w.walk.channel, w: Some(w), shared: sleepers.shared.clone(), sleepers: sleepers.clone() }
+    }
+
+    /// Emit every step that is due, then wait for the next one (or sleep), or stop after the last.
     fn advance(&mut self, ctx: &mut Context<Self>) {
         loop {
-            if let Some(skip) = &self.skip {
-                while let Some(s) = self.walk.steps.get(self.next) {
-                    if !skip.contains(&event_id(&self.walk.payload_id, s.status, s.attempt)) {
-                        break;
-                    }
-                    self.next += 1;
-                }
-            }
-            let Some(step) = self.walk.steps.get(self.next) else {
+            let Some(w) = self.w.as_mut() else { return };
+            let Some(step) = w.next_step() else {
                 ctx.stop();
                 return;
             };
-            let wait_us = self.walk.received_us + step.due_us - Utc::now().timestamp_micros();
-            if wait_us > 0 {
-                ctx.run_later(Duration::from_micros(wait_us as u64), |act, ctx| act.advance(ctx));
+            let due_us = w.due_us(step);
+            let now_us = Utc::now().timestamp_micros();
+            if due_us > now_us {
+                let h = self.shared.hibernate_after_us;
+                if h > 0 && due_us - now_us > h {
+                    let w = self.w.take().expect("checked");
+                    self.sleepers.sleep_if_far(w, due_us, now_us);
+                    ctx.stop();
+                } else {
+                    ctx.run_later(Duration::from_micros((due_us - now_us) as u64), |act, ctx| act.advance(ctx));
+                }
                 return;
             }
-            if !self.shared.assignments.owns(&self.walk.topic, self.walk.partition, self.generation) {
+            if !self.shared.assignments.owns(&w.walk.topic, w.walk.partition, w.generation) {
                 ctx.stop();
                 return;
             }
-            let event = self.walk.event(step);
-            match self.shared.emitter.try_emit(event, &self.walk.headers) {
-                Ok(()) => self.next += 1,
+            let event = w.walk.event(&w.walk.steps[step]);
+            match self.shared.emitter.try_emit(event, &w.walk.headers) {
+                Ok(()) => w.next += 1,
                 Err(event) => {
                     // The producer is full: wait in line for room, then go on.
                     let shared = self.shared.clone();
-                    let headers = self.walk.headers.clone();
+                    let headers = w.walk.headers.clone();
                     ctx.wait(async move { shared.emitter.emit(event, &headers).await }.into_actor(self).map(
                         |_, act, ctx| {
-                            act.next += 1;
+                            if let Some(w) = act.w.as_mut() {
+                                w.next += 1;
+                            }
                             act.advance(ctx);
                         },
                     ));
@@ -166,12 +310,13 @@ impl Actor for Lifecycle {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        telemetry::lifecycles_in_flight(self.walk.channel, 1.0);
+        telemetry::lifecycles_in_flight(self.channel, 1.0);
         self.advance(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // A lifecycle that fell asleep is counted again by the queue.
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        telemetry::lifecycles_in_flight(self.walk.channel, -1.0);
+        telemetry::lifecycles_in_flight(self.channel, -1.0);
     }
 }

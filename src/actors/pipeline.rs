@@ -79,7 +79,13 @@ impl Pipeline {
             Emitter::new(&kafka::producer_config(k, brokers), &k.ack_topic, batch_rows.max(1000) * 4).map_err(kafka::KafkaError::from)?;
         persister_arbiter.spawn(forward_deliveries(delivered, persister.clone(), batch_rows, emitter.unforwarded_counter()));
 
-        let shared = Arc::new(LifecycleShared { emitter, assignments: assignments.clone(), in_flight: AtomicI64::new(0) });
+        let shared = Arc::new(LifecycleShared {
+            emitter,
+            assignments: assignments.clone(),
+            in_flight: AtomicI64::new(0),
+            asleep: AtomicI64::new(0),
+            hibernate_after_us: settings.service.hibernate_after_ms as i64 * 1000,
+        });
         let channel_stats = Arc::new(ChannelStats::default());
         let mut arbiters = vec![persister_arbiter];
         let mut channels: [Option<Addr<ChannelActor>>; 3] = [None, None, None];
@@ -159,9 +165,14 @@ impl Pipeline {
         })
     }
 
-    /// Lifecycle actors alive.
+    /// Lifecycles not finished, running or asleep.
     pub fn lifecycles_in_flight(&self) -> i64 {
         self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Lifecycles asleep until shortly before their next step.
+    pub fn lifecycles_asleep(&self) -> i64 {
+        self.shared.asleep.load(Ordering::Relaxed)
     }
 
     /// Partitions this instance owns now.
