@@ -237,12 +237,22 @@ pub fn event_id(payload_id: &str, status: Status, attempt: u16) -> Uuid {
 
 /// Deterministic vendor message id, shaped the way each channel's vendors shape theirs.
 pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
-    let id = Uuid::new_v5(&ID_NAMESPACE, format!("vendor\u{1f}{payload_id}").as_bytes());
-    match channel {
-        Channel::Email => format!("<{}@understudy.email>", id.simple()),
-        Channel::Sms => format!("SM{}", id.simple()),
-        Channel::Whatsapp => format!("wamid.{}", id.simple()),
-    }
+    let mut name = Vec::with_capacity(7 + payload_id.len());
+    name.extend_from_slice(b"vendor\x1f");
+    name.extend_from_slice(payload_id.as_bytes());
+    let id = Uuid::new_v5(&ID_NAMESPACE, &name);
+    let mut buf = Uuid::encode_buffer();
+    let hex = id.simple().encode_lower(&mut buf);
+    let (prefix, suffix) = match channel {
+        Channel::Email => ("<", "@understudy.email>"),
+        Channel::Sms => ("SM", ""),
+        Channel::Whatsapp => ("wamid.", ""),
+    };
+    let mut out = String::with_capacity(prefix.len() + hex.len() + suffix.len());
+    out.push_str(prefix);
+    out.push_str(hex);
+    out.push_str(suffix);
+    out
 }
 
 /// The ack event produced to the ack topic and stored.
@@ -346,6 +356,14 @@ mod tests {
         assert!(!Channel::Sms.allows(Some(Status::Delivery), Status::Open));
         assert!(Channel::Whatsapp.allows(Some(Status::Delivery), Status::Read));
         assert!(Channel::Email.allows(Some(Status::Open), Status::Click));
+    }
+
+    #[test]
+    fn vendor_message_ids_keep_their_shape() {
+        let id = Uuid::new_v5(&ID_NAMESPACE, "vendor\u{1f}p-1".as_bytes()).simple().to_string();
+        assert_eq!(vendor_message_id(Channel::Email, "p-1"), format!("<{id}@understudy.email>"));
+        assert_eq!(vendor_message_id(Channel::Sms, "p-1"), format!("SM{id}"));
+        assert_eq!(vendor_message_id(Channel::Whatsapp, "p-1"), format!("wamid.{id}"));
     }
 
     #[test]
