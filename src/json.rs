@@ -60,6 +60,12 @@ impl<'a> ObjectWriter<'a> {
         self
     }
 
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
     pub fn time(&mut self, key: &str, value: DateTime<Utc>) -> &mut Self {
         self.key(key);
         self.out.push(b'"');

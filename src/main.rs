@@ -16,6 +16,7 @@ use understudy::{demo, telemetry};
 
 /// mimalloc: cheaper cross-thread frees (events are allocated on channel arbiters and freed on the
 /// producer and persister threads) and less fragmentation than the system allocator's per-thread arenas.
+/// Its `override` feature makes it the C allocator too, so librdkafka's per-message allocations use it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -221,14 +221,22 @@ pub struct PlannedMessage {
 
 /// Deterministic id of one ack event: UUIDv5 of `payload_id`, status and attempt, separated by U+001F.
 pub fn event_id(payload_id: &str, status: Status, attempt: u16) -> Uuid {
-    let mut digits = itoa::Buffer::new();
-    let parts = [payload_id.as_bytes(), b"\x1f", status.as_str().as_bytes(), b"\x1f", digits.format(attempt).as_bytes()];
+    v5(&[payload_id.as_bytes(), status.as_str().as_bytes(), itoa::Buffer::new().format(attempt).as_bytes()])
+}
+
+/// UUIDv5 in [`ID_NAMESPACE`] of `parts` joined by U+001F; no allocation for names up to 256 bytes.
+fn v5(parts: &[&[u8]]) -> Uuid {
     let mut name = [0u8; 256];
-    if parts.iter().map(|p| p.len()).sum::<usize>() > name.len() {
-        return Uuid::new_v5(&ID_NAMESPACE, &parts.concat());
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>().saturating_sub(1);
+    if len > name.len() {
+        return Uuid::new_v5(&ID_NAMESPACE, &parts.join(&0x1f));
     }
     let mut at = 0;
-    for part in parts {
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            name[at] = 0x1f;
+            at += 1;
+        }
         name[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
@@ -237,10 +245,7 @@ pub fn event_id(payload_id: &str, status: Status, attempt: u16) -> Uuid {
 
 /// Deterministic vendor message id, shaped the way each channel's vendors shape theirs.
 pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
-    let mut name = Vec::with_capacity(7 + payload_id.len());
-    name.extend_from_slice(b"vendor\x1f");
-    name.extend_from_slice(payload_id.as_bytes());
-    let id = Uuid::new_v5(&ID_NAMESPACE, &name);
+    let id = v5(&[b"vendor", payload_id.as_bytes()]);
     let mut buf = Uuid::encode_buffer();
     let hex = id.simple().encode_lower(&mut buf);
     let (prefix, suffix) = match channel {

@@ -1,16 +1,16 @@
 //! The channel actor: one per channel (Email, SMS, WhatsApp), each on its own arbiter. It plans each
 //! message from the scenario, hands the rows to the persister (waiting on its mailbox: backpressure),
-//! then spawns one lifecycle actor per message on its arbiter.
+//! then starts one lifecycle per message on its arbiter: an actor, or asleep in its queue while the
+//! message's first step is far away (see `lifecycle.rs`).
 
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::prelude::*;
 use uuid::Uuid;
-
-use std::rc::Rc;
 
 use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
 use super::persister::{PersistMessages, Persister};

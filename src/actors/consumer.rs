@@ -5,7 +5,7 @@
 //! lifecycles from the store and learns which of the partition's uncommitted offsets are already stored,
 //! so that they are not planned twice (see `docs/offsets.md`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::channel::{ChannelActor, Dispatch, Resume};
 use super::persister::{Flush, Persister};
 use crate::kafka::decode::{Decoder, RawRecord, Rejection};
-use crate::kafka::offsets::{Assignments, OffsetTracker};
+use crate::kafka::offsets::{Assignments, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
 use crate::scenario::Scenario;
 use crate::store::Store;
@@ -156,7 +156,7 @@ impl ConsumerLoop {
         let consumer = self.consumer.clone();
         let mut stream = consumer.stream().ready_chunks(self.max_batch);
         // Offsets of an assigned partition that are already stored: skipped, not planned again.
-        let mut already: HashMap<(String, i32), HashSet<i64>> = HashMap::new();
+        let mut already: PartitionMap<HashSet<i64>> = PartitionMap::default();
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -193,7 +193,7 @@ impl ConsumerLoop {
         }
     }
 
-    async fn resume(&self, store: &Store, topic: &str, partition: i32, already: &mut HashMap<(String, i32), HashSet<i64>>) {
+    async fn resume(&self, store: &Store, topic: &str, partition: i32, already: &mut PartitionMap<HashSet<i64>>) {
         let committed = {
             let consumer = self.consumer.clone();
             let mut tpl = TopicPartitionList::new();
@@ -245,15 +245,15 @@ impl ConsumerLoop {
                 let _ = addr.send(Resume { generation, lifecycles: list }).await;
             }
         }
-        // Kept only while non-empty: the per-record check below is then free in the common case.
+        // Kept only while non-empty.
         if stored.is_empty() {
-            already.remove(&(topic.to_owned(), partition));
+            already.remove(topic, partition);
         } else {
-            already.insert((topic.to_owned(), partition), stored);
+            already.insert(topic, partition, stored);
         }
     }
 
-    async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut HashMap<(String, i32), HashSet<i64>>) {
+    async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut PartitionMap<HashSet<i64>>) {
         let now = Utc::now();
         let mut by_channel: [Vec<(u64, Outbound)>; 3] = Default::default();
         let mut dead: Vec<Dead> = Vec::new();
@@ -269,10 +269,10 @@ impl ConsumerLoop {
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             // Fetched before a revoke: the partition's new owner processes it.
             let Some(generation) = self.assignments.generation(topic, partition) else { continue };
-            if let Some(set) = (!already.is_empty()).then(|| already.get_mut(&(topic.to_owned(), partition))).flatten() {
+            if let Some(set) = already.get_mut(topic, partition) {
                 let skip = set.remove(&offset);
                 if set.is_empty() {
-                    already.remove(&(topic.to_owned(), partition));
+                    already.remove(topic, partition);
                 }
                 if skip {
                     // Stored before the restart and resumed from the store: durable, so committable.

@@ -18,10 +18,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 
-/// Events handed to the producer and not yet delivered, at most; below librdkafka's queue size so that
-/// waiting happens here, in line, rather than in a retry loop.
-pub const IN_FLIGHT_EVENTS: usize = 50_000;
-
 use super::persister::{PersistEvents, Persister};
 use crate::model::AckEvent;
 use crate::store::EventRow;
@@ -64,6 +60,10 @@ impl ProducerContext for EmitterContext {
         }
     }
 }
+
+/// Events handed to the producer and not yet delivered, at most; below librdkafka's queue size so that
+/// waiting happens here, in line, rather than in a retry loop.
+pub const IN_FLIGHT_EVENTS: usize = 50_000;
 
 /// The header every ack carries with its event id.
 pub const EVENT_ID_HEADER: &str = "understudy-event-id";

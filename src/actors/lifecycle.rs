@@ -42,6 +42,23 @@ pub struct LifecycleShared {
     pub hibernate_after_us: i64,
 }
 
+impl LifecycleShared {
+    /// Whether a wait of `wait_us` is spent asleep in the channel actor's queue rather than as an actor.
+    fn sleeps(&self, wait_us: i64) -> bool {
+        self.hibernate_after_us > 0 && wait_us > self.hibernate_after_us
+    }
+
+    /// Count a lifecycle in (`delta` 1) or out (-1), as an actor or asleep.
+    fn count(&self, channel: Channel, delta: i64, asleep: bool) {
+        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        telemetry::lifecycles_in_flight(channel, delta as f64);
+        if asleep {
+            self.asleep.fetch_add(delta, Ordering::Relaxed);
+            telemetry::lifecycles_asleep(channel, delta as f64);
+        }
+    }
+}
+
 /// How long before its due time a sleeping lifecycle is started again as an actor.
 pub const WAKE_AHEAD: Duration = Duration::from_millis(500);
 /// How often each channel actor looks for lifecycles to wake.
@@ -191,25 +208,19 @@ impl Sleepers {
     /// Start a lifecycle: as an actor when its next step is near, asleep otherwise.
     pub fn start(self: &Rc<Self>, mut w: Waiting) {
         let Some(step) = w.next_step() else { return };
-        let due = w.due_us(step);
-        self.sleep_if_far(w, due, Utc::now().timestamp_micros());
-    }
-
-    /// Put `w` to sleep if `due` is far enough away; otherwise start its actor. Returns whether it sleeps.
-    fn sleep_if_far(self: &Rc<Self>, w: Waiting, due_us: i64, now_us: i64) -> bool {
-        let h = self.shared.hibernate_after_us;
-        if h > 0 && due_us - now_us > h {
-            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-            telemetry::lifecycles_in_flight(w.walk.channel, 1.0);
-            telemetry::lifecycles_asleep(w.walk.channel, 1.0);
-            self.shared.asleep.fetch_add(1, Ordering::Relaxed);
-            let wake_us = due_us - WAKE_AHEAD.as_micros() as i64;
-            self.queue.borrow_mut().push(Sleeper { wake_us, waiting: Box::new(w) });
-            true
+        let due_us = w.due_us(step);
+        if self.shared.sleeps(due_us - Utc::now().timestamp_micros()) {
+            self.sleep(w, due_us);
         } else {
             Lifecycle::new(w, self).start();
-            false
         }
+    }
+
+    /// Keep `w` until [`WAKE_AHEAD`] before `due_us`.
+    fn sleep(&self, w: Waiting, due_us: i64) {
+        self.shared.count(w.walk.channel, 1, true);
+        let wake_us = due_us - WAKE_AHEAD.as_micros() as i64;
+        self.queue.borrow_mut().push(Sleeper { wake_us, waiting: Box::new(w) });
     }
 
     /// Start, as actors, the lifecycles due within [`WAKE_AHEAD`]; drop those whose partition is gone
@@ -225,22 +236,11 @@ impl Sleepers {
                 }
             };
             let w = *sleeper.waiting;
-            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            telemetry::lifecycles_in_flight(w.walk.channel, -1.0);
-            telemetry::lifecycles_asleep(w.walk.channel, -1.0);
-            self.shared.asleep.fetch_sub(1, Ordering::Relaxed);
+            self.shared.count(w.walk.channel, -1, true);
             if self.shared.assignments.owns(&w.walk.topic, w.walk.partition, w.generation) {
                 Lifecycle::new(w, self).start();
             }
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.queue.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -267,15 +267,14 @@ impl Lifecycle {
                 return;
             };
             let due_us = w.due_us(step);
-            let now_us = Utc::now().timestamp_micros();
-            if due_us > now_us {
-                let h = self.shared.hibernate_after_us;
-                if h > 0 && due_us - now_us > h {
+            let wait_us = due_us - Utc::now().timestamp_micros();
+            if wait_us > 0 {
+                if self.shared.sleeps(wait_us) {
                     let w = self.w.take().expect("checked");
-                    self.sleepers.sleep_if_far(w, due_us, now_us);
+                    self.sleepers.sleep(w, due_us);
                     ctx.stop();
                 } else {
-                    ctx.run_later(Duration::from_micros((due_us - now_us) as u64), |act, ctx| act.advance(ctx));
+                    ctx.run_later(Duration::from_micros(wait_us as u64), |act, ctx| act.advance(ctx));
                 }
                 return;
             }
@@ -309,14 +308,12 @@ impl Actor for Lifecycle {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        telemetry::lifecycles_in_flight(self.channel, 1.0);
+        self.shared.count(self.channel, 1, false);
         self.advance(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         // A lifecycle that fell asleep is counted again by the queue.
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        telemetry::lifecycles_in_flight(self.channel, -1.0);
+        self.shared.count(self.channel, -1, false);
     }
 }

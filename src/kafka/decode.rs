@@ -46,13 +46,15 @@ const BATCH_ID: usize = 1;
 const RECIPIENT: usize = 2;
 const CHANNEL: usize = 3;
 const TENANT_ID: usize = 4;
-const FIELDS: usize = 5;
+/// The document itself: anything captured here means it is not an object.
+const ROOT: usize = 5;
+const FIELDS: usize = 6;
 
 impl Decoder {
     pub fn new(settings: InputSettings) -> Self {
         let propagate = settings.propagate_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         let f = &settings.fields;
-        let mut fields = Trie::default();
+        let mut fields = Trie { slots: vec![ROOT], children: Vec::new() };
         fields.add(&f.payload_id, PAYLOAD_ID);
         fields.add(&f.batch_id, BATCH_ID);
         fields.add(&f.recipient, RECIPIENT);
@@ -79,17 +81,17 @@ impl Decoder {
         let mut captured: [Captured; FIELDS] = Default::default();
         let mut de = serde_json::Deserializer::from_slice(body);
         let read = de
-            .deserialize_any(Capture { node: &self.fields, slots: &mut captured, root: true })
+            .deserialize_any(Capture { node: &self.fields, slots: &mut captured })
             .and_then(|()| de.end());
         match read {
             Ok(()) => {}
             Err(_) if std::str::from_utf8(body).is_err() => return Err(Rejection::new("not_utf8", "the message is not valid UTF-8")),
-            Err(e) if e.to_string().starts_with(NOT_OBJECT) => {
-                return Err(Rejection::new("not_object", "the message is JSON but not an object"));
-            }
             Err(e) => return Err(Rejection::new("not_json", format!("the message is not JSON: {e}"))),
         }
-        let [payload_id, batch_id, recipient, channel_field, tenant_field] = captured;
+        let [payload_id, batch_id, recipient, channel_field, tenant_field, root] = captured;
+        if !matches!(root, Captured::Missing) {
+            return Err(Rejection::new("not_object", "the message is JSON but not an object"));
+        }
         let f = &self.settings.fields;
         let payload_id = payload_id.required(&f.payload_id, "payload_id")?;
         let batch_id = batch_id.required(&f.batch_id, "batch_id")?;
@@ -134,7 +136,7 @@ impl Decoder {
 }
 
 /// What the pass found at one pointer.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 enum Captured {
     #[default]
     Missing,
@@ -166,10 +168,11 @@ impl Captured {
     }
 }
 
-/// JSON pointers merged into a tree of their (unescaped) reference tokens.
+/// JSON pointers merged into a tree of their (unescaped) reference tokens. A node carries the slots of
+/// every field whose pointer ends there (two fields may share a pointer; `""` is the document).
 #[derive(Clone, Debug, Default)]
 struct Trie {
-    slot: Option<usize>,
+    slots: Vec<usize>,
     children: Vec<(String, Trie)>,
 }
 
@@ -187,7 +190,7 @@ impl Trie {
             };
             node = &mut node.children[i].1;
         }
-        node.slot = Some(slot);
+        node.slots.push(slot);
     }
 
     fn child(&self, token: &str) -> Option<&Trie> {
@@ -195,24 +198,18 @@ impl Trie {
     }
 }
 
-const NOT_OBJECT: &str = "understudy: not an object";
-
-/// One pass over a JSON value, capturing the scalars the trie points at.
+/// One pass over a JSON value, capturing the scalars the trie points at. The document's own slot
+/// ([`ROOT`]) is set by anything but an object.
 struct Capture<'t, 's> {
     node: &'t Trie,
     slots: &'s mut [Captured; FIELDS],
-    root: bool,
 }
 
 impl Capture<'_, '_> {
-    fn set(&mut self, v: Captured) -> Result<(), String> {
-        if self.root {
-            return Err(NOT_OBJECT.into());
+    fn set(&mut self, v: Captured) {
+        for &i in &self.node.slots {
+            self.slots[i] = v.clone();
         }
-        if let Some(i) = self.node.slot {
-            self.slots[i] = v;
-        }
-        Ok(())
     }
 }
 
@@ -246,8 +243,8 @@ impl<'de, 't> Visitor<'de> for KeySeed<'t> {
 macro_rules! scalar_number {
     ($name:ident, $t:ty) => {
         fn $name<E: serde::de::Error>(mut self, v: $t) -> Result<(), E> {
-            let text = serde_json::Number::from(v).to_string();
-            self.set(Captured::Scalar(text)).map_err(E::custom)
+            self.set(Captured::Scalar(serde_json::Number::from(v).to_string()));
+            Ok(())
         }
     };
 }
@@ -260,34 +257,35 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
     }
 
     fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
-        let c = if v.trim().is_empty() { Captured::WrongType } else { Captured::Scalar(v.to_owned()) };
-        self.set(c).map_err(E::custom)
+        self.set(if v.trim().is_empty() { Captured::WrongType } else { Captured::Scalar(v.to_owned()) });
+        Ok(())
     }
 
     scalar_number!(visit_u64, u64);
     scalar_number!(visit_i64, i64);
 
     fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
-        let c = serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string()));
-        self.set(c).map_err(E::custom)
+        self.set(serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string())));
+        Ok(())
     }
 
     fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
-        self.set(Captured::WrongType).map_err(E::custom)
+        self.set(Captured::WrongType);
+        Ok(())
     }
 
     fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
-        self.set(Captured::Null).map_err(E::custom)
+        self.set(Captured::Null);
+        Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        use serde::de::Error;
-        self.set(Captured::WrongType).map_err(A::Error::custom)?;
+        self.set(Captured::WrongType);
         let mut index = 0usize;
         loop {
             let child = if self.node.children.is_empty() { None } else { self.node.child(itoa::Buffer::new().format(index)) };
             let more = match child {
-                Some(node) => seq.next_element_seed(Capture { node, slots: &mut *self.slots, root: false })?.is_some(),
+                Some(node) => seq.next_element_seed(Capture { node, slots: &mut *self.slots })?.is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
             };
             if !more {
@@ -298,14 +296,13 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        if !self.root {
-            if let Some(i) = self.node.slot {
-                self.slots[i] = Captured::WrongType;
-            }
+        // An object is what the document should be, and the wrong type for any field.
+        for &i in self.node.slots.iter().filter(|&&i| i != ROOT) {
+            self.slots[i] = Captured::WrongType;
         }
         while let Some(child) = map.next_key_seed(KeySeed(self.node))? {
             match child {
-                Some(node) => map.next_value_seed(Capture { node, slots: &mut *self.slots, root: false })?,
+                Some(node) => map.next_value_seed(Capture { node, slots: &mut *self.slots })?,
                 None => map.next_value::<IgnoredAny>().map(drop)?,
             }
         }
@@ -387,5 +384,16 @@ mod tests {
         let body = br#"{"ids":[{"a/b":"zero"},{"a/b":7.5}],"batch":-3,"channel":"email","recipient":"r","skip":[{"x":[1,{}]}]}"#;
         let m = d.decode(&rec(body, vec![]), Utc::now()).unwrap();
         assert_eq!((m.payload_id.as_str(), m.batch_id.as_str(), m.channel), ("7.5", "-3", Channel::Email));
+        // Two fields may share a pointer; `""` (the whole document, an object) is never a valid field.
+        let shared = |payload_id: &str| {
+            Decoder::new(InputSettings {
+                fields: crate::config::FieldPointers { payload_id: payload_id.into(), batch_id: "/id".into(), ..Default::default() },
+                ..Default::default()
+            })
+        };
+        let body = br#"{"id":"same","channel":"sms","recipient":"r"}"#;
+        let m = shared("/id").decode(&rec(body, vec![]), Utc::now()).unwrap();
+        assert_eq!((m.payload_id.as_str(), m.batch_id.as_str()), ("same", "same"));
+        assert_eq!(shared("").decode(&rec(body, vec![]), Utc::now()).unwrap_err().kind, "wrong_type");
     }
 }

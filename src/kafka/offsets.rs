@@ -9,7 +9,7 @@ use std::sync::{Mutex, RwLock};
 
 /// Per-partition values, looked up by `(&str, i32)` without allocating a key.
 #[derive(Debug)]
-struct PartitionMap<V>(HashMap<String, HashMap<i32, V>>);
+pub(crate) struct PartitionMap<V>(HashMap<String, HashMap<i32, V>>);
 
 impl<V> Default for PartitionMap<V> {
     fn default() -> Self {
@@ -18,15 +18,15 @@ impl<V> Default for PartitionMap<V> {
 }
 
 impl<V> PartitionMap<V> {
-    fn get(&self, topic: &str, partition: i32) -> Option<&V> {
+    pub(crate) fn get(&self, topic: &str, partition: i32) -> Option<&V> {
         self.0.get(topic)?.get(&partition)
     }
 
-    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut V> {
         self.0.get_mut(topic)?.get_mut(&partition)
     }
 
-    fn insert(&mut self, topic: &str, partition: i32, value: V) {
+    pub(crate) fn insert(&mut self, topic: &str, partition: i32, value: V) {
         match self.0.get_mut(topic) {
             Some(m) => {
                 m.insert(partition, value);
@@ -37,7 +37,7 @@ impl<V> PartitionMap<V> {
         }
     }
 
-    fn remove(&mut self, topic: &str, partition: i32) -> Option<V> {
+    pub(crate) fn remove(&mut self, topic: &str, partition: i32) -> Option<V> {
         let m = self.0.get_mut(topic)?;
         let v = m.remove(&partition);
         if m.is_empty() {
@@ -46,11 +46,15 @@ impl<V> PartitionMap<V> {
         v
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, i32, &mut V)> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, i32, &mut V)> {
         self.0.iter_mut().flat_map(|(t, m)| m.iter_mut().map(move |(p, v)| (t, *p, v)))
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&String, i32, &V)> {
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, i32, &V)> {
         self.0.iter().flat_map(|(t, m)| m.iter().map(move |(p, v)| (t, *p, v)))
     }
 }
@@ -170,7 +174,7 @@ impl Assignments {
 
     /// Give up every partition: running lifecycles stop at their next step (shutdown).
     pub fn revoke_all(&self) {
-        self.owned.write().expect("assignment lock").0.clear();
+        self.owned.write().expect("assignment lock").clear();
     }
 
     pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {

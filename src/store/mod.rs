@@ -113,7 +113,7 @@ fn encode_headers(headers: &[(String, Vec<u8>)]) -> String {
             Ok(s) => w.str("n", n).str("v", s),
             Err(_) => {
                 let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
-                w.str("n", n).str("v", &hex).raw("hex", |o| o.extend_from_slice(b"true"))
+                w.str("n", n).str("v", &hex).bool("hex", true)
             }
         }
         .end();

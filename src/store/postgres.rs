@@ -29,12 +29,6 @@ pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[Even
     }
 }
 
-const MESSAGE_COPY: &str = "COPY messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
-     tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body) FROM STDIN (FORMAT binary)";
-const EVENT_COPY: &str = "COPY events (event_id, payload_id, batch_id, channel, status, attempt, vendor_message_id, \
-     scheduled_at_us, emitted_at_us, error_code, error_reason, bounce_type, tenant_id, ack_partition, ack_offset) \
-     FROM STDIN (FORMAT binary)";
-
 async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
     let mut tx = pool.begin().await?;
     if !messages.is_empty() {
@@ -57,7 +51,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .text(&r.headers)
                 .bytes(&r.body);
         }
-        let mut c = tx.copy_in_raw(MESSAGE_COPY).await?;
+        let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
         c.send(b.finish()).await?;
         c.finish().await?;
     }
@@ -82,7 +76,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .int4(r.ack_partition)
                 .int8(r.ack_offset);
         }
-        let mut c = tx.copy_in_raw(EVENT_COPY).await?;
+        let mut c = tx.copy_in_raw(include_str!("sql/postgres/event_copy.sql")).await?;
         c.send(b.finish()).await?;
         c.finish().await?;
     }
