@@ -2,6 +2,7 @@
 //! the planned lifecycle and the ack event that goes back to the platform.
 
 use std::fmt;
+use std::sync::Arc;
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -260,15 +261,16 @@ pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
     out
 }
 
-/// The ack event produced to the ack topic and stored.
+/// The ack event produced to the ack topic and stored. Its text fields are shared with the lifecycle
+/// that emits it (a reference count, not a copy per event).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AckEvent {
     pub event_id: Uuid,
-    pub payload_id: String,
-    pub batch_id: String,
+    pub payload_id: Arc<str>,
+    pub batch_id: Arc<str>,
     pub channel: Channel,
     pub status: Status,
-    pub vendor_message_id: String,
+    pub vendor_message_id: Arc<str>,
     pub attempt: u16,
     pub scheduled_at: DateTime<Utc>,
     pub emitted_at: DateTime<Utc>,
@@ -278,7 +280,7 @@ pub struct AckEvent {
     pub error_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_type: Option<BounceType>,
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<Arc<str>>,
 }
 
 impl AckEvent {
@@ -389,7 +391,7 @@ mod tests {
             batch_id: "b".into(),
             channel: Channel::Email,
             status: Status::Bounce,
-            vendor_message_id: vendor_message_id(Channel::Email, "p\"1"),
+            vendor_message_id: vendor_message_id(Channel::Email, "p\"1").into(),
             attempt: 1,
             scheduled_at: t(1_700_000_000_123_456),
             emitted_at: t(1_700_000_000_223_456),

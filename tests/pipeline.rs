@@ -100,7 +100,7 @@ async fn end_to_end(store_url: String) {
     // Per-payload order holds in the ack topic, matching the plan; keys are payload ids.
     let mut by_payload: HashMap<&str, Vec<&(i32, i64, AckEvent, Vec<(String, Vec<u8>)>)>> = HashMap::new();
     for e in &events {
-        by_payload.entry(e.2.payload_id.as_str()).or_default().push(e);
+        by_payload.entry(&*e.2.payload_id).or_default().push(e);
     }
     for (id, mut evs) in by_payload {
         let partitions: HashSet<i32> = evs.iter().map(|e| e.0).collect();
@@ -110,7 +110,7 @@ async fn end_to_end(store_url: String) {
         let want: Vec<(Status, u16)> = plans[id].steps.iter().map(|s| (s.status, s.attempt)).collect();
         assert_eq!(got, want, "{id}: order in the ack topic");
         let first = &evs[0].2;
-        assert_eq!(first.vendor_message_id, plans[id].vendor_message_id);
+        assert_eq!(*first.vendor_message_id, *plans[id].vendor_message_id);
         assert_eq!(first.tenant_id.as_deref(), Some("demo"));
         if first.status.is_failure() {
             assert!(first.error_code.is_some(), "{id}: failures carry a code");
@@ -120,7 +120,7 @@ async fn end_to_end(store_url: String) {
     // Headers of the outbound message are propagated onto its acks.
     let sample = &batch[17];
     let want_tp = &sample.headers.iter().find(|(k, _)| k == "traceparent").unwrap().1;
-    for e in events.iter().filter(|e| e.2.payload_id == sample.payload_id) {
+    for e in events.iter().filter(|e| *e.2.payload_id == *sample.payload_id) {
         let tp = e.3.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
         assert_eq!(tp.as_deref(), Some(want_tp.as_bytes()));
         let id = e.3.iter().find(|(k, _)| k == "understudy-event-id").map(|(_, v)| v.clone());

@@ -45,9 +45,15 @@ impl ProducerContext for EmitterContext {
                 let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
                 telemetry::event_emitted(event.channel, event.status, lag);
                 let row = EventRow { event: *event, ack_partition: m.partition(), ack_offset: m.offset() };
-                // Blocking here (on the producer's thread) is the backpressure from a slow store.
+                // Blocking here (on the producer's thread) when the queue is full is the backpressure from a
+                // slow store.
                 self.unforwarded.fetch_add(1, Ordering::SeqCst);
-                if self.delivered.blocking_send(row).is_err() {
+                let sent = match self.delivered.try_send(row) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(row)) => self.delivered.blocking_send(row).is_ok(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                };
+                if !sent {
                     self.unforwarded.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!("persister queue closed; an event delivered to Kafka will be re-emitted on resume");
                 }

@@ -75,10 +75,10 @@ struct Step {
 
 /// The part of a planned message a lifecycle needs to emit its events.
 pub struct Walk {
-    payload_id: Box<str>,
-    batch_id: Box<str>,
-    vendor_message_id: Box<str>,
-    tenant_id: Option<Box<str>>,
+    payload_id: Arc<str>,
+    batch_id: Arc<str>,
+    vendor_message_id: Arc<str>,
+    tenant_id: Option<Arc<str>>,
     topic: Arc<str>,
     partition: i32,
     channel: Channel,
@@ -104,10 +104,10 @@ impl Walk {
             })
             .collect();
         Self {
-            payload_id: o.payload_id.into_boxed_str(),
-            batch_id: o.batch_id.into_boxed_str(),
-            vendor_message_id: m.plan.vendor_message_id.into_boxed_str(),
-            tenant_id: o.tenant_id.map(String::into_boxed_str),
+            payload_id: o.payload_id.into(),
+            batch_id: o.batch_id.into(),
+            vendor_message_id: m.plan.vendor_message_id.into(),
+            tenant_id: o.tenant_id.map(Arc::from),
             topic,
             partition: o.source.partition,
             channel: o.channel,
@@ -122,18 +122,18 @@ impl Walk {
         let (error_code, error_reason) = step.error.as_deref().cloned().unwrap_or_default();
         AckEvent {
             event_id: event_id(&self.payload_id, step.status, step.attempt),
-            payload_id: self.payload_id.to_string(),
-            batch_id: self.batch_id.to_string(),
+            payload_id: self.payload_id.clone(),
+            batch_id: self.batch_id.clone(),
             channel: self.channel,
             status: step.status,
-            vendor_message_id: self.vendor_message_id.to_string(),
+            vendor_message_id: self.vendor_message_id.clone(),
             attempt: step.attempt,
             scheduled_at,
             emitted_at: scheduled_at,
             error_code,
             error_reason,
             bounce_type: step.bounce_type,
-            tenant_id: self.tenant_id.as_deref().map(str::to_owned),
+            tenant_id: self.tenant_id.clone(),
         }
     }
 }

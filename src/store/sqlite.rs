@@ -57,18 +57,18 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
         q.push_values(chunk, |mut b, r| {
             let e = &r.event;
             b.push_bind(e.event_id.to_string())
-                .push_bind(&e.payload_id)
-                .push_bind(&e.batch_id)
+                .push_bind(&*e.payload_id)
+                .push_bind(&*e.batch_id)
                 .push_bind(e.channel.as_str())
                 .push_bind(e.status.as_str())
                 .push_bind(i32::from(e.attempt))
-                .push_bind(&e.vendor_message_id)
+                .push_bind(&*e.vendor_message_id)
                 .push_bind(e.scheduled_at.timestamp_micros())
                 .push_bind(e.emitted_at.timestamp_micros())
                 .push_bind(&e.error_code)
                 .push_bind(&e.error_reason)
                 .push_bind(e.bounce_type.map(crate::model::BounceType::as_str))
-                .push_bind(&e.tenant_id)
+                .push_bind(e.tenant_id.as_deref())
                 .push_bind(r.ack_partition)
                 .push_bind(r.ack_offset);
         });
