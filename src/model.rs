@@ -2,8 +2,8 @@
 //! the planned lifecycle and the ack event that goes back to the platform.
 
 use std::fmt;
-use std::sync::Arc;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
