@@ -169,20 +169,22 @@ pub enum BounceType {
 /// Where a consumed record came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourcePosition {
-    pub topic: String,
+    /// Shared by every message of the topic.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }
 
-/// An outbound message after decoding: the fields Understudy needs, the original bytes kept.
+/// An outbound message after decoding: the fields Understudy needs, the original bytes kept. The ids are
+/// reference counted: the stored row, the lifecycle and every ack event share one copy.
 #[derive(Clone, Debug)]
 pub struct Outbound {
     pub source: SourcePosition,
-    pub payload_id: String,
-    pub batch_id: String,
+    pub payload_id: Arc<str>,
+    pub batch_id: Arc<str>,
     pub channel: Channel,
-    pub recipient: String,
-    pub tenant_id: Option<String>,
+    pub recipient: Arc<str>,
+    pub tenant_id: Option<Arc<str>>,
     /// Headers to propagate onto every ack, in their original order.
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
@@ -207,9 +209,9 @@ pub struct PlannedStep {
 /// The full, deterministic plan of one message's lifecycle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Name of the outcome path that was drawn.
-    pub path: String,
-    pub vendor_message_id: String,
+    /// Name of the outcome path that was drawn (shared with the scenario).
+    pub path: Arc<str>,
+    pub vendor_message_id: Arc<str>,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -245,7 +247,7 @@ fn v5(parts: &[&[u8]]) -> Uuid {
 }
 
 /// Deterministic vendor message id, shaped the way each channel's vendors shape theirs.
-pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
+pub fn vendor_message_id(channel: Channel, payload_id: &str) -> Arc<str> {
     let id = v5(&[b"vendor", payload_id.as_bytes()]);
     let mut buf = Uuid::encode_buffer();
     let hex = id.simple().encode_lower(&mut buf);
@@ -254,11 +256,12 @@ pub fn vendor_message_id(channel: Channel, payload_id: &str) -> String {
         Channel::Sms => ("SM", ""),
         Channel::Whatsapp => ("wamid.", ""),
     };
-    let mut out = String::with_capacity(prefix.len() + hex.len() + suffix.len());
-    out.push_str(prefix);
-    out.push_str(hex);
-    out.push_str(suffix);
-    out
+    let mut out = [0u8; 64];
+    let len = prefix.len() + hex.len() + suffix.len();
+    out[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    out[prefix.len()..prefix.len() + hex.len()].copy_from_slice(hex.as_bytes());
+    out[prefix.len() + hex.len()..len].copy_from_slice(suffix.as_bytes());
+    Arc::from(std::str::from_utf8(&out[..len]).expect("ASCII"))
 }
 
 /// The ack event produced to the ack topic and stored. Its text fields are shared with the lifecycle
@@ -368,9 +371,9 @@ mod tests {
     #[test]
     fn vendor_message_ids_keep_their_shape() {
         let id = Uuid::new_v5(&ID_NAMESPACE, "vendor\u{1f}p-1".as_bytes()).simple().to_string();
-        assert_eq!(vendor_message_id(Channel::Email, "p-1"), format!("<{id}@understudy.email>"));
-        assert_eq!(vendor_message_id(Channel::Sms, "p-1"), format!("SM{id}"));
-        assert_eq!(vendor_message_id(Channel::Whatsapp, "p-1"), format!("wamid.{id}"));
+        assert_eq!(&*vendor_message_id(Channel::Email, "p-1"), format!("<{id}@understudy.email>"));
+        assert_eq!(&*vendor_message_id(Channel::Sms, "p-1"), format!("SM{id}"));
+        assert_eq!(&*vendor_message_id(Channel::Whatsapp, "p-1"), format!("wamid.{id}"));
     }
 
     #[test]
@@ -391,7 +394,7 @@ mod tests {
             batch_id: "b".into(),
             channel: Channel::Email,
             status: Status::Bounce,
-            vendor_message_id: vendor_message_id(Channel::Email, "p\"1").into(),
+            vendor_message_id: vendor_message_id(Channel::Email, "p\"1"),
             attempt: 1,
             scheduled_at: t(1_700_000_000_123_456),
             emitted_at: t(1_700_000_000_223_456),

@@ -18,11 +18,11 @@ fn message(i: usize, channel: Channel) -> PlannedMessage {
     PlannedMessage {
         outbound: Outbound {
             source: SourcePosition { topic: "store.outbound".into(), partition: (i % 3) as i32, offset: i as i64 },
-            payload_id,
-            batch_id: format!("batch-{}", i % 2),
+            payload_id: payload_id.into(),
+            batch_id: format!("batch-{}", i % 2).into(),
             channel,
-            recipient: format!("user{i}@example.com"),
-            tenant_id: (i % 2 == 0).then(|| "acme".to_owned()),
+            recipient: format!("user{i}@example.com").into(),
+            tenant_id: (i % 2 == 0).then(|| "acme".into()),
             headers: vec![("traceparent".into(), format!("00-{i:032x}-{i:016x}-01").into_bytes()), ("bin".into(), vec![0xff, i as u8])],
             body: format!(r#"{{"payload_id":"pay-{i}","n":{i}}}"#).into_bytes(),
             received_at: Utc.timestamp_micros(1_700_000_000_000_000 + i as i64 * 1_001).unwrap(),
@@ -42,11 +42,11 @@ fn events(m: &PlannedMessage) -> Vec<EventRow> {
             EventRow {
                 event: AckEvent {
                     event_id: event_id(&o.payload_id, s.status, s.attempt),
-                    payload_id: o.payload_id.as_str().into(),
-                    batch_id: o.batch_id.as_str().into(),
+                    payload_id: o.payload_id.clone(),
+                    batch_id: o.batch_id.clone(),
                     channel: o.channel,
                     status: s.status,
-                    vendor_message_id: m.plan.vendor_message_id.as_str().into(),
+                    vendor_message_id: m.plan.vendor_message_id.clone(),
                     attempt: s.attempt,
                     scheduled_at: at,
                     emitted_at: at,

@@ -14,22 +14,23 @@ use uuid::Uuid;
 
 use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
 use super::persister::{PersistMessages, Persister};
+use crate::kafka::offsets::Claim;
 use crate::model::{Channel, Outbound, PlannedMessage};
 use crate::scenario::Scenario;
 use crate::store::{MessageRow, PendingLifecycle};
 use crate::telemetry;
 
-/// Decoded messages of this channel, in consumption order, each with the generation of the partition
-/// assignment it was consumed under.
+/// Decoded messages of this channel, in consumption order, each with the claim on its partition it was
+/// consumed under.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Dispatch(pub Vec<(u64, Outbound)>);
+pub struct Dispatch(pub Vec<(Claim, Outbound)>);
 
-/// Unfinished lifecycles of one partition, loaded from the store after its assignment `generation`.
+/// Unfinished lifecycles of one partition, loaded from the store under the partition's assignment `claim`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resume {
-    pub generation: u64,
+    pub claim: Claim,
     pub lifecycles: Vec<PendingLifecycle>,
 }
 
@@ -44,11 +45,8 @@ pub struct ChannelActor {
     channel: Channel,
     scenario: Arc<Scenario>,
     persister: Addr<Persister>,
-    shared: Arc<LifecycleShared>,
     stats: Arc<ChannelStats>,
     scenario_name: Arc<str>,
-    /// Source topics, shared by the lifecycles of their messages.
-    topics: Vec<Arc<str>>,
     sleepers: Rc<Sleepers>,
 }
 
@@ -61,26 +59,15 @@ impl ChannelActor {
         stats: Arc<ChannelStats>,
     ) -> Self {
         let scenario_name = scenario.name().into();
-        let sleepers = Sleepers::new(shared.clone());
-        Self { channel, scenario, persister, shared, stats, scenario_name, topics: Vec::new(), sleepers }
+        let sleepers = Sleepers::new(shared);
+        Self { channel, scenario, persister, stats, scenario_name, sleepers }
     }
 
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.topics.iter().find(|t| &***t == name) {
-            return t.clone();
-        }
-        let t: Arc<str> = name.into();
-        self.topics.push(t.clone());
-        t
-    }
-
-    fn start_lifecycle(&mut self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, generation: u64) {
-        let src = &message.outbound.source;
+    fn start_lifecycle(&mut self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, claim: Claim) {
         // A partition revoked (or revoked and assigned again) meanwhile is resumed from the store by
         // whoever owns it now.
-        if self.shared.assignments.owns(&src.topic, src.partition, generation) {
-            let topic = self.topic(&src.topic);
-            self.sleepers.start(Waiting::new(Walk::new(message, topic), skip, generation));
+        if claim.holds() {
+            self.sleepers.start(Waiting::new(Walk::new(message), skip, claim));
         }
     }
 }
@@ -102,11 +89,11 @@ impl Handler<Dispatch> for ChannelActor {
         let mut planned = Vec::with_capacity(msg.0.len());
         let mut rows = Vec::with_capacity(msg.0.len());
         telemetry::messages_consumed(self.channel, msg.0.len() as u64);
-        for (generation, outbound) in msg.0 {
+        for (claim, outbound) in msg.0 {
             let Some(plan) = self.scenario.plan(self.channel, &outbound.payload_id) else { continue };
             let mut pm = PlannedMessage { outbound, plan };
             rows.push(MessageRow::new(&mut pm, &self.scenario_name));
-            planned.push((generation, pm));
+            planned.push((claim, pm));
         }
         self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);
         let persister = self.persister.clone();
@@ -120,8 +107,8 @@ impl Handler<Dispatch> for ChannelActor {
             }
             .into_actor(self)
             .map(move |_, act, _| {
-                for (generation, pm) in planned {
-                    act.start_lifecycle(pm, None, generation);
+                for (claim, pm) in planned {
+                    act.start_lifecycle(pm, None, claim);
                 }
             }),
         ))
@@ -136,7 +123,7 @@ impl Handler<Resume> for ChannelActor {
         self.stats.resumed.fetch_add(n, Ordering::Relaxed);
         telemetry::lifecycles_resumed(n);
         for p in msg.lifecycles {
-            self.start_lifecycle(p.message, Some(p.stored_events), msg.generation);
+            self.start_lifecycle(p.message, Some(p.stored_events), msg.claim.clone());
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::channel::{ChannelActor, Dispatch, Resume};
 use super::persister::{Flush, Persister};
 use crate::kafka::decode::{Decoder, RawRecord, Rejection};
-use crate::kafka::offsets::{Assignments, OffsetTracker, PartitionMap};
+use crate::kafka::offsets::{Assignments, Claim, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
 use crate::scenario::Scenario;
 use crate::store::Store;
@@ -157,6 +157,8 @@ impl ConsumerLoop {
         let mut stream = consumer.stream().ready_chunks(self.max_batch);
         // Offsets of an assigned partition that are already stored: skipped, not planned again.
         let mut already: PartitionMap<HashSet<i64>> = PartitionMap::default();
+        // Source topic names, shared by every message read from them.
+        let mut topics: Vec<Arc<str>> = Vec::new();
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -177,7 +179,7 @@ impl ConsumerLoop {
                 }
             }
             self.wait_for_room().await;
-            self.handle(chunk, &mut already).await;
+            self.handle(chunk, &mut already, &mut topics).await;
         }
         tracing::info!("consumer stopped");
     }
@@ -229,7 +231,7 @@ impl ConsumerLoop {
             }
         };
         // Revoked again while reading: the next owner resumes it.
-        let Some(generation) = self.assignments.generation(topic, partition) else { return };
+        let Some(claim) = self.assignments.claim(topic, partition) else { return };
         if !pending.is_empty() {
             tracing::info!(topic, partition, lifecycles = pending.len(), "resuming unfinished lifecycles");
         }
@@ -242,7 +244,7 @@ impl ConsumerLoop {
                 continue;
             }
             if let Some(addr) = &self.channels[i] {
-                let _ = addr.send(Resume { generation, lifecycles: list }).await;
+                let _ = addr.send(Resume { claim: claim.clone(), lifecycles: list }).await;
             }
         }
         // Kept only while non-empty.
@@ -253,9 +255,16 @@ impl ConsumerLoop {
         }
     }
 
-    async fn handle(&self, chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>, already: &mut PartitionMap<HashSet<i64>>) {
+    async fn handle(
+        &self,
+        chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>,
+        already: &mut PartitionMap<HashSet<i64>>,
+        topics: &mut Vec<Arc<str>>,
+    ) {
         let now = Utc::now();
-        let mut by_channel: [Vec<(u64, Outbound)>; 3] = Default::default();
+        let mut by_channel: [Vec<(Claim, Outbound)>; 3] = Default::default();
+        // Claims of this chunk's partitions: one lookup per partition, not per record.
+        let mut claims: Vec<(i32, Arc<str>, Option<Claim>)> = Vec::new();
         let mut dead: Vec<Dead> = Vec::new();
         for m in chunk {
             let m = match m {
@@ -267,8 +276,21 @@ impl ConsumerLoop {
             };
             let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            let known = claims.iter().position(|(p, t, _)| *p == partition && &**t == topic);
+            let at = known.unwrap_or_else(|| {
+                let t = match topics.iter().find(|t| &***t == topic) {
+                    Some(t) => t.clone(),
+                    None => {
+                        topics.push(topic.into());
+                        topics[topics.len() - 1].clone()
+                    }
+                };
+                claims.push((partition, t, self.assignments.claim(topic, partition)));
+                claims.len() - 1
+            });
             // Fetched before a revoke: the partition's new owner processes it.
-            let Some(generation) = self.assignments.generation(topic, partition) else { continue };
+            let Some(claim) = claims[at].2.clone() else { continue };
+            let topic_arc = claims[at].1.clone();
             if let Some(set) = already.get_mut(topic, partition) {
                 let skip = set.remove(&offset);
                 if set.is_empty() {
@@ -285,7 +307,7 @@ impl ConsumerLoop {
             self.tracker.track(topic, partition, offset);
             let headers: Vec<(&str, Option<&[u8]>)> =
                 m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-            let raw = RawRecord { topic, partition, offset, payload: m.payload(), headers };
+            let raw = RawRecord { topic: topic_arc, partition, offset, payload: m.payload(), headers };
             let decoded = self.decoder.decode(&raw, now).and_then(|o| {
                 if self.scenario.has_channel(o.channel) {
                     Ok(o)
@@ -297,7 +319,7 @@ impl ConsumerLoop {
                 }
             });
             match decoded {
-                Ok(o) => by_channel[o.channel.index()].push((generation, o)),
+                Ok(o) => by_channel[o.channel.index()].push((claim, o)),
                 Err(rejection) => dead.push(Dead {
                     topic: topic.to_owned(),
                     partition,

@@ -112,7 +112,7 @@ impl Emitter {
     }
 
     /// Produce one event now if the producer has room; otherwise hand the event back (then
-    /// [`Emitter::emit`] waits for room).
+    /// [`Emitter::emit`] waits for room). The caller has set `emitted_at`.
     pub fn try_emit(&self, event: AckEvent, headers: &[(String, Vec<u8>)]) -> Result<(), AckEvent> {
         let Ok(permit) = self.room.try_acquire() else { return Err(event) };
         match self.produce(event, headers) {
@@ -127,12 +127,13 @@ impl Emitter {
     }
 
     /// Produce one event, keyed by payload id. Waits (in line, without polling) while
-    /// [`IN_FLIGHT_EVENTS`] events are undelivered.
+    /// [`IN_FLIGHT_EVENTS`] events are undelivered. The event's `emitted_at` is when it is produced.
     pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
         let mut waited = (t.elapsed() > Duration::from_millis(1)).then_some(t);
         loop {
+            event.emitted_at = Utc::now();
             match self.produce(event, headers) {
                 Produced::Queued => {
                     permit.forget();
@@ -152,11 +153,10 @@ impl Emitter {
     }
 
     /// Hand one event to librdkafka (which copies key, value and headers).
-    fn produce(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) -> Produced {
+    fn produce(&self, event: AckEvent, headers: &[(String, Vec<u8>)]) -> Produced {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
-        event.emitted_at = Utc::now();
         BUF.with_borrow_mut(|buf| {
             buf.clear();
             event.write_json(buf);

@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::emitter::Emitter;
-use crate::kafka::offsets::Assignments;
+use crate::kafka::offsets::{Assignments, Claim};
 use crate::model::{AckEvent, BounceType, Channel, PlannedMessage, Status, event_id, micros_to_time};
 use crate::telemetry;
 
@@ -73,14 +73,13 @@ struct Step {
     error: Option<Box<(Option<String>, Option<String>)>>,
 }
 
-/// The part of a planned message a lifecycle needs to emit its events.
+/// The part of a planned message a lifecycle needs to emit its events. The ids are shared with the
+/// stored row and with every event.
 pub struct Walk {
     payload_id: Arc<str>,
     batch_id: Arc<str>,
     vendor_message_id: Arc<str>,
     tenant_id: Option<Arc<str>>,
-    topic: Arc<str>,
-    partition: i32,
     channel: Channel,
     received_us: i64,
     headers: Box<[(String, Vec<u8>)]>,
@@ -88,8 +87,8 @@ pub struct Walk {
 }
 
 impl Walk {
-    /// Keep what the events need; `topic` is the message's source topic, shared among its lifecycles.
-    pub fn new(m: PlannedMessage, topic: Arc<str>) -> Self {
+    /// Keep what the events need.
+    pub fn new(m: PlannedMessage) -> Self {
         let o = m.outbound;
         let steps = m
             .plan
@@ -104,12 +103,10 @@ impl Walk {
             })
             .collect();
         Self {
-            payload_id: o.payload_id.into(),
-            batch_id: o.batch_id.into(),
-            vendor_message_id: m.plan.vendor_message_id.into(),
-            tenant_id: o.tenant_id.map(Arc::from),
-            topic,
-            partition: o.source.partition,
+            payload_id: o.payload_id,
+            batch_id: o.batch_id,
+            vendor_message_id: m.plan.vendor_message_id,
+            tenant_id: o.tenant_id,
             channel: o.channel,
             received_us: o.received_at.timestamp_micros(),
             headers: o.headers.into_boxed_slice(),
@@ -117,7 +114,7 @@ impl Walk {
         }
     }
 
-    fn event(&self, step: &Step) -> AckEvent {
+    fn event(&self, step: &Step, emitted_at: DateTime<Utc>) -> AckEvent {
         let scheduled_at = micros_to_time(self.received_us + step.due_us);
         let (error_code, error_reason) = step.error.as_deref().cloned().unwrap_or_default();
         AckEvent {
@@ -129,7 +126,7 @@ impl Walk {
             vendor_message_id: self.vendor_message_id.clone(),
             attempt: step.attempt,
             scheduled_at,
-            emitted_at: scheduled_at,
+            emitted_at,
             error_code,
             error_reason,
             bounce_type: step.bounce_type,
@@ -144,12 +141,13 @@ pub struct Waiting {
     next: usize,
     /// Events already stored (a resumed lifecycle): not emitted again.
     skip: Option<Box<HashSet<Uuid>>>,
-    generation: u64,
+    /// The partition, as owned when the lifecycle started.
+    claim: Claim,
 }
 
 impl Waiting {
-    pub fn new(walk: Walk, skip: Option<HashSet<Uuid>>, generation: u64) -> Self {
-        Self { walk, next: 0, skip: skip.filter(|s| !s.is_empty()).map(Box::new), generation }
+    pub fn new(walk: Walk, skip: Option<HashSet<Uuid>>, claim: Claim) -> Self {
+        Self { walk, next: 0, skip: skip.filter(|s| !s.is_empty()).map(Box::new), claim }
     }
 
     /// The next step to emit, past those already stored; `None` when the walk is over.
@@ -237,7 +235,7 @@ impl Sleepers {
             };
             let w = *sleeper.waiting;
             self.shared.count(w.walk.channel, -1, true);
-            if self.shared.assignments.owns(&w.walk.topic, w.walk.partition, w.generation) {
+            if w.claim.holds() {
                 Lifecycle::new(w, self).start();
             }
         }
@@ -260,6 +258,9 @@ impl Lifecycle {
 
     /// Emit every step that is due, then wait for the next one (or sleep), or stop after the last.
     fn advance(&mut self, ctx: &mut Context<Self>) {
+        // One reading of the clock for the steps due now: they are emitted microseconds apart.
+        let now = Utc::now();
+        let now_us = now.timestamp_micros();
         loop {
             let Some(w) = self.w.as_mut() else { return };
             let Some(step) = w.next_step() else {
@@ -267,7 +268,7 @@ impl Lifecycle {
                 return;
             };
             let due_us = w.due_us(step);
-            let wait_us = due_us - Utc::now().timestamp_micros();
+            let wait_us = due_us - now_us;
             if wait_us > 0 {
                 if self.shared.sleeps(wait_us) {
                     let w = self.w.take().expect("checked");
@@ -278,11 +279,11 @@ impl Lifecycle {
                 }
                 return;
             }
-            if !self.shared.assignments.owns(&w.walk.topic, w.walk.partition, w.generation) {
+            if !w.claim.holds() {
                 ctx.stop();
                 return;
             }
-            let event = w.walk.event(&w.walk.steps[step]);
+            let event = w.walk.event(&w.walk.steps[step], now);
             match self.shared.emitter.try_emit(event, &w.walk.headers) {
                 Ok(()) => w.next += 1,
                 Err(event) => {

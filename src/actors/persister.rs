@@ -86,8 +86,9 @@ impl Persister {
         if self.buffered() == 0 {
             return;
         }
-        let messages = std::mem::take(&mut self.messages);
-        let events = std::mem::take(&mut self.events);
+        // The next batch gets buffers of full size at once rather than growing (and copying) its way there.
+        let messages = std::mem::replace(&mut self.messages, Vec::with_capacity(self.batch_rows));
+        let events = std::mem::replace(&mut self.events, Vec::with_capacity(self.batch_rows));
         let slots = self.slots.clone();
         let wait_started = Instant::now();
         ctx.wait(async move { slots.acquire_owned().await.expect("never closed") }.into_actor(self).map(
@@ -100,7 +101,7 @@ impl Persister {
                 // a slot, and the slot is freed by this very write.
                 actix::spawn(async move {
                     write_until_done(&store, &stats, &messages, &events).await;
-                    tracker.done_many(messages.iter().map(|m| (m.topic.as_str(), m.partition, m.offset)));
+                    tracker.done_many(messages.iter().map(|m| (&*m.topic, m.partition, m.offset)));
                     drop(slot);
                 });
             },
@@ -142,10 +143,19 @@ impl Actor for Persister {
     }
 }
 
+/// Add `rows` to a buffer: taken over whole when the buffer is empty and smaller, moved over otherwise.
+fn take_rows<T>(buffer: &mut Vec<T>, mut rows: Vec<T>) {
+    if buffer.is_empty() && rows.capacity() >= buffer.capacity() {
+        std::mem::swap(buffer, &mut rows);
+    } else {
+        buffer.append(&mut rows);
+    }
+}
+
 impl Handler<PersistMessages> for Persister {
     type Result = ();
     fn handle(&mut self, msg: PersistMessages, ctx: &mut Self::Context) {
-        self.messages.extend(msg.0);
+        take_rows(&mut self.messages, msg.0);
         if self.buffered() >= self.batch_rows {
             self.flush(ctx);
         }
@@ -155,7 +165,7 @@ impl Handler<PersistMessages> for Persister {
 impl Handler<PersistEvents> for Persister {
     type Result = ();
     fn handle(&mut self, msg: PersistEvents, ctx: &mut Self::Context) {
-        self.events.extend(msg.0);
+        take_rows(&mut self.events, msg.0);
         if self.buffered() >= self.batch_rows {
             self.flush(ctx);
         }

@@ -1,6 +1,7 @@
 //! Turning a consumed record into an [`Outbound`] message, or into a dead-letter reason.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -23,7 +24,8 @@ impl Rejection {
 
 /// A raw record, borrowed from the consumer.
 pub struct RawRecord<'a> {
-    pub topic: &'a str,
+    /// Shared by every record of the topic.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub payload: Option<&'a [u8]>,
@@ -101,15 +103,15 @@ impl Decoder {
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .and_then(|(_, v)| *v)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .map(|v| Arc::from(String::from_utf8_lossy(v)))
         };
         let channel_text = match self.settings.channel_source {
             ChannelSource::Field => channel_field.required(&f.channel, "channel")?,
             ChannelSource::Header => header(&self.settings.channel_header).ok_or_else(|| {
                 Rejection::new("missing_field", format!("header `{}` (the channel) is missing", self.settings.channel_header))
             })?,
-            ChannelSource::Topic => match self.settings.topic_channels.get(rec.topic) {
-                Some(c) => c.as_str().to_owned(),
+            ChannelSource::Topic => match self.settings.topic_channels.get(&*rec.topic) {
+                Some(c) => Arc::from(c.as_str()),
                 None => return Err(Rejection::new("unknown_channel", format!("topic `{}` has no channel", rec.topic))),
             },
         };
@@ -122,7 +124,7 @@ impl Decoder {
             .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v.to_vec())))
             .collect();
         Ok(Outbound {
-            source: SourcePosition { topic: rec.topic.to_owned(), partition: rec.partition, offset: rec.offset },
+            source: SourcePosition { topic: rec.topic.clone(), partition: rec.partition, offset: rec.offset },
             payload_id,
             batch_id,
             channel,
@@ -141,13 +143,13 @@ enum Captured {
     #[default]
     Missing,
     Null,
-    Scalar(String),
+    Scalar(Arc<str>),
     /// An object, an array, a boolean or an empty string.
     WrongType,
 }
 
 impl Captured {
-    fn required(self, pointer: &str, name: &str) -> Result<String, Rejection> {
+    fn required(self, pointer: &str, name: &str) -> Result<Arc<str>, Rejection> {
         match self {
             Captured::Scalar(v) => Ok(v),
             Captured::Missing | Captured::Null => {
@@ -160,7 +162,7 @@ impl Captured {
         }
     }
 
-    fn optional(self) -> Option<String> {
+    fn optional(self) -> Option<Arc<str>> {
         match self {
             Captured::Scalar(v) => Some(v),
             _ => None,
@@ -243,7 +245,7 @@ impl<'de, 't> Visitor<'de> for KeySeed<'t> {
 macro_rules! scalar_number {
     ($name:ident, $t:ty) => {
         fn $name<E: serde::de::Error>(mut self, v: $t) -> Result<(), E> {
-            self.set(Captured::Scalar(serde_json::Number::from(v).to_string()));
+            self.set(Captured::Scalar(serde_json::Number::from(v).to_string().into()));
             Ok(())
         }
     };
@@ -257,7 +259,7 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
     }
 
     fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
-        self.set(if v.trim().is_empty() { Captured::WrongType } else { Captured::Scalar(v.to_owned()) });
+        self.set(if v.trim().is_empty() { Captured::WrongType } else { Captured::Scalar(Arc::from(v)) });
         Ok(())
     }
 
@@ -265,7 +267,7 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
     scalar_number!(visit_i64, i64);
 
     fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
-        self.set(serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string())));
+        self.set(serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string().into())));
         Ok(())
     }
 
@@ -315,7 +317,7 @@ mod tests {
     use super::*;
 
     fn rec<'a>(payload: &'a [u8], headers: Vec<(&'a str, Option<&'a [u8]>)>) -> RawRecord<'a> {
-        RawRecord { topic: "t", partition: 0, offset: 7, payload: Some(payload), headers }
+        RawRecord { topic: "t".into(), partition: 0, offset: 7, payload: Some(payload), headers }
     }
 
     fn decode(body: &str) -> Result<Outbound, Rejection> {
@@ -326,7 +328,7 @@ mod tests {
     fn decodes_the_default_shape_and_keeps_the_body() {
         let body = r#"{"payload_id":"p1","batch_id":42,"channel":"SMS","recipient":"+15550001","extra":{"a":1}}"#;
         let m = decode(body).unwrap();
-        assert_eq!((m.payload_id.as_str(), m.batch_id.as_str(), m.channel), ("p1", "42", Channel::Sms));
+        assert_eq!((&*m.payload_id, &*m.batch_id, m.channel), ("p1", "42", Channel::Sms));
         assert_eq!(m.body, body.as_bytes());
         assert_eq!(m.source.offset, 7);
     }
@@ -368,7 +370,7 @@ mod tests {
             ("x-private", Some(&b"no"[..])),
         ];
         let m = d.decode(&rec(body, headers), Utc::now()).unwrap();
-        assert_eq!(m.payload_id, "x");
+        assert_eq!(&*m.payload_id, "x");
         assert_eq!(m.channel, Channel::Whatsapp);
         assert_eq!(m.tenant_id.as_deref(), Some("acme"));
         let names: Vec<&str> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -383,7 +385,7 @@ mod tests {
         });
         let body = br#"{"ids":[{"a/b":"zero"},{"a/b":7.5}],"batch":-3,"channel":"email","recipient":"r","skip":[{"x":[1,{}]}]}"#;
         let m = d.decode(&rec(body, vec![]), Utc::now()).unwrap();
-        assert_eq!((m.payload_id.as_str(), m.batch_id.as_str(), m.channel), ("7.5", "-3", Channel::Email));
+        assert_eq!((&*m.payload_id, &*m.batch_id, m.channel), ("7.5", "-3", Channel::Email));
         // Two fields may share a pointer; `""` (the whole document, an object) is never a valid field.
         let shared = |payload_id: &str| {
             Decoder::new(InputSettings {
@@ -393,7 +395,7 @@ mod tests {
         };
         let body = br#"{"id":"same","channel":"sms","recipient":"r"}"#;
         let m = shared("/id").decode(&rec(body, vec![]), Utc::now()).unwrap();
-        assert_eq!((m.payload_id.as_str(), m.batch_id.as_str()), ("same", "same"));
+        assert_eq!((&*m.payload_id, &*m.batch_id), ("same", "same"));
         assert_eq!(shared("").decode(&rec(body, vec![]), Utc::now()).unwrap_err().kind, "wrong_type");
     }
 }

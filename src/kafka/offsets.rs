@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Per-partition values, looked up by `(&str, i32)` without allocating a key.
 #[derive(Debug)]
@@ -153,36 +153,64 @@ impl OffsetTracker {
     }
 }
 
+/// A lifecycle's claim on its partition: valid while the partition stays assigned to this instance under
+/// the same assignment. Checking it is one atomic load, with no lock and no lookup, because it is checked
+/// before every ack a lifecycle emits.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    slot: Arc<AtomicU64>,
+    generation: u64,
+}
+
+impl Claim {
+    /// Whether the partition is still owned under the assignment this claim was made in.
+    pub fn holds(&self) -> bool {
+        self.slot.load(Ordering::Acquire) == self.generation
+    }
+}
+
 /// Partitions owned by this instance, each with the generation of its current assignment. A lifecycle
-/// remembers the generation it was started under and stops emitting once that assignment is gone.
+/// holds a [`Claim`] made under the assignment it was started in and stops emitting once that assignment
+/// is gone (revoked, or revoked and assigned again).
 #[derive(Debug, Default)]
 pub struct Assignments {
-    owned: RwLock<PartitionMap<u64>>,
+    /// Each owned partition's slot holds its current generation; a revoked slot holds 0 and is dropped
+    /// from the map, so claims made on it never hold again.
+    owned: RwLock<PartitionMap<Arc<AtomicU64>>>,
     next_generation: AtomicU64,
 }
 
 impl Assignments {
     pub fn assign(&self, topic: &str, partition: i32) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.owned.write().expect("assignment lock").insert(topic, partition, generation);
+        let mut owned = self.owned.write().expect("assignment lock");
+        if let Some(old) = owned.remove(topic, partition) {
+            old.store(0, Ordering::Release);
+        }
+        owned.insert(topic, partition, Arc::new(AtomicU64::new(generation)));
         generation
     }
 
     pub fn revoke(&self, topic: &str, partition: i32) {
-        self.owned.write().expect("assignment lock").remove(topic, partition);
+        if let Some(slot) = self.owned.write().expect("assignment lock").remove(topic, partition) {
+            slot.store(0, Ordering::Release);
+        }
     }
 
     /// Give up every partition: running lifecycles stop at their next step (shutdown).
     pub fn revoke_all(&self) {
-        self.owned.write().expect("assignment lock").clear();
+        let mut owned = self.owned.write().expect("assignment lock");
+        for (_, _, slot) in owned.iter() {
+            slot.store(0, Ordering::Release);
+        }
+        owned.clear();
     }
 
-    pub fn generation(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.owned.read().expect("assignment lock").get(topic, partition).copied()
-    }
-
-    pub fn owns(&self, topic: &str, partition: i32, generation: u64) -> bool {
-        self.generation(topic, partition) == Some(generation)
+    /// A claim on the partition under its current assignment; `None` when it is not owned.
+    pub fn claim(&self, topic: &str, partition: i32) -> Option<Claim> {
+        let owned = self.owned.read().expect("assignment lock");
+        let slot = owned.get(topic, partition)?;
+        Some(Claim { generation: slot.load(Ordering::Acquire), slot: slot.clone() })
     }
 
     pub fn owned(&self) -> Vec<(String, i32)> {
@@ -225,13 +253,23 @@ mod tests {
     }
 
     #[test]
-    fn generations_change_on_reassignment() {
+    fn claims_lapse_on_revoke_and_reassignment() {
         let a = Assignments::default();
-        let g1 = a.assign("t", 0);
-        assert!(a.owns("t", 0, g1));
+        assert!(a.claim("t", 0).is_none(), "not owned yet");
+        a.assign("t", 0);
+        let first = a.claim("t", 0).unwrap();
+        assert!(first.holds());
         a.revoke("t", 0);
-        assert!(!a.owns("t", 0, g1));
-        let g2 = a.assign("t", 0);
-        assert!(!a.owns("t", 0, g1) && a.owns("t", 0, g2));
+        assert!(!first.holds());
+        assert!(a.claim("t", 0).is_none());
+        a.assign("t", 0);
+        let second = a.claim("t", 0).unwrap();
+        assert!(!first.holds() && second.holds(), "a claim from an earlier assignment never holds again");
+        a.assign("t", 0);
+        assert!(!second.holds(), "assigned again without a revoke in between");
+        let third = a.claim("t", 0).unwrap();
+        a.revoke_all();
+        assert!(!third.holds());
+        assert!(a.owned().is_empty());
     }
 }

@@ -111,7 +111,7 @@ struct CompiledChannel {
 
 #[derive(Clone, Debug)]
 struct CompiledPath {
-    name: String,
+    name: std::sync::Arc<str>,
     steps: Vec<(Status, Sampler)>,
     errors_cumulative: Vec<f64>,
     errors: Vec<(String, String)>,
@@ -239,7 +239,7 @@ impl Scenario {
                 total += path.weight;
                 cumulative.push(total);
                 paths.push(CompiledPath {
-                    name: path.name.clone(),
+                    name: path.name.as_str().into(),
                     steps,
                     errors_cumulative,
                     errors,
@@ -321,7 +321,7 @@ impl Scenario {
             .map(|(p, c)| {
                 let share = (c - prev) / total;
                 prev = *c;
-                (p.name.clone(), p.steps.iter().map(|s| s.0).collect(), share)
+                (p.name.to_string(), p.steps.iter().map(|s| s.0).collect(), share)
             })
             .collect()
     }
@@ -495,13 +495,13 @@ channels:
         let mut seen_deferred = false;
         for i in 0..500 {
             let plan = s.plan(Channel::Email, &format!("m{i}")).unwrap();
-            if plan.path == "delivered" {
+            if &*plan.path == "delivered" {
                 seen_deferred = true;
                 assert_eq!(plan.steps[1].status, Status::Deferred);
                 assert_eq!(plan.steps[2].attempt, 2);
                 assert!(plan.steps[1].error_code.is_some());
             }
-            if plan.path == "bounced" {
+            if &*plan.path == "bounced" {
                 assert_eq!(plan.steps[1].bounce_type, Some(BounceType::Soft));
                 assert_eq!(plan.steps[1].error_code.as_deref(), Some("452 4.2.2"));
             }
@@ -515,7 +515,7 @@ channels:
     fn path_weights_are_respected() {
         let s = parse(GOOD).unwrap();
         let n = 20_000;
-        let opened = (0..n).filter(|i| s.plan(Channel::Email, &format!("x{i}")).unwrap().path == "opened").count();
+        let opened = (0..n).filter(|i| s.plan(Channel::Email, &format!("x{i}")).unwrap().path.as_ref() == "opened").count();
         let share = opened as f64 / n as f64;
         assert!((share - 0.7).abs() < 0.02, "{share}");
     }

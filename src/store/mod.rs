@@ -6,6 +6,7 @@ mod sqlite;
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -29,17 +30,17 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A message row, ready to write.
 #[derive(Clone, Debug)]
 pub struct MessageRow {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub payload_id: String,
-    pub batch_id: String,
+    pub payload_id: Arc<str>,
+    pub batch_id: Arc<str>,
     pub channel: &'static str,
-    pub recipient: String,
-    pub tenant_id: Option<String>,
+    pub recipient: Arc<str>,
+    pub tenant_id: Option<Arc<str>>,
     pub received_at_us: i64,
-    pub scenario: std::sync::Arc<str>,
-    pub path: String,
+    pub scenario: Arc<str>,
+    pub path: Arc<str>,
     pub planned_events: i32,
     pub plan: String,
     pub headers: String,
@@ -47,11 +48,10 @@ pub struct MessageRow {
 }
 
 impl MessageRow {
-    /// The row of a planned message; the recipient and the body are moved out of the message
-    /// (lifecycles do not need them).
-    pub fn new(m: &mut PlannedMessage, scenario: &std::sync::Arc<str>) -> Self {
+    /// The row of a planned message; the body is moved out of the message (lifecycles do not need it),
+    /// the ids are shared with it.
+    pub fn new(m: &mut PlannedMessage, scenario: &Arc<str>) -> Self {
         let body = std::mem::take(&mut m.outbound.body);
-        let recipient = std::mem::take(&mut m.outbound.recipient);
         let mut plan = Vec::with_capacity(256);
         m.plan.write_json(&mut plan);
         let o = &m.outbound;
@@ -62,7 +62,7 @@ impl MessageRow {
             payload_id: o.payload_id.clone(),
             batch_id: o.batch_id.clone(),
             channel: o.channel.as_str(),
-            recipient,
+            recipient: o.recipient.clone(),
             tenant_id: o.tenant_id.clone(),
             received_at_us: o.received_at.timestamp_micros(),
             scenario: scenario.clone(),
@@ -159,12 +159,12 @@ impl PendingRow {
         let channel = Channel::from_str(&self.channel).map_err(corrupt)?;
         Ok(PlannedMessage {
             outbound: Outbound {
-                source: SourcePosition { topic: self.src_topic, partition: self.src_partition, offset: self.src_offset },
-                payload_id: self.payload_id,
-                batch_id: self.batch_id,
+                source: SourcePosition { topic: self.src_topic.into(), partition: self.src_partition, offset: self.src_offset },
+                payload_id: self.payload_id.into(),
+                batch_id: self.batch_id.into(),
                 channel,
-                recipient: self.recipient,
-                tenant_id: self.tenant_id,
+                recipient: self.recipient.into(),
+                tenant_id: self.tenant_id.map(Arc::from),
                 headers: decode_headers(&self.headers),
                 body: Vec::new(),
                 received_at: micros_to_time(self.received_at_us),
@@ -250,7 +250,7 @@ impl Store {
         for row in rows {
             messages.push(row.into_message()?);
         }
-        let ids: Vec<String> = messages.iter().map(|m| m.outbound.payload_id.clone()).collect();
+        let ids: Vec<String> = messages.iter().map(|m| m.outbound.payload_id.to_string()).collect();
         let stored = match self {
             Store::Postgres(p) => postgres::event_ids(p, &ids).await?,
             Store::Sqlite(p) => sqlite::event_ids(p, &ids).await?,

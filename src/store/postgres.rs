@@ -29,10 +29,16 @@ pub(super) async fn write(pool: &PgPool, messages: &[MessageRow], events: &[Even
     }
 }
 
+/// Rows are encoded into a buffer of about this size and sent whenever it fills, so a batch never needs a
+/// buffer (nor a socket write buffer) as large as itself.
+const COPY_CHUNK_BYTES: usize = 128 * 1024;
+
 async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Result<()> {
     let mut tx = pool.begin().await?;
+    let mut b = CopyBinary::with_capacity(COPY_CHUNK_BYTES + 8 * 1024);
     if !messages.is_empty() {
-        let mut b = CopyBinary::with_capacity(messages.len() * 512);
+        let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
+        b.header();
         for r in messages {
             b.row(15)
                 .text(&r.topic)
@@ -50,13 +56,19 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .text(&r.plan)
                 .text(&r.headers)
                 .bytes(&r.body);
+            if b.0.len() >= COPY_CHUNK_BYTES {
+                c.send(b.0.as_slice()).await?;
+                b.0.clear();
+            }
         }
-        let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
-        c.send(b.finish()).await?;
+        b.trailer();
+        c.send(b.0.as_slice()).await?;
+        b.0.clear();
         c.finish().await?;
     }
     if !events.is_empty() {
-        let mut b = CopyBinary::with_capacity(events.len() * 256);
+        let mut c = tx.copy_in_raw(include_str!("sql/postgres/event_copy.sql")).await?;
+        b.header();
         for r in events {
             let e = &r.event;
             b.row(15)
@@ -75,25 +87,32 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .opt_text(e.tenant_id.as_deref())
                 .int4(r.ack_partition)
                 .int8(r.ack_offset);
+            if b.0.len() >= COPY_CHUNK_BYTES {
+                c.send(b.0.as_slice()).await?;
+                b.0.clear();
+            }
         }
-        let mut c = tx.copy_in_raw(include_str!("sql/postgres/event_copy.sql")).await?;
-        c.send(b.finish()).await?;
+        b.trailer();
+        c.send(b.0.as_slice()).await?;
         c.finish().await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// Postgres' binary `COPY` format: a signature, then per row a field count and length-prefixed fields.
+/// Postgres' binary `COPY` format: a signature, then per row a field count and length-prefixed fields,
+/// then a trailer; written a chunk at a time.
 struct CopyBinary(Vec<u8>);
 
 impl CopyBinary {
     fn with_capacity(n: usize) -> Self {
-        let mut buf = Vec::with_capacity(n + 21);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        Self(buf)
+        Self(Vec::with_capacity(n))
+    }
+
+    fn header(&mut self) {
+        self.0.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        self.0.extend_from_slice(&0i32.to_be_bytes()); // flags
+        self.0.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     }
 
     fn row(&mut self, fields: i16) -> &mut Self {
@@ -129,9 +148,8 @@ impl CopyBinary {
         self.bytes(&v.to_be_bytes())
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    fn trailer(&mut self) {
         self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        self.0
     }
 }
 
@@ -141,17 +159,17 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
     if !messages.is_empty() {
         let m = messages;
         sqlx::query(include_str!("sql/postgres/message_insert.sql"))
-            .bind(m.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.topic).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.partition).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.offset).collect::<Vec<_>>())
-            .bind(m.iter().map(|r| r.payload_id.as_str()).collect::<Vec<_>>())
-            .bind(m.iter().map(|r| r.batch_id.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.payload_id).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.batch_id).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.channel).collect::<Vec<_>>())
-            .bind(m.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.recipient).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.tenant_id.as_deref()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.received_at_us).collect::<Vec<_>>())
             .bind(m.iter().map(|r| &*r.scenario).collect::<Vec<_>>())
-            .bind(m.iter().map(|r| r.path.as_str()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.path).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.planned_events).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.plan.as_str()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.headers.as_str()).collect::<Vec<_>>())

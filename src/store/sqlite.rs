@@ -30,17 +30,17 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
              tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body) ",
         );
         q.push_values(chunk, |mut b, r| {
-            b.push_bind(&r.topic)
+            b.push_bind(&*r.topic)
                 .push_bind(r.partition)
                 .push_bind(r.offset)
-                .push_bind(&r.payload_id)
-                .push_bind(&r.batch_id)
+                .push_bind(&*r.payload_id)
+                .push_bind(&*r.batch_id)
                 .push_bind(r.channel)
-                .push_bind(&r.recipient)
-                .push_bind(&r.tenant_id)
+                .push_bind(&*r.recipient)
+                .push_bind(r.tenant_id.as_deref())
                 .push_bind(r.received_at_us)
                 .push_bind(&*r.scenario)
-                .push_bind(&r.path)
+                .push_bind(&*r.path)
                 .push_bind(r.planned_events)
                 .push_bind(&r.plan)
                 .push_bind(&r.headers)
