@@ -86,6 +86,15 @@ impl<'a> ObjectWriter<'a> {
     }
 }
 
+/// The text of a buffer written only through this module: punctuation, digits, this crate's key literals
+/// and `&str` values, copied or escaped by serde_json, all valid UTF-8 by construction, so it is not
+/// validated again on the hot path (debug builds still check).
+pub fn into_string(buf: Vec<u8>) -> String {
+    debug_assert!(std::str::from_utf8(&buf).is_ok());
+    // SAFETY: see above; every byte sequence written by this module is UTF-8.
+    unsafe { String::from_utf8_unchecked(buf) }
+}
+
 /// A JSON string: copied as is unless it holds a character JSON escapes.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {

@@ -218,3 +218,21 @@ async fn run(settings: Settings, scenario: Scenario) -> anyhow::Result<()> {
     store.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    unsafe extern "C" {
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    }
+
+    /// The option index is mimalloc's: its purge delay defaults to 1000 ms (unless the environment sets it).
+    #[test]
+    fn purge_delay_option_is_the_one_set() {
+        let expected = std::env::var("MIMALLOC_PURGE_DELAY").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        assert_eq!(unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) }, expected);
+        super::tune_allocator();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 10_000);
+        }
+    }
+}

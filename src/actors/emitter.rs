@@ -170,7 +170,13 @@ impl Emitter {
                 hs = hs.insert(Header { key: k, value: Some(v) });
             }
             hs = hs.insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
-            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event)).key(key).payload(payload).headers(hs);
+            // The record's timestamp is the event's `emitted_at` (and librdkafka need not read the clock).
+            let timestamp = event.emitted_at.timestamp_millis();
+            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event))
+                .key(key)
+                .payload(payload)
+                .headers(hs)
+                .timestamp(timestamp);
             match self.producer.send(record) {
                 Ok(()) => Produced::Queued,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => Produced::Full(*rec.delivery_opaque),

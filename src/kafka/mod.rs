@@ -45,7 +45,12 @@ pub fn consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig 
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "50");
+        .set("fetch.wait.max.ms", "50")
+        // Prefetch at most 16 MiB (librdkafka's default is 64 MiB and 100,000 records per partition): the
+        // fetched and decompressed buffers are then reused instead of growing memory, which costs page
+        // faults, and the bounded queue is part of the backpressure.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000");
     for (k, v) in &settings.librdkafka {
         cfg.set(k, v);
     }

@@ -68,7 +68,7 @@ impl MessageRow {
             scenario: scenario.clone(),
             path: m.plan.path.clone(),
             planned_events: m.plan.steps.len() as i32,
-            plan: String::from_utf8(plan).expect("JSON is UTF-8"),
+            plan: crate::json::into_string(plan),
             headers: encode_headers(&o.headers),
             body,
         }
@@ -119,7 +119,7 @@ fn encode_headers(headers: &[(String, Vec<u8>)]) -> String {
         .end();
     }
     out.push(b']');
-    String::from_utf8(out).expect("JSON is UTF-8")
+    crate::json::into_string(out)
 }
 
 fn decode_headers(text: &str) -> Vec<(String, Vec<u8>)> {
