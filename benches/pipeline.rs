@@ -4,8 +4,11 @@
 //! broker runs in this process. Input is loaded into the topic before the service starts, so the
 //! throughput figure is the service's, not the publisher's.
 //!
+//! Parts: `throughput` (end to end, zero delays), `floor` (librdkafka alone with the same traffic: the
+//! floor under the service's CPU figure), `memory` (pending lifecycles, asleep and as actors).
+//!
 //!     cargo bench --bench pipeline              # 200,000 messages each part
-//!     BENCH_MESSAGES=50000 cargo bench --bench pipeline
+//!     BENCH_MESSAGES=50000 cargo bench --bench pipeline floor
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
