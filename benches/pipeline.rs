@@ -50,17 +50,22 @@ fn metric(port: u16, name: &str) -> Option<f64> {
     Some(total)
 }
 
+/// The server the benchmark databases are made on: `DATABASE_URL`, or the local Postgres.
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
 /// Drop a benchmark database once its part is done: repeated runs would otherwise leave hundreds of MB
 /// each for Postgres to checkpoint and vacuum while the next run measures.
 async fn drop_database(url: &str) {
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = base_url();
     let name = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
     let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
 }
 
 async fn fresh_database() -> String {
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = base_url();
     let name = format!("understudy_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();

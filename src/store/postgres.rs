@@ -4,10 +4,11 @@
 //! with `ON CONFLICT DO NOTHING`, so every row is stored exactly once either way.
 
 use std::collections::HashSet;
+use std::ops::DerefMut;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnection, PgCopyIn, PgPoolOptions};
 use uuid::Uuid;
 
 use super::{EventRow, MessageRow, PendingRow, Result};
@@ -56,15 +57,9 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .text(&r.plan)
                 .text(&r.headers)
                 .bytes(&r.body);
-            if b.0.len() >= COPY_CHUNK_BYTES {
-                c.send(b.0.as_slice()).await?;
-                b.0.clear();
-            }
+            b.send_if_full(&mut c).await?;
         }
-        b.trailer();
-        c.send(b.0.as_slice()).await?;
-        b.0.clear();
-        c.finish().await?;
+        b.finish(c).await?;
     }
     if !events.is_empty() {
         let mut c = tx.copy_in_raw(include_str!("sql/postgres/event_copy.sql")).await?;
@@ -87,14 +82,9 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .opt_text(e.tenant_id.as_deref())
                 .int4(r.ack_partition)
                 .int8(r.ack_offset);
-            if b.0.len() >= COPY_CHUNK_BYTES {
-                c.send(b.0.as_slice()).await?;
-                b.0.clear();
-            }
+            b.send_if_full(&mut c).await?;
         }
-        b.trailer();
-        c.send(b.0.as_slice()).await?;
-        c.finish().await?;
+        b.finish(c).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -148,8 +138,22 @@ impl CopyBinary {
         self.bytes(&v.to_be_bytes())
     }
 
-    fn trailer(&mut self) {
+    /// Send what is written once it reaches [`COPY_CHUNK_BYTES`].
+    async fn send_if_full<C: DerefMut<Target = PgConnection>>(&mut self, c: &mut PgCopyIn<C>) -> Result<()> {
+        if self.0.len() >= COPY_CHUNK_BYTES {
+            c.send(self.0.as_slice()).await?;
+            self.0.clear();
+        }
+        Ok(())
+    }
+
+    /// Write the trailer, send the rest and end the `COPY`; the buffer is ready for the next one.
+    async fn finish<C: DerefMut<Target = PgConnection>>(&mut self, mut c: PgCopyIn<C>) -> Result<()> {
         self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        c.send(self.0.as_slice()).await?;
+        self.0.clear();
+        c.finish().await?;
+        Ok(())
     }
 }
 
