@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod json;
 pub mod kafka;
+pub mod load;
 pub mod model;
 pub mod scenario;
 pub mod store;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use understudy::actors::pipeline::Pipeline;
 use understudy::config::{Overrides, Settings, redact};
 use understudy::kafka::embedded::EmbeddedBroker;
+use understudy::load;
+use understudy::load::cli::{LoadArgs, OutputFormat};
 use understudy::scenario::Scenario;
 use understudy::store::Store;
 use understudy::{demo, telemetry};
@@ -93,6 +95,26 @@ enum Command {
         #[arg(long, default_value_t = 0.0001)]
         time_scale: f64,
     },
+    /// Send load on a schedule, correlate the acks, store and print the run; gates set the exit code.
+    Load {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: Box<LoadArgs>,
+    },
+    /// Print a stored load run (merging its generator processes), or list the runs without RUN.
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// The run id; omit to list the latest runs.
+        run: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+        /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
+        #[arg(long = "gate")]
+        gates: Vec<String>,
+    },
     /// Work with scenario files.
     Scenario {
         #[command(subcommand)]
@@ -148,6 +170,30 @@ fn main() -> ExitCode {
             };
             report(actix::System::new().block_on(run(settings, scenario)))
         }
+        Command::Load { common, args } => {
+            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let mut telemetry = settings.telemetry.clone();
+            if std::env::var_os("RUST_LOG").is_none() {
+                telemetry.log_level = "warn".into();
+            }
+            telemetry::init_tracing(&telemetry);
+            exit(actix::System::new().block_on(load::cli::load(settings, *args)))
+        }
+        Command::Report { common, run, format, gates } => {
+            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let gates = match load::cli::parse_gates(&gates) {
+                Ok(g) => g,
+                Err(e) => return config_error(e),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            exit(rt.block_on(load::cli::report(&settings, run.as_deref(), format, &gates)))
+        }
         Command::Demo { common, messages, time_scale } => {
             let mut settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
                 Ok(s) => s,
@@ -166,6 +212,17 @@ fn main() -> ExitCode {
 fn config_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(2)
+}
+
+/// An exit code chosen by the command (gates, usage), or 1 for an error.
+fn exit(r: anyhow::Result<u8>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

@@ -136,7 +136,7 @@ impl Status {
     }
 
     /// Statuses a lifecycle may end on.
-    pub fn can_end(self) -> bool {
+    pub const fn can_end(self) -> bool {
         !matches!(self, Status::Send | Status::Deferred)
     }
 }

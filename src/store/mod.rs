@@ -191,6 +191,42 @@ pub struct Totals {
     pub last_us: Option<i64>,
 }
 
+/// One generator process's part of a load run (`runs` table).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunRow {
+    pub run_id: String,
+    pub generator: i32,
+    pub started_at_us: i64,
+    pub ended_at_us: i64,
+    /// The generator's settings, JSON.
+    pub settings: String,
+    /// The scenario file the mock ran, when known.
+    pub scenario: Option<String>,
+    /// Counts and latency histograms, JSON.
+    pub results: String,
+}
+
+/// One row of a load run's record (`run_events` table).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunEventRow {
+    pub generator: i32,
+    pub seq: i64,
+    pub channel: String,
+    /// A status, `LOST` or `NOT_SENT`.
+    pub status: String,
+    pub intended_at_us: i64,
+    pub latency_us: Option<i64>,
+}
+
+/// A load run in the list of runs.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunListing {
+    pub run_id: String,
+    pub generators: i64,
+    pub started_at_us: i64,
+    pub ended_at_us: i64,
+}
+
 /// A store connection pool, Postgres or SQLite.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -317,6 +353,104 @@ impl Store {
             Store::Sqlite(p) => sqlx::query_as(q).fetch_one(p).await?,
         };
         Ok(n)
+    }
+
+    /// Store (or replace) one generator process's part of a load run.
+    pub async fn save_run(&self, run: &RunRow) -> Result<()> {
+        let q = include_str!("sql/run_insert.sql");
+        macro_rules! bind {
+            ($q:expr) => {
+                $q.bind(&run.run_id)
+                    .bind(run.generator)
+                    .bind(run.started_at_us)
+                    .bind(run.ended_at_us)
+                    .bind(&run.settings)
+                    .bind(run.scenario.as_deref())
+                    .bind(&run.results)
+            };
+        }
+        match self {
+            Store::Postgres(p) => {
+                bind!(sqlx::query(q)).execute(p).await?;
+            }
+            Store::Sqlite(p) => {
+                bind!(sqlx::query(q)).execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stored part of a load run, by generator number.
+    pub async fn run_parts(&self, run_id: &str) -> Result<Vec<RunRow>> {
+        let q = include_str!("sql/run_parts.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(run_id).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(run_id).fetch_all(p).await?,
+        })
+    }
+
+    /// The latest load runs, newest first.
+    pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunListing>> {
+        let q = include_str!("sql/run_list.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(limit).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(limit).fetch_all(p).await?,
+        })
+    }
+
+    /// Store (or replace) one generator process's record of a load run.
+    pub async fn save_run_events(&self, run_id: &str, generator: i32, rows: &[RunEventRow]) -> Result<()> {
+        let delete = "DELETE FROM run_events WHERE run_id = $1 AND generator = $2";
+        match self {
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(delete).bind(run_id).bind(generator).execute(&mut *tx).await?;
+                for chunk in rows.chunks(50_000) {
+                    sqlx::query(include_str!("sql/postgres/run_events_insert.sql"))
+                        .bind(run_id)
+                        .bind(generator)
+                        .bind(chunk.iter().map(|r| r.seq).collect::<Vec<_>>())
+                        .bind(chunk.iter().map(|r| r.channel.as_str()).collect::<Vec<_>>())
+                        .bind(chunk.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+                        .bind(chunk.iter().map(|r| r.intended_at_us).collect::<Vec<_>>())
+                        .bind(chunk.iter().map(|r| r.latency_us).collect::<Vec<_>>())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Store::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(delete).bind(run_id).bind(generator).execute(&mut *tx).await?;
+                // 7 parameters a row; SQLite allows 32,766.
+                for chunk in rows.chunks(4000) {
+                    let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                        "INSERT INTO run_events (run_id, generator, seq, channel, status, intended_at_us, latency_us) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(run_id)
+                            .push_bind(generator)
+                            .push_bind(r.seq)
+                            .push_bind(&r.channel)
+                            .push_bind(&r.status)
+                            .push_bind(r.intended_at_us)
+                            .push_bind(r.latency_us);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of a load run, every generator process's, in message order.
+    pub async fn run_events(&self, run_id: &str) -> Result<Vec<RunEventRow>> {
+        let q = include_str!("sql/run_events.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(run_id).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(run_id).fetch_all(p).await?,
+        })
     }
 
     pub async fn close(&self) {

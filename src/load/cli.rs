@@ -1,0 +1,282 @@
+//! The `load` and `report` commands: options, orchestration (Kafka, store, the mock in-process) and output.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::actors::pipeline::Pipeline;
+use crate::config::{Settings, redact};
+use crate::kafka::embedded::EmbeddedBroker;
+use crate::load::gate::{Gate, GateError, Verdict};
+use crate::load::message::{Mix, Template};
+use crate::load::profile::Profile;
+use crate::load::results::Results;
+use crate::load::{self, LoadSettings};
+use crate::scenario::Scenario;
+use crate::store::Store;
+
+/// Exit code for bad usage or config (as for the other commands).
+pub const USAGE_EXIT: u8 = 2;
+
+fn config_error(e: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {e}");
+    USAGE_EXIT
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// Target messages per second (with `--duration`).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to send at `--rate`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// A rate profile instead of `--rate`/`--duration`: `0..2000@30s,2000@2m,2000..0@30s` (ramps, plateaus,
+    /// steps, pauses; `/min` and `/h` rates: `0..120000/min@5m` is a KPI ramp).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Send at most this many messages.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Messages per batch (one batch id each).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: u64,
+    /// Send at most this many batches.
+    #[arg(long)]
+    pub batches: Option<u64>,
+    /// Pause between batches (the profile's clock stops meanwhile).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub batch_gap: std::time::Duration,
+    /// Channel shares.
+    #[arg(long, default_value = "email=0.5,sms=0.3,whatsapp=0.2")]
+    pub mix: String,
+    /// Tenant id of every message.
+    #[arg(long, default_value = "load")]
+    pub tenant: String,
+    /// Pad each body to this many bytes (the template's `{{padding}}`).
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// A body template file in the platform's own format, with `{{payload_id}}`, `{{batch_id}}`,
+    /// `{{channel}}`, `{{recipient}}`, `{{tenant_id}}`, `{{run_id}}`, `{{seq}}`, `{{padding}}`.
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// Topic to send to (default: the mock's first input topic): the mock's, or the platform's own input.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Topic to correlate (default: the mock's ack topic), or the platform's own status topic.
+    #[arg(long)]
+    pub ack_topic: Option<String>,
+    /// JSON pointer to the payload id in an ack.
+    #[arg(long, default_value = "/payload_id")]
+    pub ack_payload_id: String,
+    /// JSON pointer to the status in an ack.
+    #[arg(long, default_value = "/status")]
+    pub ack_status: String,
+    /// Run id (default: a new one). Generator processes of one run share it.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// This process's number within the run; each process of a run needs its own.
+    #[arg(long, default_value_t = 0)]
+    pub generator: u32,
+    /// After the last send, wait this long for outcomes; payloads without one are lost.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: std::time::Duration,
+    /// Once every payload has its outcome, keep listening this long (for OPEN, CLICK, READ).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub linger: std::time::Duration,
+    /// A send more than this behind its intended time counts as late.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub late_after: std::time::Duration,
+    /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
+    #[arg(long = "gate")]
+    pub gates: Vec<String>,
+    /// `text` or `json` (the summary on standard output).
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Run the mock vendor in this process too (on the embedded broker unless brokers are set).
+    #[arg(long)]
+    pub mock: bool,
+    /// With `--mock`: compress the scenario's timelines by this factor.
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+}
+
+pub fn parse_gates(texts: &[String]) -> Result<Vec<Gate>, GateError> {
+    texts.iter().map(|g| g.parse()).collect()
+}
+
+/// `understudy load`: the exit code is 0, or [`load::GATE_FAILED_EXIT`] when a gate failed.
+pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> {
+    let gates = match parse_gates(&args.gates) {
+        Ok(g) => g,
+        Err(e) => return Ok(config_error(e)),
+    };
+    let template = match &args.template {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading the template {}", path.display()))?;
+            match text.parse::<Template>() {
+                Ok(t) => (t, Some(text)),
+                Err(e) => return Ok(config_error(format!("{}: {e}", path.display()))),
+            }
+        }
+        None => (Template::default(), None),
+    };
+    let profile = args.profile.clone().unwrap_or_else(|| Profile::constant(args.rate, args.duration).to_string());
+    if let Err(e) = profile.parse::<Profile>() {
+        return Ok(config_error(e));
+    }
+    if let Err(e) = args.mix.parse::<Mix>() {
+        return Ok(config_error(e));
+    }
+    let max_messages = match (args.messages, args.batches) {
+        (Some(m), Some(b)) => Some(m.min(b * args.batch_size)),
+        (m, b) => m.or(b.map(|b| b * args.batch_size)),
+    };
+    let run_id = args.run_id.clone().unwrap_or_else(|| {
+        format!(
+            "run-{}-{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        )
+    });
+    let load_settings = LoadSettings {
+        run_id: run_id.clone(),
+        generator: args.generator,
+        profile,
+        max_messages,
+        batch_size: args.batch_size.max(1),
+        batch_gap_ms: args.batch_gap.as_millis() as u64,
+        mix: args.mix.clone(),
+        tenant_id: args.tenant.clone(),
+        payload_bytes: args.payload_bytes,
+        template: template.1,
+        topic: args.topic.clone().unwrap_or_else(|| settings.kafka.input_topics[0].clone()),
+        ack_topic: args.ack_topic.clone().unwrap_or_else(|| settings.kafka.ack_topic.clone()),
+        ack_payload_id: args.ack_payload_id.clone(),
+        ack_status: args.ack_status.clone(),
+        ack_timeout_ms: args.ack_timeout.as_millis() as u64,
+        linger_ms: args.linger.as_millis() as u64,
+        late_after_ms: args.late_after.as_secs_f64() * 1000.0,
+    };
+
+    // Kafka: configured, or (with --mock) the embedded broker.
+    let (_broker, brokers) = match (&settings.kafka.brokers, args.mock) {
+        (Some(b), _) => (None, b.clone()),
+        (None, true) => {
+            let b = EmbeddedBroker::start(settings.kafka.embedded_port)?;
+            let addr = b.bootstrap();
+            (Some(b), addr)
+        }
+        (None, false) => {
+            return Ok(config_error(
+                "no Kafka to send to: set `kafka.brokers` (or --brokers), or pass --mock to run the mock vendor in this process",
+            ));
+        }
+    };
+    if settings.kafka.create_topics {
+        crate::kafka::admin::ensure_topics(
+            &settings.kafka,
+            &brokers,
+            &[&load_settings.topic, &load_settings.ack_topic],
+        )
+        .await?;
+    }
+    let url = settings.store.url_or_default();
+    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+
+    // The scenario: run by the in-process mock, or named for the record.
+    let scenario_text = std::fs::read_to_string(&settings.scenario.path).ok();
+    let pipeline = if args.mock {
+        let scenario = match Scenario::load(&settings.scenario.path) {
+            Ok(s) => s,
+            Err(e) => return Ok(config_error(e)),
+        };
+        let scenario = match args.time_scale {
+            Some(t) => scenario.rescaled(t)?,
+            None => scenario,
+        };
+        if load_settings.topic != settings.kafka.input_topics[0] {
+            settings.kafka.input_topics = vec![load_settings.topic.clone()];
+        }
+        settings.kafka.ack_topic = load_settings.ack_topic.clone();
+        Some(Pipeline::start(&settings, Arc::new(scenario), &brokers).await?)
+    } else {
+        None
+    };
+
+    if args.format == OutputFormat::Text && !args.quiet {
+        eprintln!(
+            "run {run_id}: {} to {} (acks from {})",
+            load_settings.profile, load_settings.topic, load_settings.ack_topic
+        );
+    }
+    let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
+    let outcome = load::run(&settings.kafka, &brokers, load_settings, template.0, &gates, progress).await;
+    if let Some(p) = pipeline {
+        p.shutdown().await;
+    }
+    let outcome = outcome?;
+    load::save(&store, &outcome, scenario_text).await?;
+    store.close().await;
+    Ok(print_run(&run_id, 1, &outcome.results, &outcome.verdicts, args.format))
+}
+
+fn print_run(run_id: &str, generators: usize, results: &Results, verdicts: &[Verdict], format: OutputFormat) -> u8 {
+    let summary = load::report::summary(run_id, generators, results, verdicts);
+    match format {
+        OutputFormat::Text => print!("{}", load::report::text(&summary)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("the summary serializes")),
+    }
+    if summary.passed {
+        0
+    } else {
+        if format == OutputFormat::Text {
+            eprintln!("error: {} of {} gates failed", verdicts.iter().filter(|v| !v.passed).count(), verdicts.len());
+        }
+        load::GATE_FAILED_EXIT
+    }
+}
+
+pub async fn report(
+    settings: &Settings,
+    run: Option<&str>,
+    format: OutputFormat,
+    gates: &[Gate],
+) -> anyhow::Result<u8> {
+    let url = settings.store.url_or_default();
+    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let Some(run_id) = run else {
+        let runs = store.list_runs(50).await?;
+        if runs.is_empty() {
+            println!("no load runs in {}", redact(&url));
+        }
+        for r in runs {
+            let start = crate::model::micros_to_time(r.started_at_us);
+            let secs = (r.ended_at_us - r.started_at_us) as f64 / 1e6;
+            println!(
+                "{}  {}  {:.0} s  {} generator(s)",
+                r.run_id,
+                start.format("%Y-%m-%d %H:%M:%S"),
+                secs,
+                r.generators
+            );
+        }
+        store.close().await;
+        return Ok(0);
+    };
+    let run = load::load(&store, run_id).await?;
+    store.close().await;
+    let verdicts: Vec<_> = gates.iter().map(|g| g.check(&run.results)).collect();
+    Ok(print_run(&run.run_id, run.generators, &run.results, &verdicts, format))
+}

@@ -1,0 +1,706 @@
+//! `understudy load`: an open-model load generator with ack correlation.
+//!
+//! Messages go out on a schedule (the rate profile), not when earlier ones finished, so a slow system
+//! cannot hide its stalls; each send's lateness behind its intended time is recorded. A correlator reads
+//! the ack topic (or the platform's own status topic) and matches every event to its payload by id,
+//! recording the latency from the intended send time to each status in HdrHistograms. A payload with no
+//! final outcome by the end of the wait is lost. The results go into the store's `runs` table, where
+//! `understudy report` finds them again and merges the parts of several generator processes.
+
+pub mod cli;
+pub mod gate;
+pub mod message;
+pub mod profile;
+pub mod report;
+pub mod results;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::KafkaSettings;
+use crate::model::{Channel, Status};
+use gate::{Gate, Verdict};
+use message::MessageFactory;
+use profile::Profile;
+use results::{Hist, LOST, LOST_LISTED, NOT_SENT, Results, Sample, Second, StatusFigures};
+
+/// The header carrying a message's intended send time, in microseconds since the Unix epoch.
+pub const INTENDED_AT_HEADER: &str = "understudy-intended-at-us";
+/// The header carrying the run id.
+pub const RUN_ID_HEADER: &str = "understudy-run-id";
+
+/// Exit code of `load` and `report` when a gate fails.
+pub const GATE_FAILED_EXIT: u8 = 3;
+
+/// Everything a generator process was asked to do; stored with the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadSettings {
+    pub run_id: String,
+    /// This process's number within the run; processes of one run must use different numbers.
+    pub generator: u32,
+    pub profile: String,
+    /// At most this many messages (the profile may call for more).
+    pub max_messages: Option<u64>,
+    pub batch_size: u64,
+    /// Pause between batches, in milliseconds (the profile's clock stops meanwhile).
+    pub batch_gap_ms: u64,
+    pub mix: String,
+    pub tenant_id: String,
+    /// Body size in bytes (the template's `{{padding}}` fills up to it).
+    pub payload_bytes: usize,
+    /// The body template, when not the default.
+    pub template: Option<String>,
+    pub topic: String,
+    pub ack_topic: String,
+    /// JSON pointers to the payload id and status in an ack.
+    pub ack_payload_id: String,
+    pub ack_status: String,
+    /// How long to wait for final outcomes after the last send, in milliseconds.
+    pub ack_timeout_ms: u64,
+    /// How long to keep listening after every payload has its outcome (for OPEN, CLICK, READ), in ms.
+    pub linger_ms: u64,
+    /// A send more than this behind its intended time is late, in milliseconds.
+    pub late_after_ms: f64,
+}
+
+/// The state of one message, as bits: one per status seen, and whether it was sent or failed.
+struct Flags(Vec<AtomicU16>);
+
+const SENT: u16 = 1 << 15;
+const FAILED: u16 = 1 << 14;
+/// Statuses that give a payload its final outcome.
+const FINAL: u16 = {
+    let mut m = 0u16;
+    let mut i = 0;
+    while i < Status::ALL.len() {
+        if Status::ALL[i].can_end() {
+            m |= 1 << i;
+        }
+        i += 1;
+    }
+    m
+};
+
+fn status_bit(s: Status) -> u16 {
+    1 << (s as u16)
+}
+
+/// What the generator, the correlator and the progress display share.
+struct Shared {
+    flags: Flags,
+    /// When message 0 is due.
+    t0: Instant,
+    /// Set when sending stops (done, or interrupted).
+    sending_done: AtomicBool,
+    stop_sending: AtomicBool,
+    stop_correlating: AtomicBool,
+    handed: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    late: AtomicU64,
+    resolved: AtomicU64,
+    events: AtomicU64,
+}
+
+/// A message's due time, in microseconds after `t0`.
+struct Schedule {
+    profile: Profile,
+    batch_size: u64,
+    gap_us: u64,
+    total: u64,
+}
+
+impl Schedule {
+    fn due_us(&self, seq: u64) -> Option<u64> {
+        if seq >= self.total {
+            return None;
+        }
+        let t = self.profile.time_of(seq)?;
+        Some((t * 1e6) as u64 + (seq / self.batch_size) * self.gap_us)
+    }
+}
+
+/// A finished load run.
+pub struct Outcome {
+    pub settings: LoadSettings,
+    pub results: Results,
+    /// One row per message and status (and one per lost or unsent message).
+    pub samples: Vec<Sample>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// How the progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Bar,
+    Quiet,
+}
+
+/// Run the generator and the correlator until every payload has its outcome or the wait ends.
+pub async fn run(
+    kafka: &KafkaSettings,
+    brokers: &str,
+    settings: LoadSettings,
+    template: message::Template,
+    gates: &[Gate],
+    progress: Progress,
+) -> anyhow::Result<Outcome> {
+    let profile: Profile = settings.profile.parse()?;
+    let mix: message::Mix = settings.mix.parse()?;
+    let mut total = profile.total();
+    if let Some(max) = settings.max_messages {
+        total = total.min(max);
+    }
+    let schedule = Arc::new(Schedule {
+        profile,
+        batch_size: settings.batch_size.max(1),
+        gap_us: settings.batch_gap_ms * 1000,
+        total,
+    });
+    let factory = Arc::new(MessageFactory::new(
+        &settings.run_id,
+        settings.generator,
+        &settings.tenant_id,
+        settings.batch_size,
+        mix,
+        template,
+        settings.payload_bytes,
+    ));
+
+    // The correlator starts reading where the ack topic ends now: this run's acks all come later.
+    let consumer = ack_consumer(kafka, brokers, &settings.ack_topic)?;
+    // Message 0 is due a moment from now, once both threads are running.
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let started_at = Utc::now() + chrono::Duration::milliseconds(100);
+    let shared = Arc::new(Shared {
+        flags: Flags((0..total).map(|_| AtomicU16::new(0)).collect()),
+        t0,
+        sending_done: AtomicBool::new(false),
+        stop_sending: AtomicBool::new(false),
+        stop_correlating: AtomicBool::new(false),
+        handed: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        late: AtomicU64::new(0),
+        resolved: AtomicU64::new(0),
+        events: AtomicU64::new(0),
+    });
+    let producer: ThreadedProducer<Delivered> =
+        producer_config(kafka, brokers).create_with_context(Delivered { shared: shared.clone() })?;
+
+    let correlator = {
+        let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+        let pointers = (settings.ack_payload_id.clone(), settings.ack_status.clone());
+        std::thread::Builder::new()
+            .name("load-correlator".into())
+            .spawn(move || correlate(consumer, &shared, &schedule, &factory, &pointers))?
+    };
+    let generator = {
+        let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+        let (topic, late_after_us) = (settings.topic.clone(), (settings.late_after_ms * 1000.0) as u64);
+        let epoch_us = started_at.timestamp_micros();
+        std::thread::Builder::new()
+            .name("load-generator".into())
+            .spawn(move || generate(producer, &shared, &schedule, &factory, &topic, late_after_us, epoch_us))?
+    };
+
+    let bar = progress_bar(total, progress);
+    let mut interrupt = Box::pin(tokio::signal::ctrl_c());
+    let ack_timeout = Duration::from_millis(settings.ack_timeout_ms);
+    let linger = Duration::from_millis(settings.linger_ms);
+    let (mut sending_ended, mut all_resolved): (Option<Instant>, Option<Instant>) = (None, None);
+    let mut last = (Instant::now(), 0u64);
+    let mut rate = 0.0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = &mut interrupt => {
+                if shared.stop_sending.swap(true, Ordering::Relaxed) {
+                    shared.stop_correlating.store(true, Ordering::Relaxed);
+                    bar.abandon();
+                    anyhow::bail!("interrupted twice: the run is not stored");
+                }
+                bar.println("interrupted: sending stops; waiting for the acks of what was sent (Ctrl-C again to quit)");
+                interrupt = Box::pin(tokio::signal::ctrl_c());
+            }
+        }
+        let now = Instant::now();
+        let handed = shared.handed.load(Ordering::Relaxed);
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let resolved = shared.resolved.load(Ordering::Relaxed);
+        let dt = now.duration_since(last.0).as_secs_f64();
+        if dt >= 1.0 {
+            rate = (handed - last.1) as f64 / dt;
+            last = (now, handed);
+        }
+        let elapsed = now.saturating_duration_since(t0).as_secs_f64();
+        bar.set_position(handed);
+        bar.set_message(format!(
+            "{rate:.0}/s (target {:.0}/s) · acked {resolved} · waiting {} · late {}{}",
+            schedule.profile.rate_at(elapsed),
+            delivered.saturating_sub(resolved),
+            shared.late.load(Ordering::Relaxed),
+            if failed > 0 { format!(" · send errors {failed}") } else { String::new() }
+        ));
+        if shared.sending_done.load(Ordering::Acquire) && delivered + failed >= handed {
+            let ended = *sending_ended.get_or_insert(now);
+            if resolved >= delivered {
+                if now.duration_since(*all_resolved.get_or_insert(now)) >= linger {
+                    break;
+                }
+            } else if now.duration_since(ended) >= ack_timeout {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    shared.stop_correlating.store(true, Ordering::Relaxed);
+    let sent = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
+    let correlated = correlator.join().map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
+
+    let mut results = Results::new(started_at, total, settings.late_after_ms);
+    results.sending_ended_at = started_at + chrono::Duration::microseconds(sent.last_send_us as i64);
+    results.ended_at = Utc::now();
+    results.late = shared.late.load(Ordering::Relaxed);
+    results.lateness_us = sent.lateness;
+    results.send_errors = shared.failed.load(Ordering::Relaxed);
+    results.events = correlated.events;
+    results.unknown_events = correlated.unmatched;
+    results.statuses = correlated.statuses;
+    let epoch_us = started_at.timestamp_micros();
+    let intended_at = |seq: u64| epoch_us + schedule.due_us(seq).unwrap_or(0) as i64;
+    let mut samples: Vec<Sample> = correlated
+        .samples
+        .iter()
+        .map(|&(seq, status, latency)| Sample {
+            seq,
+            channel: factory.mix.channel_of(seq),
+            status: status.as_str(),
+            intended_at_us: intended_at(seq),
+            latency_us: Some(latency as i64),
+        })
+        .collect();
+    for (seq, f) in shared.flags.0.iter().enumerate() {
+        let f = f.load(Ordering::Relaxed);
+        let seq = seq as u64;
+        let missing = |status| Sample {
+            seq,
+            channel: factory.mix.channel_of(seq),
+            status,
+            intended_at_us: intended_at(seq),
+            latency_us: None,
+        };
+        if f & SENT == 0 {
+            continue;
+        }
+        if f & FAILED != 0 {
+            samples.push(missing(NOT_SENT));
+            continue;
+        }
+        if f & FINAL == 0 {
+            samples.push(missing(LOST));
+        }
+        let seq = seq as usize;
+        *results.sent.entry(factory.mix.channel_of(seq as u64)).or_default() += 1;
+        if f & FINAL != 0 {
+            results.resolved += 1;
+        } else {
+            results.lost += 1;
+            if results.lost_ids.len() < LOST_LISTED {
+                let mut id = String::new();
+                factory.payload_id(seq as u64, &mut id);
+                results.lost_ids.push(id);
+            }
+        }
+    }
+    results.timeline = sent.timeline;
+    for (i, n) in correlated.resolved_per_second.iter().enumerate() {
+        if results.timeline.len() <= i {
+            results.timeline.resize(i + 1, Second::default());
+        }
+        results.timeline[i].resolved = *n;
+    }
+    let verdicts = gates.iter().map(|g| g.check(&results)).collect();
+    Ok(Outcome { settings, results, samples, verdicts })
+}
+
+/// Store a finished run (this process's part of it).
+pub async fn save(store: &crate::store::Store, outcome: &Outcome, scenario: Option<String>) -> anyhow::Result<()> {
+    let r = &outcome.results;
+    store
+        .save_run(&crate::store::RunRow {
+            run_id: outcome.settings.run_id.clone(),
+            generator: outcome.settings.generator as i32,
+            started_at_us: r.started_at.timestamp_micros(),
+            ended_at_us: r.ended_at.timestamp_micros(),
+            settings: serde_json::to_string(&outcome.settings)?,
+            scenario,
+            results: serde_json::to_string(r)?,
+        })
+        .await?;
+    let rows: Vec<crate::store::RunEventRow> = outcome
+        .samples
+        .iter()
+        .map(|s| crate::store::RunEventRow {
+            generator: outcome.settings.generator as i32,
+            seq: s.seq as i64,
+            channel: s.channel.as_str().to_owned(),
+            status: s.status.to_owned(),
+            intended_at_us: s.intended_at_us,
+            latency_us: s.latency_us,
+        })
+        .collect();
+    store.save_run_events(&outcome.settings.run_id, outcome.settings.generator as i32, &rows).await?;
+    Ok(())
+}
+
+/// A stored run, its generator processes' parts merged.
+pub struct StoredRun {
+    pub run_id: String,
+    pub generators: usize,
+    pub settings: Vec<LoadSettings>,
+    pub scenario: Option<String>,
+    pub results: Results,
+}
+
+/// Read a run back from the store.
+pub async fn load(store: &crate::store::Store, run_id: &str) -> anyhow::Result<StoredRun> {
+    let parts = store.run_parts(run_id).await?;
+    let Some(first) = parts.first() else {
+        anyhow::bail!("no run `{run_id}` in the store (`understudy report` lists the stored runs)");
+    };
+    let mut results: Results = serde_json::from_str(&first.results)?;
+    let mut settings = vec![serde_json::from_str(&first.settings)?];
+    for p in &parts[1..] {
+        results.merge(&serde_json::from_str(&p.results)?);
+        settings.push(serde_json::from_str(&p.settings)?);
+    }
+    Ok(StoredRun {
+        run_id: run_id.to_owned(),
+        generators: parts.len(),
+        settings,
+        scenario: parts.iter().find_map(|p| p.scenario.clone()),
+        results,
+    })
+}
+
+fn progress_bar(total: u64, progress: Progress) -> ProgressBar {
+    if progress == Progress::Quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("load");
+    bar
+}
+
+fn producer_config(kafka: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", "understudy-load")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "none");
+    for (k, v) in &kafka.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// A consumer assigned every partition of the ack topic at its current end.
+fn ack_consumer(kafka: &KafkaSettings, brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", "understudy-load")
+        .set("group.id", format!("understudy-load-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20");
+    for (k, v) in &kafka.librdkafka {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "the ack topic `{topic}` does not exist (or has no partitions)");
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        // Acks already in the topic belong to earlier runs; the correlator skips any it still reads (a
+        // broker may report an end below the true one), since their payload ids are not this run's.
+        let offset = match consumer.fetch_watermarks(topic, p, timeout) {
+            Ok((_, high)) => Offset::Offset(high),
+            Err(_) => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, p, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Counts deliveries and marks the messages Kafka did not take.
+struct Delivered {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Delivered {}
+
+impl ProducerContext for Delivered {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let shared = &self.shared;
+        match result {
+            Ok(_) => shared.delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::warn!(error = %e, seq, "a load message was not delivered");
+                shared.flags.0[seq].fetch_or(FAILED, Ordering::Relaxed);
+                shared.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// What the generator thread measured.
+struct Sent {
+    lateness: Hist,
+    /// Per second of the run: messages due, sent, late, and the largest lateness.
+    timeline: Vec<Second>,
+    /// When the last message was handed over, in microseconds after `t0`.
+    last_send_us: u64,
+}
+
+fn generate(
+    producer: ThreadedProducer<Delivered>,
+    shared: &Shared,
+    schedule: &Schedule,
+    factory: &MessageFactory,
+    topic: &str,
+    late_after_us: u64,
+    epoch_us: i64,
+) -> Sent {
+    let mut out = Sent { lateness: Hist::default(), timeline: Vec::new(), last_send_us: 0 };
+    let (mut body, mut id, mut batch_id) = (Vec::new(), String::new(), String::new());
+    let mut seq = 0u64;
+    while let Some(due_us) = schedule.due_us(seq) {
+        if shared.stop_sending.load(Ordering::Relaxed) {
+            break;
+        }
+        let now_us = shared.t0.elapsed().as_micros() as u64;
+        let now_us = if now_us < due_us {
+            std::thread::sleep(Duration::from_micros(due_us - now_us));
+            // Before `t0`, `elapsed` reads zero: sleep the rest.
+            let mut n = shared.t0.elapsed().as_micros() as u64;
+            while n < due_us {
+                std::thread::sleep(Duration::from_micros(due_us - n));
+                n = shared.t0.elapsed().as_micros() as u64;
+            }
+            n
+        } else {
+            now_us
+        };
+        // Everything due by now goes out at once.
+        let mut next = Some(due_us);
+        while let Some(due) = next.filter(|d| *d <= now_us) {
+            let channel = factory.mix.channel_of(seq);
+            factory.payload_id(seq, &mut id);
+            factory.body(seq, channel, &mut body);
+            batch_id.clear();
+            factory.batch_id(seq, &mut batch_id);
+            let intended = itoa::Buffer::new().format(epoch_us + due as i64).to_owned();
+            let headers = OwnedHeaders::new_with_capacity(5)
+                .insert(Header { key: RUN_ID_HEADER, value: Some(&factory.run_id) })
+                .insert(Header { key: INTENDED_AT_HEADER, value: Some(&intended) })
+                .insert(Header { key: "tenant-id", value: Some(&factory.tenant_id) })
+                .insert(Header { key: "correlation-id", value: Some(&id) })
+                .insert(Header { key: "batch-id", value: Some(&batch_id) });
+            let mut record = BaseRecord::with_opaque_to(topic, seq as usize).key(&id).payload(&body).headers(headers);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)) =>
+                    {
+                        record = r;
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    Err((e, _)) => {
+                        tracing::warn!(error = %e, seq, "a load message could not be produced");
+                        shared.flags.0[seq as usize].fetch_or(FAILED, Ordering::Relaxed);
+                        shared.failed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            shared.flags.0[seq as usize].fetch_or(SENT, Ordering::Relaxed);
+            let sent_us = shared.t0.elapsed().as_micros() as u64;
+            let late_us = sent_us.saturating_sub(due);
+            out.lateness.record(late_us);
+            if late_us > late_after_us {
+                shared.late.fetch_add(1, Ordering::Relaxed);
+            }
+            let (d, s) = ((due / 1_000_000) as usize, (sent_us / 1_000_000) as usize);
+            if out.timeline.len() <= d.max(s) {
+                out.timeline.resize(d.max(s) + 1, Second::default());
+            }
+            out.timeline[d].target += 1;
+            let second = &mut out.timeline[s];
+            second.sent += 1;
+            second.lateness_max_us = second.lateness_max_us.max(late_us);
+            if late_us > late_after_us {
+                second.late += 1;
+            }
+            out.last_send_us = sent_us;
+            shared.handed.fetch_add(1, Ordering::Relaxed);
+            seq += 1;
+            next = schedule.due_us(seq);
+        }
+    }
+    shared.sending_done.store(true, Ordering::Release);
+    // Deliveries are counted by the producer's own thread; wait for them before it is dropped.
+    let _ = producer.flush(Duration::from_secs(60));
+    out
+}
+
+/// What the correlator thread found.
+struct Correlated {
+    /// Every matched event: message, status, latency in microseconds.
+    samples: Vec<(u64, Status, u64)>,
+    events: u64,
+    unmatched: u64,
+    statuses: BTreeMap<Channel, BTreeMap<Status, StatusFigures>>,
+    resolved_per_second: Vec<u64>,
+}
+
+/// An ack, as Understudy writes it; other fields are skipped.
+#[derive(Deserialize)]
+struct AckView<'a> {
+    #[serde(borrow)]
+    payload_id: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+}
+
+fn read_ack<'a>(payload: &'a [u8], pointers: &(String, String)) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+    if pointers.0 == "/payload_id" && pointers.1 == "/status" {
+        let a: AckView<'a> = serde_json::from_slice(payload).ok()?;
+        return Some((a.payload_id, a.status));
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let id = v.pointer(&pointers.0)?.as_str()?.to_owned();
+    let status = v.pointer(&pointers.1)?.as_str()?.to_owned();
+    Some((Cow::Owned(id), Cow::Owned(status)))
+}
+
+fn correlate(
+    consumer: BaseConsumer,
+    shared: &Shared,
+    schedule: &Schedule,
+    factory: &MessageFactory,
+    pointers: &(String, String),
+) -> Correlated {
+    let mut out = Correlated {
+        samples: Vec::new(),
+        events: 0,
+        unmatched: 0,
+        statuses: BTreeMap::new(),
+        resolved_per_second: Vec::new(),
+    };
+    while !shared.stop_correlating.load(Ordering::Relaxed) {
+        let Some(m) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "ack consumer");
+                continue;
+            }
+        };
+        let received_us = shared.t0.elapsed().as_micros() as u64;
+        let Some((payload_id, status)) = m.payload().and_then(|p| read_ack(p, pointers)) else {
+            continue;
+        };
+        if !payload_id.starts_with(factory.prefix()) {
+            continue; // another run's, or another process's
+        }
+        let (Some(seq), Ok(status)) = (factory.seq_of(&payload_id), status.parse::<Status>()) else {
+            out.unmatched += 1;
+            continue;
+        };
+        let Some(due_us) = schedule.due_us(seq) else {
+            out.unmatched += 1;
+            continue;
+        };
+        out.events += 1;
+        shared.events.fetch_add(1, Ordering::Relaxed);
+        let bit = status_bit(status);
+        let before = shared.flags.0[seq as usize].fetch_or(bit, Ordering::Relaxed);
+        let figures = out.statuses.entry(factory.mix.channel_of(seq)).or_default().entry(status).or_default();
+        let latency_us = received_us.saturating_sub(due_us);
+        figures.latency_us.record(latency_us);
+        out.samples.push((seq, status, latency_us));
+        if before & bit == 0 {
+            figures.payloads += 1;
+        }
+        if bit & FINAL != 0 && before & FINAL == 0 {
+            shared.resolved.fetch_add(1, Ordering::Relaxed);
+            let s = (received_us / 1_000_000) as usize;
+            if out.resolved_per_second.len() <= s {
+                out.resolved_per_second.resize(s + 1, 0);
+            }
+            out.resolved_per_second[s] += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_statuses_are_those_a_lifecycle_may_end_on() {
+        for s in Status::ALL {
+            assert_eq!(FINAL & status_bit(s) != 0, s.can_end(), "{s}");
+        }
+        assert_eq!(FINAL & (SENT | FAILED), 0);
+    }
+
+    #[test]
+    fn batches_pause_the_schedule() {
+        let s = Schedule {
+            profile: Profile::constant(1000.0, Duration::from_secs(10)),
+            batch_size: 100,
+            gap_us: 50_000,
+            total: 250,
+        };
+        assert_eq!(s.due_us(0), Some(0));
+        assert_eq!(s.due_us(99), Some(99_000));
+        assert_eq!(s.due_us(100), Some(150_000)); // 100 ms in, plus one 50 ms gap
+        assert_eq!(s.due_us(249), Some(349_000));
+        assert_eq!(s.due_us(250), None, "capped by max messages");
+    }
+}

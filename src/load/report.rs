@@ -1,0 +1,177 @@
+//! The terminal and JSON summaries of a run, for `understudy load` and `understudy report`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::gate::Verdict;
+use crate::load::results::Results;
+use crate::model::{Channel, Status};
+
+/// Latency figures of one channel and status, in milliseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StatusRow {
+    pub channel: Channel,
+    pub status: Status,
+    /// Payloads with at least one such event.
+    pub payloads: u64,
+    /// Share of the channel's sent payloads.
+    pub rate: f64,
+    pub events: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A run's summary, as `--format json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary<'a> {
+    pub run_id: &'a str,
+    /// Generator processes whose results are merged here.
+    pub generators: usize,
+    pub started_at: String,
+    pub ended_at: String,
+    pub planned: u64,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub throughput_per_s: f64,
+    pub late: u64,
+    pub late_after_ms: f64,
+    pub lateness_p99_ms: f64,
+    pub lateness_max_ms: f64,
+    pub events: u64,
+    pub resolved: u64,
+    pub lost: u64,
+    pub lost_ids: &'a [String],
+    pub statuses: Vec<StatusRow>,
+    pub gates: &'a [Verdict],
+    pub passed: bool,
+}
+
+pub fn status_rows(r: &Results) -> Vec<StatusRow> {
+    let mut rows = Vec::new();
+    for (channel, per) in &r.statuses {
+        let sent = r.sent_of(Some(*channel));
+        for (status, f) in per {
+            let h = &f.latency_us;
+            rows.push(StatusRow {
+                channel: *channel,
+                status: *status,
+                payloads: f.payloads,
+                rate: if sent == 0 { 0.0 } else { f.payloads as f64 / sent as f64 },
+                events: h.len(),
+                p50_ms: h.quantile_ms(0.5),
+                p90_ms: h.quantile_ms(0.9),
+                p99_ms: h.quantile_ms(0.99),
+                max_ms: h.max_ms(),
+            });
+        }
+    }
+    rows
+}
+
+pub fn summary<'a>(run_id: &'a str, generators: usize, r: &'a Results, verdicts: &'a [Verdict]) -> Summary<'a> {
+    Summary {
+        run_id,
+        generators,
+        started_at: r.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ended_at: r.ended_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        planned: r.planned,
+        sent: r.sent_total(),
+        send_errors: r.send_errors,
+        throughput_per_s: r.throughput(),
+        late: r.late,
+        late_after_ms: r.late_after_ms,
+        lateness_p99_ms: r.lateness_us.quantile_ms(0.99),
+        lateness_max_ms: r.lateness_us.max_ms(),
+        events: r.events,
+        resolved: r.resolved,
+        lost: r.lost,
+        lost_ids: &r.lost_ids,
+        statuses: status_rows(r),
+        gates: verdicts,
+        passed: verdicts.iter().all(|v| v.passed),
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+/// The human summary.
+pub fn text(s: &Summary<'_>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "run {}{}",
+        s.run_id,
+        if s.generators > 1 { format!(" ({} generators)", s.generators) } else { String::new() }
+    );
+    let _ = writeln!(o, "  {} → {}", s.started_at, s.ended_at);
+    let _ = writeln!(
+        o,
+        "  sent      {} of {} planned · {:.0} messages/s{}",
+        s.sent,
+        s.planned,
+        s.throughput_per_s,
+        if s.send_errors > 0 { format!(" · {} send errors", s.send_errors) } else { String::new() }
+    );
+    let _ = writeln!(
+        o,
+        "  schedule  {} late (over {} behind) · lateness p99 {} · max {}",
+        s.late,
+        ms(s.late_after_ms),
+        ms(s.lateness_p99_ms),
+        ms(s.lateness_max_ms)
+    );
+    let _ = writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost", s.events, s.resolved, s.lost);
+    if !s.statuses.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n  {:<9} {:<12} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "channel", "status", "payloads", "rate", "p50", "p90", "p99", "max"
+        );
+        for r in &s.statuses {
+            let _ = writeln!(
+                o,
+                "  {:<9} {:<12} {:>9} {:>7.2}% {:>10} {:>10} {:>10} {:>10}",
+                r.channel.as_str(),
+                r.status.as_str(),
+                r.payloads,
+                r.rate * 100.0,
+                ms(r.p50_ms),
+                ms(r.p90_ms),
+                ms(r.p99_ms),
+                ms(r.max_ms)
+            );
+        }
+        let _ = writeln!(o, "  (latency from each message's intended send time to the status's arrival)");
+    }
+    if s.lost > 0 {
+        let shown: Vec<&str> = s.lost_ids.iter().take(10).map(String::as_str).collect();
+        let more = if s.lost as usize > shown.len() {
+            format!(" … and {} more", s.lost as usize - shown.len())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(o, "\n  lost: {}{more}", shown.join(", "));
+    }
+    if !s.gates.is_empty() {
+        let _ = writeln!(o);
+        for v in s.gates {
+            if v.passed {
+                let _ = writeln!(o, "  gate passed  {}  (measured {})", v.gate, v.measured);
+            } else {
+                let _ = writeln!(o, "  gate FAILED  {}  (measured {}: {})", v.gate, v.measured, v.detail);
+            }
+        }
+    }
+    o
+}

@@ -1,0 +1,201 @@
+//! `understudy load` against the mock on a real broker and a real store: the schedule sends exactly the
+//! planned messages with their ids, correlation finds every ack, runs are stored and reported again,
+//! gates pass and fail with their exit codes, and payloads without an outcome are listed as lost.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use understudy::actors::pipeline::Pipeline;
+use understudy::demo::read_topic;
+use understudy::load::message::{MessageFactory, Mix, Template};
+use understudy::load::{self, INTENDED_AT_HEADER, LoadSettings, Progress};
+use understudy::model::Status;
+use understudy::store::Store;
+
+fn understudy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_understudy"))
+}
+
+fn scenario_path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file)
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+async fn load_run_correlate_report_and_gate(store_url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = common::settings(&store_url, 3);
+    settings.scenario.path = scenario_path("happy-path.yaml");
+    let config = common::write_config(dir.path(), &settings);
+    let config = config.to_str().unwrap();
+    let run = format!("t-{}", common::suffix());
+
+    // 500 messages/s for 4 s, with the mock in the same process.
+    let out = understudy()
+        .args(["load", "--config", config, "--mock", "--time-scale", "0.0001", "--rate", "500", "--duration", "4s"])
+        .args(["--batch-size", "250", "--linger", "2s", "--run-id", &run, "--format", "json", "--quiet"])
+        .args(["--gate", "lost == 0", "--gate", "p99(DELIVERY) < 30s", "--gate", "rate(DELIVERY) >= 99%"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary = json(&out);
+    assert_eq!(summary["planned"], 2000);
+    assert_eq!(summary["sent"], 2000);
+    assert_eq!(summary["resolved"], 2000);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["passed"], true);
+    assert_eq!(summary["gates"].as_array().unwrap().len(), 3);
+
+    // Correlation found every ack the scenario plans for these payloads.
+    let scenario = common::scenario("happy-path.yaml", 0.0001);
+    let factory = MessageFactory::new(&run, 0, "load", 250, Mix::default(), Template::default(), 0);
+    let mut ids = HashSet::new();
+    let mut planned_events = 0;
+    for seq in 0..2000 {
+        let mut id = String::new();
+        factory.payload_id(seq, &mut id);
+        planned_events += scenario.plan(factory.mix.channel_of(seq), &id).unwrap().steps.len();
+        ids.insert(id);
+    }
+    assert_eq!(summary["events"], planned_events);
+    let statuses = summary["statuses"].as_array().unwrap();
+    let delivered: u64 =
+        statuses.iter().filter(|r| r["status"] == "DELIVERY").map(|r| r["payloads"].as_u64().unwrap()).sum();
+    assert_eq!(delivered, 2000);
+
+    // The outbound topic holds exactly the run's messages, with their ids and intended send times.
+    let records =
+        read_topic(&common::brokers(), &settings.kafka.input_topics[0], 2000, Duration::from_secs(5)).unwrap();
+    assert_eq!(records.len(), 2000);
+    let sent: HashSet<String> = records.iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
+    assert_eq!(sent, ids);
+    let intended: Vec<i64> = records
+        .iter()
+        .map(|r| {
+            let h = r.headers.iter().find(|(k, _)| k == INTENDED_AT_HEADER).expect("intended send time header");
+            std::str::from_utf8(&h.1).unwrap().parse().unwrap()
+        })
+        .collect();
+    let span_s = (intended.iter().max().unwrap() - intended.iter().min().unwrap()) as f64 / 1e6;
+    assert!((span_s - 3.998).abs() < 0.01, "2000 messages at 500/s are due over 3.998 s, not {span_s}");
+    let body: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
+    assert!(body["batch_id"].as_str().unwrap().starts_with(&format!("{run}-g0-b")));
+
+    // The run is in the store: `report` prints the same figures, and gates apply afterwards too.
+    let out = understudy().args(["report", "--config", config, &run, "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let again = json(&out);
+    for key in ["planned", "sent", "events", "resolved", "lost"] {
+        assert_eq!(again[key], summary[key], "{key}");
+    }
+    let out = understudy()
+        .args(["report", "--config", config, &run, "--gate", "lost > 0", "--gate", "sent == 2000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(load::GATE_FAILED_EXIT as i32));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gate FAILED  lost > 0  (measured 0: equal to 0)"), "{text}");
+    assert!(text.contains("gate passed  sent == 2000"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 gates failed"));
+
+    // An unknown metric is an error, not a pass.
+    let out = understudy().args(["report", "--config", config, &run, "--gate", "p99(DELIVERD) < 1s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown status `DELIVERD`"));
+
+    // Without a run id, `report` lists the stored runs.
+    let out = understudy().args(["report", "--config", config]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&run));
+}
+
+#[tokio::test]
+async fn load_run_on_postgres() {
+    load_run_correlate_report_and_gate(common::postgres_url().await).await;
+}
+
+#[tokio::test]
+async fn load_run_on_sqlite() {
+    let (url, _dir) = common::sqlite_url();
+    load_run_correlate_report_and_gate(url).await;
+}
+
+/// The mock stops part way through: the payloads sent after it stopped get no outcome and are lost,
+/// listed by id, and a `lost == 0` gate fails by their number.
+#[actix::test]
+async fn payloads_without_an_outcome_are_lost() {
+    let (url, _dir) = common::sqlite_url();
+    let settings = common::settings(&url, 3);
+    let scenario = Arc::new(common::scenario("happy-path.yaml", 0.0001));
+    let brokers = common::brokers();
+    let _store = Store::connect(&url, 2).await.unwrap(); // migrated before the mock starts
+    let pipeline = Pipeline::start(&settings, scenario, &brokers).await.unwrap();
+    common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
+        (pipeline.owned_partitions() == 3).then_some(())
+    })
+    .await;
+
+    let run = format!("t-{}", common::suffix());
+    let load_settings = LoadSettings {
+        run_id: run.clone(),
+        generator: 0,
+        profile: "400@5s".into(),
+        max_messages: None,
+        batch_size: 100,
+        batch_gap_ms: 0,
+        mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
+        tenant_id: "load".into(),
+        payload_bytes: 0,
+        template: None,
+        topic: settings.kafka.input_topics[0].clone(),
+        ack_topic: settings.kafka.ack_topic.clone(),
+        ack_payload_id: "/payload_id".into(),
+        ack_status: "/status".into(),
+        ack_timeout_ms: 3000,
+        linger_ms: 500,
+        late_after_ms: 10.0,
+    };
+    let gates: [load::gate::Gate; 1] = ["lost == 0".parse().unwrap()];
+    let stop_mock = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pipeline.shutdown().await;
+    };
+    let (outcome, ()) = tokio::join!(
+        load::run(&settings.kafka, &brokers, load_settings, Template::default(), &gates, Progress::Quiet),
+        stop_mock
+    );
+    let r = outcome.unwrap().results;
+    assert_eq!(r.sent_total(), 2000, "sending goes on without the mock");
+    assert!(r.resolved > 0 && r.lost > 0, "resolved {} lost {}", r.resolved, r.lost);
+    assert_eq!(r.resolved + r.lost, 2000);
+    assert_eq!(r.lost_ids.len() as u64, r.lost.min(1000));
+
+    // The lost ids are exactly the payloads with no final outcome in the ack topic.
+    let acks = read_topic(&brokers, &settings.kafka.ack_topic, usize::MAX, Duration::from_secs(3)).unwrap();
+    let resolved: HashSet<String> = acks
+        .iter()
+        .filter_map(|a| {
+            let v: serde_json::Value = serde_json::from_slice(&a.payload).ok()?;
+            let status: Status = v["status"].as_str()?.parse().ok()?;
+            status.can_end().then(|| v["payload_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(resolved.len() as u64, r.resolved);
+    assert!(r.lost_ids.iter().all(|id| id.starts_with(&run) && !resolved.contains(id)));
+
+    let verdict = gates[0].check(&r);
+    assert!(!verdict.passed);
+    assert_eq!(verdict.detail, format!("over by {}", r.lost));
+}
