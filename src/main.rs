@@ -11,7 +11,7 @@ use understudy::actors::pipeline::Pipeline;
 use understudy::config::{Overrides, Settings, redact};
 use understudy::kafka::embedded::EmbeddedBroker;
 use understudy::load;
-use understudy::load::cli::{LoadArgs, OutputFormat};
+use understudy::load::cli::{LoadArgs, ReportArgs};
 use understudy::scenario::Scenario;
 use understudy::store::Store;
 use understudy::{demo, telemetry};
@@ -106,14 +106,8 @@ enum Command {
     Report {
         #[command(flatten)]
         common: Common,
-        /// The run id; omit to list the latest runs.
-        run: Option<String>,
-        /// `text` or `json`.
-        #[arg(long, default_value = "text")]
-        format: OutputFormat,
-        /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
-        #[arg(long = "gate")]
-        gates: Vec<String>,
+        #[command(flatten)]
+        args: ReportArgs,
     },
     /// Work with scenario files.
     Scenario {
@@ -182,17 +176,13 @@ fn main() -> ExitCode {
             telemetry::init_tracing(&telemetry);
             exit(actix::System::new().block_on(load::cli::load(settings, *args)))
         }
-        Command::Report { common, run, format, gates } => {
+        Command::Report { common, args } => {
             let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
             };
-            let gates = match load::cli::parse_gates(&gates) {
-                Ok(g) => g,
-                Err(e) => return config_error(e),
-            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            exit(rt.block_on(load::cli::report(&settings, run.as_deref(), format, &gates)))
+            exit(rt.block_on(load::cli::report(&settings, args)))
         }
         Command::Demo { common, messages, time_scale } => {
             let mut settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {

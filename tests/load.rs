@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use understudy::actors::pipeline::Pipeline;
 use understudy::demo::read_topic;
+use understudy::load::html;
 use understudy::load::message::{MessageFactory, Mix, Template};
 use understudy::load::{self, INTENDED_AT_HEADER, LoadSettings, Progress};
 use understudy::model::Status;
@@ -116,6 +117,24 @@ async fn load_run_correlate_report_and_gate(store_url: String) {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown status `DELIVERD`"));
 
+    // The record: one CSV row per message and status; here every message has its outcome, so no LOST rows.
+    let out = understudy().args(["report", "--config", config, &run, "--format", "csv"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("run_id,generator,payload_id,batch_id,channel,status,intended_at,latency_ms"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), planned_events);
+    assert!(rows.iter().all(|r| r.len() == 8 && ids.contains(r[2]) && r[7].parse::<f64>().unwrap() >= 0.0));
+    let csv_ids: HashSet<&str> = rows.iter().map(|r| r[2]).collect();
+    assert_eq!(csv_ids.len(), 2000);
+
+    // The HTML report renders in headless Chromium, with every chart drawn from data.
+    let html = dir.path().join("report.html");
+    let out = understudy().args(["report", "--config", config, &run, "--html", html.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    check_rendered(&html);
+
     // Without a run id, `report` lists the stored runs.
     let out = understudy().args(["report", "--config", config]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&run));
@@ -198,4 +217,47 @@ async fn payloads_without_an_outcome_are_lost() {
     let verdict = gates[0].check(&r);
     assert!(!verdict.passed);
     assert_eq!(verdict.detail, format!("over by {}", r.lost));
+}
+
+/// Headless Chromium, which the HTML report test needs (`apt-get install chromium`; `.ci/run` installs it).
+fn chromium() -> Command {
+    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let mut c = Command::new(bin);
+    c.args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,4000"]);
+    c
+}
+
+/// The report's DOM after Chromium loaded it has every chart with data points, and a screenshot shows
+/// them drawn: pixels in the colours of the sent, outcome and latency series.
+fn check_rendered(html: &Path) {
+    let url = format!("file://{}", html.display());
+    let out = chromium().arg("--dump-dom").arg(&url).output().unwrap_or_else(|e| {
+        panic!("headless Chromium is needed for this test (apt-get install chromium, or set CHROMIUM): {e}")
+    });
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    for chart in ["throughput", "latency-send", "latency-delivery", "statuses", "batches", "lateness"] {
+        let at = dom.find(&format!(r#"data-chart="{chart}""#)).unwrap_or_else(|| panic!("no {chart} chart"));
+        let points: usize = dom[at..].split('"').nth(3).unwrap().parse().unwrap();
+        assert!(points >= 3, "{chart} chart has {points} data points");
+    }
+    assert!(dom.matches("<polyline").count() >= 8 && dom.matches("<rect").count() >= 10, "lines and bars drawn");
+
+    let shot = html.with_extension("png");
+    let out = chromium().arg(format!("--screenshot={}", shot.display())).arg(&url).output().unwrap();
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let count = |hex: &str| {
+        let rgb: Vec<u8> = (0..3).map(|i| u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap()).collect();
+        pixels.iter().filter(|p| p[..3] == rgb[..]).count()
+    };
+    for (name, colour) in [("sent / p50", html::BLUE), ("outcomes / acked", html::GREEN), ("p99", html::RED)] {
+        let n = count(colour);
+        assert!(n > 500, "{name} ({colour}) drawn in only {n} pixels");
+    }
 }

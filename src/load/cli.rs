@@ -11,7 +11,6 @@ use crate::kafka::embedded::EmbeddedBroker;
 use crate::load::gate::{Gate, GateError, Verdict};
 use crate::load::message::{Mix, Template};
 use crate::load::profile::Profile;
-use crate::load::results::Results;
 use crate::load::{self, LoadSettings};
 use crate::scenario::Scenario;
 use crate::store::Store;
@@ -26,8 +25,27 @@ fn config_error(e: impl std::fmt::Display) -> u8 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
+    /// A summary for people.
     Text,
+    /// The summary as JSON.
     Json,
+    /// One row per message and status: the record for your own analysis.
+    Csv,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The run id; omit to list the latest runs.
+    pub run: Option<String>,
+    /// What to print on standard output.
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+    /// Also write the HTML report (self-contained, with charts) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
+    #[arg(long = "gate")]
+    pub gates: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -97,9 +115,12 @@ pub struct LoadArgs {
     /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
     #[arg(long = "gate")]
     pub gates: Vec<String>,
-    /// `text` or `json` (the summary on standard output).
+    /// What to print on standard output at the end.
     #[arg(long, default_value = "text")]
     pub format: OutputFormat,
+    /// Also write the HTML report (self-contained, with charts) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -228,35 +249,63 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
     }
     let outcome = outcome?;
     load::save(&store, &outcome, scenario_text).await?;
+    // What is printed is what was stored.
+    let run = load::load(&store, &run_id).await?;
+    let code = output(&store, &run, &outcome.verdicts, args.format, args.html.as_deref()).await;
     store.close().await;
-    Ok(print_run(&run_id, 1, &outcome.results, &outcome.verdicts, args.format))
+    code
 }
 
-fn print_run(run_id: &str, generators: usize, results: &Results, verdicts: &[Verdict], format: OutputFormat) -> u8 {
-    let summary = load::report::summary(run_id, generators, results, verdicts);
+/// Print a run in `format`, write its HTML report if asked, and choose the exit code from the gates.
+async fn output(
+    store: &Store,
+    run: &load::StoredRun,
+    verdicts: &[Verdict],
+    format: OutputFormat,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    let summary = load::report::summary(&run.run_id, run.generators, &run.results, verdicts);
+    let events =
+        if format == OutputFormat::Csv || html.is_some() { store.run_events(&run.run_id).await? } else { Vec::new() };
     match format {
         OutputFormat::Text => print!("{}", load::report::text(&summary)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("the summary serializes")),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        OutputFormat::Csv => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = load::report::csv(run, &events, &mut out).and_then(|()| std::io::Write::flush(&mut out));
+            // A reader that stops early (`| head`) is not an error.
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    if let Some(path) = html {
+        std::fs::write(path, load::html::render(run, &events, verdicts))
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+        if format == OutputFormat::Text {
+            println!("  report    {}", path.display());
+        }
     }
     if summary.passed {
-        0
+        Ok(0)
     } else {
         if format == OutputFormat::Text {
             eprintln!("error: {} of {} gates failed", verdicts.iter().filter(|v| !v.passed).count(), verdicts.len());
         }
-        load::GATE_FAILED_EXIT
+        Ok(load::GATE_FAILED_EXIT)
     }
 }
 
-pub async fn report(
-    settings: &Settings,
-    run: Option<&str>,
-    format: OutputFormat,
-    gates: &[Gate],
-) -> anyhow::Result<u8> {
+pub async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<u8> {
+    let gates = match parse_gates(&args.gates) {
+        Ok(g) => g,
+        Err(e) => return Ok(config_error(e)),
+    };
     let url = settings.store.url_or_default();
     let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
-    let Some(run_id) = run else {
+    let Some(run_id) = args.run else {
         let runs = store.list_runs(50).await?;
         if runs.is_empty() {
             println!("no load runs in {}", redact(&url));
@@ -275,8 +324,9 @@ pub async fn report(
         store.close().await;
         return Ok(0);
     };
-    let run = load::load(&store, run_id).await?;
-    store.close().await;
+    let run = load::load(&store, &run_id).await?;
     let verdicts: Vec<_> = gates.iter().map(|g| g.check(&run.results)).collect();
-    Ok(print_run(&run.run_id, run.generators, &run.results, &verdicts, format))
+    let code = output(&store, &run, &verdicts, args.format, args.html.as_deref()).await;
+    store.close().await;
+    code
 }

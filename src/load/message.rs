@@ -223,12 +223,12 @@ impl MessageFactory {
     pub fn payload_id(&self, seq: u64, out: &mut String) {
         use std::fmt::Write as _;
         out.clear();
-        let _ = write!(out, "{}{seq:010}", self.prefix);
+        let _ = write!(out, "{}", PayloadId(&self.run_id, self.generator, seq));
     }
 
     pub fn batch_id(&self, seq: u64, out: &mut String) {
         use std::fmt::Write as _;
-        let _ = write!(out, "{}-g{}-b{:07}", self.run_id, self.generator, seq / self.batch_size);
+        let _ = write!(out, "{}", BatchId(&self.run_id, self.generator, seq / self.batch_size));
     }
 
     fn recipient(&self, seq: u64, channel: Channel, out: &mut Vec<u8>) {
@@ -267,6 +267,24 @@ impl MessageFactory {
                 Part::Field(Field::Padding) => out.resize(out.len() + self.padding[channel.index()], b'x'),
             }
         }
+    }
+}
+
+/// The payload id of message `seq` (the third field) of generator `generator` (the second) of a run.
+pub struct PayloadId<'a>(pub &'a str, pub u32, pub u64);
+
+impl fmt::Display for PayloadId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-g{}-{:010}", self.0, self.1, self.2)
+    }
+}
+
+/// The batch id of batch `batch` (the third field) of generator `generator` (the second) of a run.
+pub struct BatchId<'a>(pub &'a str, pub u32, pub u64);
+
+impl fmt::Display for BatchId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-g{}-b{:07}", self.0, self.1, self.2)
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod gate;
+pub mod html;
 pub mod message;
 pub mod profile;
 pub mod report;

@@ -175,3 +175,36 @@ pub fn text(s: &Summary<'_>) -> String {
     }
     o
 }
+
+/// The run's record as CSV: one row per message and status, plus a `LOST` row for each message without a
+/// final status and a `NOT_SENT` row for each message Kafka refused.
+pub fn csv(
+    run: &crate::load::StoredRun,
+    events: &[crate::store::RunEventRow],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use crate::load::message::{BatchId, PayloadId};
+    let batch_size: std::collections::BTreeMap<i32, u64> =
+        run.settings.iter().map(|s| (s.generator as i32, s.batch_size.max(1))).collect();
+    writeln!(out, "run_id,generator,payload_id,batch_id,channel,status,intended_at,latency_ms")?;
+    for e in events {
+        let (generator, seq) = (e.generator as u32, e.seq as u64);
+        let size = batch_size.get(&e.generator).copied().unwrap_or(1000);
+        let intended =
+            crate::model::micros_to_time(e.intended_at_us).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        write!(
+            out,
+            "{},{generator},{},{},{},{},{intended},",
+            run.run_id,
+            PayloadId(&run.run_id, generator, seq),
+            BatchId(&run.run_id, generator, seq / size),
+            e.channel,
+            e.status
+        )?;
+        match e.latency_us {
+            Some(us) => writeln!(out, "{:.3}", us as f64 / 1000.0)?,
+            None => writeln!(out)?,
+        }
+    }
+    Ok(())
+}
