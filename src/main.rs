@@ -11,7 +11,7 @@ use understudy::actors::pipeline::Pipeline;
 use understudy::config::{Overrides, Settings, redact};
 use understudy::kafka::embedded::EmbeddedBroker;
 use understudy::load;
-use understudy::load::cli::{LoadArgs, ReportArgs};
+use understudy::load::cli::{CompareArgs, LoadArgs, ReportArgs};
 use understudy::scenario::Scenario;
 use understudy::store::Store;
 use understudy::{demo, telemetry};
@@ -109,6 +109,14 @@ enum Command {
         #[command(flatten)]
         args: ReportArgs,
     },
+    /// Compare two stored load runs: latency percentiles with confidence intervals, a Mann-Whitney U test,
+    /// throughput and loss, with a verdict for each.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: CompareArgs,
+    },
     /// Work with scenario files.
     Scenario {
         #[command(subcommand)]
@@ -183,6 +191,14 @@ fn main() -> ExitCode {
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             exit(rt.block_on(load::cli::report(&settings, args)))
+        }
+        Command::Compare { common, args } => {
+            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            exit(rt.block_on(load::cli::compare(&settings, args)))
         }
         Command::Demo { common, messages, time_scale } => {
             let mut settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {

@@ -131,7 +131,8 @@ async fn load_run_correlate_report_and_gate(store_url: String) {
 
     // The HTML report renders in headless Chromium, with every chart drawn from data.
     let html = dir.path().join("report.html");
-    let out = understudy().args(["report", "--config", config, &run, "--html", html.to_str().unwrap()]).output().unwrap();
+    let out =
+        understudy().args(["report", "--config", config, &run, "--html", html.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     check_rendered(&html);
 
@@ -260,4 +261,100 @@ fn check_rendered(html: &Path) {
         let n = count(colour);
         assert!(n > 500, "{name} ({colour}) drawn in only {n} pixels");
     }
+}
+
+/// An SMS-only scenario whose DELIVERY takes `delivery`.
+fn sms_scenario(dir: &Path, name: &str, seed: u64, delivery: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "name: {name}\nseed: {seed}\nchannels:\n  sms:\n    delays:\n      SEND: {{ dist: fixed, value: 5ms }}\n      DELIVERY: {delivery}\n    paths:\n      - {{ name: delivered, weight: 1, steps: [SEND, DELIVERY] }}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `compare` finds the real difference between a fast and a slow vendor, and none between two runs of the
+/// same slow vendor with different seeds.
+#[tokio::test]
+async fn compare_tells_a_real_difference_from_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _db) = common::sqlite_url();
+    let slow = "{ dist: uniform, min: 300ms, max: 500ms }";
+    let runs = [
+        ("slow-a", sms_scenario(dir.path(), "slow-a", 1, slow)),
+        ("slow-b", sms_scenario(dir.path(), "slow-b", 2, slow)),
+        ("fast", sms_scenario(dir.path(), "fast", 1, "{ dist: fixed, value: 5ms }")),
+    ];
+    let mut config = PathBuf::new();
+    let mut ids = Vec::new();
+    for (name, scenario) in &runs {
+        // Each run its own topics and group, one store.
+        let mut settings = common::settings(&url, 3);
+        settings.scenario.path = scenario.clone();
+        let run_dir = dir.path().join(name);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        config = common::write_config(&run_dir, &settings);
+        let id = format!("{name}-{}", common::suffix());
+        let out = understudy()
+            .args(["load", "--config", config.to_str().unwrap(), "--mock", "--rate", "1000", "--duration", "2s"])
+            .args(["--mix", "sms=1", "--linger", "0s", "--run-id", &id, "--quiet", "--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(json(&out)["resolved"], 2000, "{name}");
+        ids.push(id);
+    }
+    let compare = |a: &str, b: &str| {
+        understudy()
+            .args(["compare", "--config", config.to_str().unwrap(), a, b, "--noise", "10%", "--fail-on-regression"])
+            .args(["--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let delivery = |v: &serde_json::Value| -> Vec<(f64, String)> {
+        v["latency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["status"] == "DELIVERY")
+            .map(|l| (l["percentile"].as_f64().unwrap(), l["verdict"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+
+    // The same vendor, another seed: no significant change in DELIVERY, and nothing to fail on.
+    let out = compare(&ids[0], &ids[1]);
+    let same = json(&out);
+    let verdicts = delivery(&same);
+    assert_eq!(verdicts.len(), 3);
+    assert!(verdicts.iter().all(|(_, v)| v == "no_significant_change"), "{same:#}");
+
+    // Slow → fast: DELIVERY improved at every percentile, by about 400 ms at the median.
+    let out = compare(&ids[0], &ids[2]);
+    assert_eq!(out.status.code(), Some(0), "an improvement is not a regression");
+    let better = json(&out);
+    assert!(delivery(&better).iter().all(|(_, v)| v == "improved"), "{better:#}");
+    let p50 = better["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["status"] == "DELIVERY" && l["percentile"] == 50.0)
+        .unwrap();
+    let diff = p50["diff_ms"].as_f64().unwrap();
+    assert!((-470.0..-330.0).contains(&diff), "median difference {diff} ms");
+    let shift = better["shifts"].as_array().unwrap().iter().find(|s| s["status"] == "DELIVERY").unwrap();
+    assert!(shift["p_value"].as_f64().unwrap() < 1e-6);
+
+    // Fast → slow: regressed, and `--fail-on-regression` fails.
+    let out = compare(&ids[2], &ids[0]);
+    assert_eq!(out.status.code(), Some(load::GATE_FAILED_EXIT as i32));
+    assert!(delivery(&json(&out)).iter().all(|(_, v)| v == "regressed"));
+
+    // The text form names the verdicts.
+    let out = understudy().args(["compare", "--config", config.to_str().unwrap(), &ids[2], &ids[0]]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "without --fail-on-regression");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sms       DELIVERY") && text.contains("regressed") && text.contains("Mann-Whitney"),
+        "{text}"
+    );
 }

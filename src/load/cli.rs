@@ -231,7 +231,18 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
             settings.kafka.input_topics = vec![load_settings.topic.clone()];
         }
         settings.kafka.ack_topic = load_settings.ack_topic.clone();
-        Some(Pipeline::start(&settings, Arc::new(scenario), &brokers).await?)
+        let pipeline = Pipeline::start(&settings, Arc::new(scenario), &brokers).await?;
+        // The first sends would otherwise wait for the mock's consumer to join its group, and their
+        // latency would measure the join.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pipeline.owned_partitions() < settings.kafka.partitions.max(1) as usize {
+            if std::time::Instant::now() > deadline {
+                eprintln!("warning: the mock owns {} partitions after 30 s; starting anyway", pipeline.owned_partitions());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Some(pipeline)
     } else {
         None
     };
@@ -329,4 +340,57 @@ pub async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<u8>
     let code = output(&store, &run, &verdicts, args.format, args.html.as_deref()).await;
     store.close().await;
     code
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The baseline run.
+    pub run_a: String,
+    /// The run judged against it.
+    pub run_b: String,
+    /// Differences smaller than this share of A's value are noise (`5%` or `0.05`).
+    #[arg(long, default_value = "5%", value_parser = parse_share)]
+    pub noise: f64,
+    /// `text` or `json` (csv is not offered here).
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+    /// Exit with code 3 when anything regressed.
+    #[arg(long)]
+    pub fail_on_regression: bool,
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let (n, scale) = match text.trim().strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (text.trim(), 1.0),
+    };
+    let v: f64 = n.trim().parse().map_err(|_| format!("`{text}` is not a share; write `5%` or `0.05`"))?;
+    if !(0.0..=10.0).contains(&(v * scale)) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(v * scale)
+}
+
+pub async fn compare(settings: &Settings, args: CompareArgs) -> anyhow::Result<u8> {
+    if args.format == OutputFormat::Csv {
+        return Ok(config_error("compare prints `text` or `json`"));
+    }
+    let url = settings.store.url_or_default();
+    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let a = load::load(&store, &args.run_a).await?;
+    let b = load::load(&store, &args.run_b).await?;
+    let (ea, eb) = (store.run_events(&a.run_id).await?, store.run_events(&b.run_id).await?);
+    store.close().await;
+    let c = load::compare::compare(&a, &ea, &b, &eb, args.noise);
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+        _ => print!("{}", load::compare::text(&c)),
+    }
+    if args.fail_on_regression && c.regressed() {
+        if args.format == OutputFormat::Text {
+            eprintln!("error: B regressed against A");
+        }
+        return Ok(load::GATE_FAILED_EXIT);
+    }
+    Ok(0)
 }

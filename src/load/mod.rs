@@ -8,6 +8,7 @@
 //! `understudy report` finds them again and merges the parts of several generator processes.
 
 pub mod cli;
+pub mod compare;
 pub mod gate;
 pub mod html;
 pub mod message;
