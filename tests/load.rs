@@ -179,6 +179,7 @@ async fn payloads_without_an_outcome_are_lost() {
         tenant_id: "load".into(),
         payload_bytes: 0,
         template: None,
+        recipients: Default::default(),
         topic: settings.kafka.input_topics[0].clone(),
         ack_topic: settings.kafka.ack_topic.clone(),
         ack_payload_id: "/payload_id".into(),
@@ -279,7 +280,8 @@ fn sms_scenario(dir: &Path, name: &str, seed: u64, delivery: &str) -> PathBuf {
 async fn compare_tells_a_real_difference_from_noise() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
-    let slow = "{ dist: uniform, min: 300ms, max: 500ms }";
+    // Two seconds of vendor time: well above what the mock itself adds, which varies with the machine's load.
+    let slow = "{ dist: uniform, min: 1500ms, max: 2500ms }";
     let runs = [
         ("slow-a", sms_scenario(dir.path(), "slow-a", 1, slow)),
         ("slow-b", sms_scenario(dir.path(), "slow-b", 2, slow)),
@@ -296,18 +298,19 @@ async fn compare_tells_a_real_difference_from_noise() {
         config = common::write_config(&run_dir, &settings);
         let id = format!("{name}-{}", common::suffix());
         let out = understudy()
-            .args(["load", "--config", config.to_str().unwrap(), "--mock", "--rate", "1000", "--duration", "2s"])
+            .args(["load", "--config", config.to_str().unwrap(), "--mock", "--rate", "200", "--duration", "2s"])
             .args(["--mix", "sms=1", "--linger", "0s", "--run-id", &id, "--quiet", "--format", "json"])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(json(&out)["resolved"], 2000, "{name}");
+        assert_eq!(json(&out)["resolved"], 400, "{name}");
         ids.push(id);
     }
+    // Only DELIVERY is judged here: SEND latency is the mock's own, which swings with the load of the
+    // machine (other tests run alongside), and `compare` rightly reports such swings.
     let compare = |a: &str, b: &str| {
         understudy()
-            .args(["compare", "--config", config.to_str().unwrap(), a, b, "--noise", "10%", "--fail-on-regression"])
-            .args(["--format", "json"])
+            .args(["compare", "--config", config.to_str().unwrap(), a, b, "--noise", "10%", "--format", "json"])
             .output()
             .unwrap()
     };
@@ -328,9 +331,9 @@ async fn compare_tells_a_real_difference_from_noise() {
     assert_eq!(verdicts.len(), 3);
     assert!(verdicts.iter().all(|(_, v)| v == "no_significant_change"), "{same:#}");
 
-    // Slow → fast: DELIVERY improved at every percentile, by about 400 ms at the median.
+    // Slow → fast: DELIVERY improved at every percentile, by about two seconds at the median.
     let out = compare(&ids[0], &ids[2]);
-    assert_eq!(out.status.code(), Some(0), "an improvement is not a regression");
+    assert_eq!(out.status.code(), Some(0));
     let better = json(&out);
     assert!(delivery(&better).iter().all(|(_, v)| v == "improved"), "{better:#}");
     let p50 = better["latency"]
@@ -340,12 +343,16 @@ async fn compare_tells_a_real_difference_from_noise() {
         .find(|l| l["status"] == "DELIVERY" && l["percentile"] == 50.0)
         .unwrap();
     let diff = p50["diff_ms"].as_f64().unwrap();
-    assert!((-470.0..-330.0).contains(&diff), "median difference {diff} ms");
+    assert!((-2300.0..-1700.0).contains(&diff), "median difference {diff} ms");
     let shift = better["shifts"].as_array().unwrap().iter().find(|s| s["status"] == "DELIVERY").unwrap();
     assert!(shift["p_value"].as_f64().unwrap() < 1e-6);
 
     // Fast → slow: regressed, and `--fail-on-regression` fails.
-    let out = compare(&ids[2], &ids[0]);
+    let out = understudy()
+        .args(["compare", "--config", config.to_str().unwrap(), &ids[2], &ids[0], "--noise", "10%"])
+        .args(["--format", "json", "--fail-on-regression"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(load::GATE_FAILED_EXIT as i32));
     assert!(delivery(&json(&out)).iter().all(|(_, v)| v == "regressed"));
 
@@ -357,4 +364,69 @@ async fn compare_tells_a_real_difference_from_noise() {
         text.contains("sms       DELIVERY") && text.contains("regressed") && text.contains("Mann-Whitney"),
         "{text}"
     );
+}
+
+/// Two generator processes join one run: each sends its share under its own payload ids, and `report`
+/// merges their counts and histograms.
+#[actix::test]
+async fn generator_processes_of_one_run_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::postgres_url().await;
+    let settings = common::settings(&url, 3);
+    let _store = Store::connect(&url, 2).await.unwrap();
+    let pipeline =
+        Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &common::brokers())
+            .await
+            .unwrap();
+    common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
+        (pipeline.owned_partitions() == 3).then_some(())
+    })
+    .await;
+    let config = common::write_config(dir.path(), &settings);
+    let config = config.to_str().unwrap();
+    let run = format!("t-{}", common::suffix());
+    let spawn = |generator: &str| {
+        understudy()
+            .args(["load", "--config", config, "--rate", "400", "--duration", "3s", "--run-id", &run])
+            .args(["--generator", generator, "--quiet", "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("0"), spawn("1"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    pipeline.shutdown().await;
+    let parts = [json(&a), json(&b)];
+    for (out, part) in [(&a, &parts[0]), (&b, &parts[1])] {
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!((part["sent"].as_u64(), part["lost"].as_u64()), (Some(1200), Some(0)));
+    }
+
+    let out = understudy().args(["report", "--config", config, &run, "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let merged = json(&out);
+    assert_eq!(merged["generators"], 2);
+    for key in ["planned", "sent", "events", "resolved"] {
+        let sum = parts[0][key].as_u64().unwrap() + parts[1][key].as_u64().unwrap();
+        assert_eq!(merged[key].as_u64().unwrap(), sum, "{key}");
+    }
+    // Histograms merge: the merged DELIVERY count per channel is the sum of the parts'.
+    let delivery = |v: &serde_json::Value, channel: &str| {
+        v["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == "DELIVERY" && r["channel"] == channel)
+            .map_or(0, |r| r["events"].as_u64().unwrap())
+    };
+    for channel in ["email", "sms", "whatsapp"] {
+        assert_eq!(delivery(&merged, channel), delivery(&parts[0], channel) + delivery(&parts[1], channel));
+    }
+    // The CSV holds both processes' payloads, told apart by their ids.
+    let out = understudy().args(["report", "--config", config, &run, "--format", "csv"]).output().unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let ids: HashSet<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap()).collect();
+    assert_eq!(ids.len(), 2400);
+    assert_eq!(ids.iter().filter(|id| id.starts_with(&format!("{run}-g1-"))).count(), 1200);
 }

@@ -85,6 +85,10 @@ pub struct LoadArgs {
     /// `{{channel}}`, `{{recipient}}`, `{{tenant_id}}`, `{{run_id}}`, `{{seq}}`, `{{padding}}`.
     #[arg(long)]
     pub template: Option<PathBuf>,
+    /// A file of recipients, one `CHANNEL ADDRESS` a line: a channel's messages go to its listed addresses
+    /// in turn (e.g. addresses your scenario or platform treats specially) instead of generated ones.
+    #[arg(long)]
+    pub recipients: Option<PathBuf>,
     /// Topic to send to (default: the mock's first input topic): the mock's, or the platform's own input.
     #[arg(long)]
     pub topic: Option<String>,
@@ -153,6 +157,17 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         }
         None => (Template::default(), None),
     };
+    let recipients = match &args.recipients {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading the recipients {}", path.display()))?;
+            match load::message::parse_recipients(&path.display().to_string(), &text) {
+                Ok(r) => r,
+                Err(e) => return Ok(config_error(e)),
+            }
+        }
+        None => Default::default(),
+    };
     let profile = args.profile.clone().unwrap_or_else(|| Profile::constant(args.rate, args.duration).to_string());
     if let Err(e) = profile.parse::<Profile>() {
         return Ok(config_error(e));
@@ -182,6 +197,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         tenant_id: args.tenant.clone(),
         payload_bytes: args.payload_bytes,
         template: template.1,
+        recipients,
         topic: args.topic.clone().unwrap_or_else(|| settings.kafka.input_topics[0].clone()),
         ack_topic: args.ack_topic.clone().unwrap_or_else(|| settings.kafka.ack_topic.clone()),
         ack_payload_id: args.ack_payload_id.clone(),
@@ -237,7 +253,10 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while pipeline.owned_partitions() < settings.kafka.partitions.max(1) as usize {
             if std::time::Instant::now() > deadline {
-                eprintln!("warning: the mock owns {} partitions after 30 s; starting anyway", pipeline.owned_partitions());
+                eprintln!(
+                    "warning: the mock owns {} partitions after 30 s; starting anyway",
+                    pipeline.owned_partitions()
+                );
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -260,8 +279,8 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
     }
     let outcome = outcome?;
     load::save(&store, &outcome, scenario_text).await?;
-    // What is printed is what was stored.
-    let run = load::load(&store, &run_id).await?;
+    // What is printed is what was stored: this process's part (`report` merges the parts of a run).
+    let run = load::load_parts(&store, &run_id, Some(args.generator)).await?;
     let code = output(&store, &run, &outcome.verdicts, args.format, args.html.as_deref()).await;
     store.close().await;
     code
@@ -276,8 +295,11 @@ async fn output(
     html: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
     let summary = load::report::summary(&run.run_id, run.generators, &run.results, verdicts);
-    let events =
+    let mut events =
         if format == OutputFormat::Csv || html.is_some() { store.run_events(&run.run_id).await? } else { Vec::new() };
+    if let Some(g) = run.only_generator {
+        events.retain(|e| e.generator == g as i32);
+    }
     match format {
         OutputFormat::Text => print!("{}", load::report::text(&summary)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),

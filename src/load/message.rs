@@ -2,6 +2,7 @@
 //! message `seq` is a function of the run settings and `seq` alone, so the correlator can tell a payload's
 //! channel and due time from its id without sharing state with the generator.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -178,6 +179,8 @@ pub struct MessageFactory {
     template: Template,
     /// Bytes of padding per channel, to bring bodies to the requested size.
     padding: [usize; 3],
+    /// Listed recipients per channel (used in turn); generated ones where empty.
+    recipients: [Vec<String>; 3],
     /// `{run_id}-g{generator}-`: the start of every payload id of this process.
     prefix: String,
 }
@@ -200,6 +203,7 @@ impl MessageFactory {
             mix,
             template,
             padding: [0; 3],
+            recipients: Default::default(),
             prefix: format!("{run_id}-g{generator}-"),
         };
         // Ids and recipients have a fixed width, so one body per channel gives the padding for all.
@@ -231,8 +235,21 @@ impl MessageFactory {
         let _ = write!(out, "{}", BatchId(&self.run_id, self.generator, seq / self.batch_size));
     }
 
+    /// Send every message of a channel with listed recipients to them, in turn, instead of generated ones.
+    pub fn with_recipients(mut self, lists: &BTreeMap<Channel, Vec<String>>) -> Self {
+        for (c, list) in lists {
+            self.recipients[c.index()] = list.clone();
+        }
+        self
+    }
+
     fn recipient(&self, seq: u64, channel: Channel, out: &mut Vec<u8>) {
         use std::io::Write as _;
+        let listed = &self.recipients[channel.index()];
+        if !listed.is_empty() {
+            out.extend_from_slice(listed[(seq % listed.len() as u64) as usize].as_bytes());
+            return;
+        }
         let _ = match channel {
             Channel::Email => write!(out, "u{seq:010}@example.com"),
             Channel::Sms | Channel::Whatsapp => write!(out, "+1555{:07}", seq % 10_000_000),
@@ -330,6 +347,33 @@ mod tests {
     }
 
     #[test]
+    fn listed_recipients_take_turns_and_bad_lines_are_named() {
+        let lists = parse_recipients(
+            "r.txt",
+            "# magic addresses\nemail bounce@simulator.example\nemail ok@example.com\n\nsms +15550100\n",
+        )
+        .unwrap();
+        let f = MessageFactory::new("r", 0, "t", 10, Mix::default(), Template::default(), 0).with_recipients(&lists);
+        let mut body = Vec::new();
+        let recipient = |seq: u64, body: &mut Vec<u8>| {
+            let c = f.mix.channel_of(seq);
+            f.body(seq, c, body);
+            (c, serde_json::from_slice::<serde_json::Value>(body).unwrap()["recipient"].as_str().unwrap().to_owned())
+        };
+        for seq in 0..20 {
+            let (c, r) = recipient(seq, &mut body);
+            match c {
+                Channel::Email => assert!(r == "bounce@simulator.example" || r == "ok@example.com", "{r}"),
+                Channel::Sms => assert_eq!(r, "+15550100"),
+                Channel::Whatsapp => assert!(r.starts_with("+1555") && r.len() == 12, "generated: {r}"),
+            }
+        }
+        let e = parse_recipients("r.txt", "email a@b\nfax 123\n").unwrap_err();
+        assert!(e.starts_with("r.txt:2: unknown channel `fax`"), "{e}");
+        assert!(parse_recipients("r.txt", "lonely\n").unwrap_err().starts_with("r.txt:1: expected `CHANNEL ADDRESS`"));
+    }
+
+    #[test]
     fn user_templates_and_their_errors() {
         let t: Template = r#"{"meta":{"id":"{{payload_id}}","n":{{seq}}},"to":"{{recipient}}","kind":"{{channel}}"}"#
             .parse()
@@ -345,4 +389,26 @@ mod tests {
         assert!(e.contains("unknown placeholder `{{nope}}`") && e.contains("{{payload_id}}"), "{e}");
         assert!("{{payload_id".parse::<Template>().unwrap_err().contains("never closed"));
     }
+}
+
+/// Read a recipients file: one `CHANNEL ADDRESS` a line (`email bounce@simulator.example`, `sms +15550100`);
+/// blank lines and `#` comments are skipped. Errors name the file and line.
+pub fn parse_recipients(file: &str, text: &str) -> Result<BTreeMap<Channel, Vec<String>>, String> {
+    let mut out: BTreeMap<Channel, Vec<String>> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (c, address) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{file}:{}: expected `CHANNEL ADDRESS`, got `{line}`", i + 1))?;
+        let channel: Channel = c.parse().map_err(|e| format!("{file}:{}: {e}", i + 1))?;
+        let address = address.trim();
+        if address.contains(['"', '\\']) {
+            return Err(format!("{file}:{}: the address `{address}` holds a quote or backslash", i + 1));
+        }
+        out.entry(channel).or_default().push(address.to_owned());
+    }
+    Ok(out)
 }

@@ -63,6 +63,9 @@ pub struct LoadSettings {
     pub payload_bytes: usize,
     /// The body template, when not the default.
     pub template: Option<String>,
+    /// Listed recipients per channel, used in turn instead of generated ones.
+    #[serde(default)]
+    pub recipients: BTreeMap<Channel, Vec<String>>,
     pub topic: String,
     pub ack_topic: String,
     /// JSON pointers to the payload id and status in an ack.
@@ -113,6 +116,24 @@ struct Shared {
     late: AtomicU64,
     resolved: AtomicU64,
     events: AtomicU64,
+}
+
+impl Shared {
+    fn new(total: u64, t0: Instant) -> Self {
+        Self {
+            flags: Flags((0..total).map(|_| AtomicU16::new(0)).collect()),
+            t0,
+            sending_done: AtomicBool::new(false),
+            stop_sending: AtomicBool::new(false),
+            stop_correlating: AtomicBool::new(false),
+            handed: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A message's due time, in microseconds after `t0`.
@@ -170,34 +191,25 @@ pub async fn run(
         gap_us: settings.batch_gap_ms * 1000,
         total,
     });
-    let factory = Arc::new(MessageFactory::new(
-        &settings.run_id,
-        settings.generator,
-        &settings.tenant_id,
-        settings.batch_size,
-        mix,
-        template,
-        settings.payload_bytes,
-    ));
+    let factory = Arc::new(
+        MessageFactory::new(
+            &settings.run_id,
+            settings.generator,
+            &settings.tenant_id,
+            settings.batch_size,
+            mix,
+            template,
+            settings.payload_bytes,
+        )
+        .with_recipients(&settings.recipients),
+    );
 
     // The correlator starts reading where the ack topic ends now: this run's acks all come later.
     let consumer = ack_consumer(kafka, brokers, &settings.ack_topic)?;
     // Message 0 is due a moment from now, once both threads are running.
     let t0 = Instant::now() + Duration::from_millis(100);
     let started_at = Utc::now() + chrono::Duration::milliseconds(100);
-    let shared = Arc::new(Shared {
-        flags: Flags((0..total).map(|_| AtomicU16::new(0)).collect()),
-        t0,
-        sending_done: AtomicBool::new(false),
-        stop_sending: AtomicBool::new(false),
-        stop_correlating: AtomicBool::new(false),
-        handed: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        late: AtomicU64::new(0),
-        resolved: AtomicU64::new(0),
-        events: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(total, t0));
     let producer: ThreadedProducer<Delivered> =
         producer_config(kafka, brokers).create_with_context(Delivered { shared: shared.clone() })?;
 
@@ -371,6 +383,8 @@ pub async fn save(store: &crate::store::Store, outcome: &Outcome, scenario: Opti
 /// A stored run, its generator processes' parts merged.
 pub struct StoredRun {
     pub run_id: String,
+    /// Set when this is one generator process's part only.
+    pub only_generator: Option<u32>,
     pub generators: usize,
     pub settings: Vec<LoadSettings>,
     pub scenario: Option<String>,
@@ -379,7 +393,19 @@ pub struct StoredRun {
 
 /// Read a run back from the store.
 pub async fn load(store: &crate::store::Store, run_id: &str) -> anyhow::Result<StoredRun> {
-    let parts = store.run_parts(run_id).await?;
+    load_parts(store, run_id, None).await
+}
+
+/// Read a run back from the store: every generator process's part merged, or only `generator`'s.
+pub async fn load_parts(
+    store: &crate::store::Store,
+    run_id: &str,
+    generator: Option<u32>,
+) -> anyhow::Result<StoredRun> {
+    let mut parts = store.run_parts(run_id).await?;
+    if let Some(g) = generator {
+        parts.retain(|p| p.generator == g as i32);
+    }
     let Some(first) = parts.first() else {
         anyhow::bail!("no run `{run_id}` in the store (`understudy report` lists the stored runs)");
     };
@@ -391,6 +417,7 @@ pub async fn load(store: &crate::store::Store, run_id: &str) -> anyhow::Result<S
     }
     Ok(StoredRun {
         run_id: run_id.to_owned(),
+        only_generator: generator,
         generators: parts.len(),
         settings,
         scenario: parts.iter().find_map(|p| p.scenario.clone()),
@@ -623,38 +650,61 @@ fn correlate(
     factory: &MessageFactory,
     pointers: &(String, String),
 ) -> Correlated {
-    let mut out = Correlated {
-        samples: Vec::new(),
-        events: 0,
-        unmatched: 0,
-        statuses: BTreeMap::new(),
-        resolved_per_second: Vec::new(),
-    };
+    let mut c = Correlator::new(shared, schedule, factory, pointers);
     while !shared.stop_correlating.load(Ordering::Relaxed) {
-        let Some(m) = consumer.poll(Duration::from_millis(50)) else {
-            continue;
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(error = %e, "ack consumer");
-                continue;
+        let Some(m) = consumer.poll(Duration::from_millis(50)) else { continue };
+        match m {
+            Ok(m) => {
+                if let Some(p) = m.payload() {
+                    c.observe(p, shared.t0.elapsed().as_micros() as u64);
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "ack consumer"),
+        }
+    }
+    c.out
+}
+
+/// Matches acks to this process's payloads and records them.
+struct Correlator<'a> {
+    shared: &'a Shared,
+    schedule: &'a Schedule,
+    factory: &'a MessageFactory,
+    pointers: &'a (String, String),
+    out: Correlated,
+}
+
+impl<'a> Correlator<'a> {
+    fn new(
+        shared: &'a Shared,
+        schedule: &'a Schedule,
+        factory: &'a MessageFactory,
+        pointers: &'a (String, String),
+    ) -> Self {
+        let out = Correlated {
+            samples: Vec::new(),
+            events: 0,
+            unmatched: 0,
+            statuses: BTreeMap::new(),
+            resolved_per_second: Vec::new(),
         };
-        let received_us = shared.t0.elapsed().as_micros() as u64;
-        let Some((payload_id, status)) = m.payload().and_then(|p| read_ack(p, pointers)) else {
-            continue;
-        };
+        Self { shared, schedule, factory, pointers, out }
+    }
+
+    /// One ack, received `received_us` after `t0`.
+    fn observe(&mut self, payload: &[u8], received_us: u64) {
+        let (shared, factory, out) = (self.shared, self.factory, &mut self.out);
+        let Some((payload_id, status)) = read_ack(payload, self.pointers) else { return };
         if !payload_id.starts_with(factory.prefix()) {
-            continue; // another run's, or another process's
+            return; // another run's, or another process's
         }
         let (Some(seq), Ok(status)) = (factory.seq_of(&payload_id), status.parse::<Status>()) else {
             out.unmatched += 1;
-            continue;
+            return;
         };
-        let Some(due_us) = schedule.due_us(seq) else {
+        let Some(due_us) = self.schedule.due_us(seq) else {
             out.unmatched += 1;
-            continue;
+            return;
         };
         out.events += 1;
         shared.events.fetch_add(1, Ordering::Relaxed);
@@ -676,7 +726,27 @@ fn correlate(
             out.resolved_per_second[s] += 1;
         }
     }
-    out
+}
+
+/// For the benchmark: feed `acks` (ack JSON of run `run_id`, generator 0, messages `0..messages`) through
+/// the correlator on this thread; returns `(events matched, payloads resolved)`.
+#[doc(hidden)]
+pub fn correlate_in_memory(run_id: &str, messages: u64, acks: &[Vec<u8>]) -> (u64, u64) {
+    let schedule = Schedule {
+        profile: Profile::constant(1e6, Duration::from_secs(3600)),
+        batch_size: 1000,
+        gap_us: 0,
+        total: messages,
+    };
+    let factory =
+        MessageFactory::new(run_id, 0, "load", 1000, message::Mix::default(), message::Template::default(), 0);
+    let shared = Shared::new(messages, Instant::now());
+    let pointers = ("/payload_id".to_owned(), "/status".to_owned());
+    let mut c = Correlator::new(&shared, &schedule, &factory, &pointers);
+    for (i, a) in acks.iter().enumerate() {
+        c.observe(a, i as u64);
+    }
+    (c.out.events, shared.resolved.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
