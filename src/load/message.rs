@@ -305,6 +305,28 @@ impl fmt::Display for BatchId<'_> {
     }
 }
 
+/// Read a recipients file: one `CHANNEL ADDRESS` a line (`email bounce@simulator.example`, `sms +15550100`);
+/// blank lines and `#` comments are skipped. Errors name the file and line.
+pub fn parse_recipients(file: &str, text: &str) -> Result<BTreeMap<Channel, Vec<String>>, String> {
+    let mut out: BTreeMap<Channel, Vec<String>> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (c, address) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{file}:{}: expected `CHANNEL ADDRESS`, got `{line}`", i + 1))?;
+        let channel: Channel = c.parse().map_err(|e| format!("{file}:{}: {e}", i + 1))?;
+        let address = address.trim();
+        if address.contains(['"', '\\']) {
+            return Err(format!("{file}:{}: the address `{address}` holds a quote or backslash", i + 1));
+        }
+        out.entry(channel).or_default().push(address.to_owned());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,26 +411,4 @@ mod tests {
         assert!(e.contains("unknown placeholder `{{nope}}`") && e.contains("{{payload_id}}"), "{e}");
         assert!("{{payload_id".parse::<Template>().unwrap_err().contains("never closed"));
     }
-}
-
-/// Read a recipients file: one `CHANNEL ADDRESS` a line (`email bounce@simulator.example`, `sms +15550100`);
-/// blank lines and `#` comments are skipped. Errors name the file and line.
-pub fn parse_recipients(file: &str, text: &str) -> Result<BTreeMap<Channel, Vec<String>>, String> {
-    let mut out: BTreeMap<Channel, Vec<String>> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (c, address) = line
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| format!("{file}:{}: expected `CHANNEL ADDRESS`, got `{line}`", i + 1))?;
-        let channel: Channel = c.parse().map_err(|e| format!("{file}:{}: {e}", i + 1))?;
-        let address = address.trim();
-        if address.contains(['"', '\\']) {
-            return Err(format!("{file}:{}: the address `{address}` holds a quote or backslash", i + 1));
-        }
-        out.entry(channel).or_default().push(address.to_owned());
-    }
-    Ok(out)
 }

@@ -262,7 +262,7 @@ pub async fn run(
         let elapsed = now.saturating_duration_since(t0).as_secs_f64();
         bar.set_position(handed);
         bar.set_message(format!(
-            "{rate:.0}/s (target {:.0}/s) · acked {resolved} · waiting {} · late {}{}",
+            "{rate:.0}/s (target {:.0}/s) · acked {resolved} · lag {} · late {}{}",
             schedule.profile.rate_at(elapsed),
             delivered.saturating_sub(resolved),
             shared.late.load(Ordering::Relaxed),
