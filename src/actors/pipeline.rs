@@ -199,8 +199,20 @@ impl Pipeline {
         if left > 0 {
             tracing::info!(lifecycles = left, "unfinished lifecycles are stored and resume on the next start");
         }
-        // From here on nothing new is emitted, so everything emitted can be stored before exit.
+        // From here on nothing new is emitted, so everything emitted can be stored before exit: stop the
+        // channel arbiters and their lifecycles first (a lifecycle that passed its claim check just before
+        // the revocation could otherwise emit after the flush below, its row arriving after the last write).
         self.shared.assignments.revoke_all();
+        let channel_arbiters: Vec<Arbiter> = self.arbiters.drain(1..self.arbiters.len() - 1).collect();
+        for a in &channel_arbiters {
+            a.stop();
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for a in channel_arbiters {
+                let _ = a.join();
+            }
+        })
+        .await;
         let emitter = self.shared.emitter.clone();
         let _ = tokio::task::spawn_blocking(move || emitter.flush(Duration::from_secs(30))).await;
         // Let the forwarder hand the last deliveries over, then write them.

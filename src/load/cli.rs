@@ -157,6 +157,21 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         }
         None => (Template::default(), None),
     };
+    for (flag, pointer) in [("--ack-payload-id", &args.ack_payload_id), ("--ack-status", &args.ack_status)] {
+        if !pointer.starts_with('/') {
+            return Ok(config_error(format!(
+                "{flag} `{pointer}` is not a JSON pointer; write it like `/payload_id` or `/meta/id`"
+            )));
+        }
+    }
+    if let Some(id) = &args.run_id {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Ok(config_error(format!("--run-id `{id}`: use letters, digits, `.`, `_` and `-` only")));
+        }
+    }
+    if args.tenant.contains(['"', '\\', ',']) {
+        return Ok(config_error(format!("--tenant `{}` holds a quote, backslash or comma", args.tenant)));
+    }
     let recipients = match &args.recipients {
         Some(path) => {
             let text =
@@ -278,7 +293,12 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         p.shutdown().await;
     }
     let outcome = outcome?;
-    load::save(&store, &outcome, scenario_text).await?;
+    if let Err(e) = load::save(&store, &outcome, scenario_text).await {
+        // The figures are not lost with the store: print them, then report the failure.
+        let summary = load::report::summary(&run_id, 1, &outcome.results, &outcome.verdicts);
+        eprint!("{}", load::report::text(&summary));
+        return Err(e.context("storing the run (its summary is above)"));
+    }
     // What is printed is what was stored: this process's part (`report` merges the parts of a run).
     let run = load::load_parts(&store, &run_id, Some(args.generator)).await?;
     let code = output(&store, &run, &outcome.verdicts, args.format, args.html.as_deref()).await;

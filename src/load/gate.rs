@@ -187,6 +187,9 @@ fn parse_value(rhs: &str, unit: Unit) -> Result<f64, String> {
                 None => (rhs, 1.0),
             };
             let v: f64 = number.trim().parse().map_err(|_| format!("`{rhs}` is not a share; write `0.05` or `5%`"))?;
+            if !(0.0..=1.0).contains(&(v * scale)) {
+                return Err(format!("`{rhs}` is not a share between 0 and 1 (did you mean `{rhs}%`?)"));
+            }
             Ok(v * scale)
         }
         Unit::Number => rhs.replace('_', "").parse().map_err(|_| format!("`{rhs}` is not a number")),
@@ -321,5 +324,7 @@ mod tests {
         let e = "rate(BOUNCE, fax) < 1%".parse::<Gate>().unwrap_err().to_string();
         assert!(e.contains("unknown channel `fax`"), "{e}");
         assert!("lost 0".parse::<Gate>().unwrap_err().to_string().contains("no comparison"));
+        let e = "rate(BOUNCE) <= 5".parse::<Gate>().unwrap_err().to_string();
+        assert!(e.contains("did you mean `5%`"), "{e}");
     }
 }

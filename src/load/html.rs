@@ -62,8 +62,15 @@ fn num(v: f64) -> String {
     }
 }
 
-/// Axes, grid and labels; returns the SVG opening and the scales.
-fn frame(out: &mut String, x_max: f64, y_max: f64, x_label: &str, y_label: &str) -> (f64, f64) {
+/// Axes, grid and labels; `categories` label bar slots instead of numeric x ticks.
+fn frame(
+    out: &mut String,
+    x_max: f64,
+    y_max: f64,
+    x_label: &str,
+    y_label: &str,
+    categories: Option<&[String]>,
+) -> (f64, f64) {
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let (xs, ys) = (tick_step(x_max), tick_step(y_max));
     let (x_top, y_top) = ((x_max / xs).ceil().max(1.0) * xs, (y_max / ys).ceil().max(1.0) * ys);
@@ -81,8 +88,22 @@ fn frame(out: &mut String, x_max: f64, y_max: f64, x_label: &str, y_label: &str)
         );
         y += ys;
     }
+    if let Some(cats) = categories {
+        // At most about a dozen labels: every k-th slot.
+        let slot = pw / cats.len().max(1) as f64;
+        let every = cats.len().div_ceil(12).max(1);
+        for (i, c) in cats.iter().enumerate().step_by(every) {
+            let _ = write!(
+                out,
+                r##"<text x="{:.1}" y="{}" text-anchor="middle" class="tick">{}</text>"##,
+                LEFT + (i as f64 + 0.5) * slot,
+                TOP + ph + 16.0,
+                esc(c)
+            );
+        }
+    }
     let mut x = 0.0;
-    while x <= x_top + 1e-9 {
+    while categories.is_none() && x <= x_top + 1e-9 {
         let px = LEFT + x / x_top * pw;
         let _ = write!(
             out,
@@ -124,7 +145,7 @@ fn line_chart(id: &str, title: &str, x_label: &str, y_label: &str, series: &[Ser
         r#"<figure class="chart" data-chart="{id}" data-points="{points}"><figcaption>{}</figcaption>"#,
         esc(title)
     );
-    let (sx, sy) = frame(&mut out, x_max, y_max, x_label, y_label);
+    let (sx, sy) = frame(&mut out, x_max, y_max, x_label, y_label, None);
     let base = TOP + (H - TOP - BOTTOM);
     for s in series {
         let pts: Vec<String> =
@@ -160,7 +181,7 @@ fn stacked_bars(
         esc(title)
     );
     let n = categories.len().max(1) as f64;
-    let (_, sy) = frame(&mut out, n, y_max, x_label, y_label);
+    let (_, sy) = frame(&mut out, n, y_max, x_label, y_label, Some(categories));
     let base = TOP + (H - TOP - BOTTOM);
     let slot = (W - LEFT - RIGHT) / n;
     let width = (slot * 0.8).max(1.0);

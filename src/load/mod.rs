@@ -42,6 +42,9 @@ pub const INTENDED_AT_HEADER: &str = "understudy-intended-at-us";
 /// The header carrying the run id.
 pub const RUN_ID_HEADER: &str = "understudy-run-id";
 
+/// The most messages one generator process sends in one run.
+pub const MAX_MESSAGES: u64 = 50_000_000;
+
 /// Exit code of `load` and `report` when a gate fails.
 pub const GATE_FAILED_EXIT: u8 = 3;
 
@@ -185,6 +188,13 @@ pub async fn run(
     if let Some(max) = settings.max_messages {
         total = total.min(max);
     }
+    anyhow::ensure!(
+        total <= MAX_MESSAGES,
+        "the profile `{}` calls for {total} messages; one process sends at most {MAX_MESSAGES} in a run (it keeps \
+         about 2 bytes per message and 40 per ack in memory): cap it with --messages or split it over processes \
+         with --generator",
+        settings.profile
+    );
     let schedule = Arc::new(Schedule {
         profile,
         batch_size: settings.batch_size.max(1),
@@ -292,6 +302,7 @@ pub async fn run(
     results.send_errors = shared.failed.load(Ordering::Relaxed);
     results.events = correlated.events;
     results.unknown_events = correlated.unmatched;
+    results.undecodable_acks = correlated.undecodable;
     results.statuses = correlated.statuses;
     let epoch_us = started_at.timestamp_micros();
     let intended_at = |seq: u64| epoch_us + schedule.due_us(seq).unwrap_or(0) as i64;
@@ -539,12 +550,14 @@ fn generate(
         }
         let now_us = shared.t0.elapsed().as_micros() as u64;
         let now_us = if now_us < due_us {
-            std::thread::sleep(Duration::from_micros(due_us - now_us));
-            // Before `t0`, `elapsed` reads zero: sleep the rest.
-            let mut n = shared.t0.elapsed().as_micros() as u64;
-            while n < due_us {
-                std::thread::sleep(Duration::from_micros(due_us - n));
+            // In slices, so that an interrupt during a long pause is seen (before `t0`, `elapsed` reads 0).
+            let mut n = now_us;
+            while n < due_us && !shared.stop_sending.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros((due_us - n).min(100_000)));
                 n = shared.t0.elapsed().as_micros() as u64;
+            }
+            if n < due_us {
+                break;
             }
             n
         } else {
@@ -566,12 +579,19 @@ fn generate(
                 .insert(Header { key: "correlation-id", value: Some(&id) })
                 .insert(Header { key: "batch-id", value: Some(&batch_id) });
             let mut record = BaseRecord::with_opaque_to(topic, seq as usize).key(&id).payload(&body).headers(headers);
+            let mut abandoned = false;
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
                     Err((e, r))
                         if matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)) =>
                     {
+                        // Kafka is not taking messages (a broker down, say): an interrupt ends the wait, and
+                        // the message counts as never sent.
+                        if shared.stop_sending.load(Ordering::Relaxed) {
+                            abandoned = true;
+                            break;
+                        }
                         record = r;
                         std::thread::sleep(Duration::from_micros(500));
                     }
@@ -582,6 +602,9 @@ fn generate(
                         break;
                     }
                 }
+            }
+            if abandoned {
+                break;
             }
             shared.flags.0[seq as usize].fetch_or(SENT, Ordering::Relaxed);
             let sent_us = shared.t0.elapsed().as_micros() as u64;
@@ -615,6 +638,8 @@ fn generate(
 
 /// What the correlator thread found.
 struct Correlated {
+    /// Acks in which the payload id or status could not be read (any run's).
+    undecodable: u64,
     /// Every matched event: message, status, latency in microseconds.
     samples: Vec<(u64, Status, u64)>,
     events: u64,
@@ -682,6 +707,7 @@ impl<'a> Correlator<'a> {
         pointers: &'a (String, String),
     ) -> Self {
         let out = Correlated {
+            undecodable: 0,
             samples: Vec::new(),
             events: 0,
             unmatched: 0,
@@ -694,7 +720,10 @@ impl<'a> Correlator<'a> {
     /// One ack, received `received_us` after `t0`.
     fn observe(&mut self, payload: &[u8], received_us: u64) {
         let (shared, factory, out) = (self.shared, self.factory, &mut self.out);
-        let Some((payload_id, status)) = read_ack(payload, self.pointers) else { return };
+        let Some((payload_id, status)) = read_ack(payload, self.pointers) else {
+            out.undecodable += 1;
+            return;
+        };
         if !payload_id.starts_with(factory.prefix()) {
             return; // another run's, or another process's
         }

@@ -41,6 +41,10 @@ pub struct Summary<'a> {
     pub lateness_p99_ms: f64,
     pub lateness_max_ms: f64,
     pub events: u64,
+    /// Acks with this run's ids that matched nothing: an unknown status, or an id never sent.
+    pub unmatched_events: u64,
+    /// Acks whose payload id or status could not be read at the configured pointers.
+    pub undecodable_acks: u64,
     pub resolved: u64,
     pub lost: u64,
     pub lost_ids: &'a [String],
@@ -86,6 +90,8 @@ pub fn summary<'a>(run_id: &'a str, generators: usize, r: &'a Results, verdicts:
         lateness_p99_ms: r.lateness_us.quantile_ms(0.99),
         lateness_max_ms: r.lateness_us.max_ms(),
         events: r.events,
+        unmatched_events: r.unknown_events,
+        undecodable_acks: r.undecodable_acks,
         resolved: r.resolved,
         lost: r.lost,
         lost_ids: &r.lost_ids,
@@ -132,6 +138,22 @@ pub fn text(s: &Summary<'_>) -> String {
         ms(s.lateness_max_ms)
     );
     let _ = writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost", s.events, s.resolved, s.lost);
+    if s.unmatched_events > 0 {
+        let _ = writeln!(
+            o,
+            "  warning: {} acks carried this run's payload ids but matched nothing (a status other than Understudy's, \
+             or an id never sent)",
+            s.unmatched_events
+        );
+    }
+    if s.undecodable_acks > 0 && s.resolved < s.sent {
+        let _ = writeln!(
+            o,
+            "  warning: {} acks had no readable payload id or status at the configured pointers \
+             (--ack-payload-id, --ack-status)",
+            s.undecodable_acks
+        );
+    }
     if !s.statuses.is_empty() {
         let _ = writeln!(
             o,

@@ -104,8 +104,12 @@ pub struct Results {
     pub lateness_us: Hist,
     /// Ack events of this run correlated to their payloads.
     pub events: u64,
-    /// Ack events of this run whose payload id this run never sent.
+    /// Acks with this run's payload ids that could not be matched: an unknown status, or an id this run
+    /// never sent.
     pub unknown_events: u64,
+    /// Acks on the topic whose payload id or status could not be read at the configured pointers.
+    #[serde(default)]
+    pub undecodable_acks: u64,
     /// Payloads with a final outcome (DELIVERY, BOUNCE, REJECT, UNDELIVERED, or anything after DELIVERY).
     pub resolved: u64,
     /// Payloads sent without a final outcome by the end of the wait.
@@ -167,6 +171,7 @@ impl Results {
             lateness_us: Hist::default(),
             events: 0,
             unknown_events: 0,
+            undecodable_acks: 0,
             resolved: 0,
             lost: 0,
             lost_ids: Vec::new(),
@@ -209,6 +214,14 @@ impl Results {
 
     /// Fold another process's results of the same run into these.
     pub fn merge(&mut self, other: &Results) {
+        // Timelines are aligned on each process's own start: put both on the earlier one.
+        let offset = ((other.started_at - self.started_at).num_milliseconds() as f64 / 1000.0).round() as i64;
+        if offset < 0 {
+            let mut shifted = vec![Second::default(); (-offset) as usize];
+            shifted.append(&mut self.timeline);
+            self.timeline = shifted;
+        }
+        let shift = offset.max(0) as usize;
         self.started_at = self.started_at.min(other.started_at);
         self.sending_ended_at = self.sending_ended_at.max(other.sending_ended_at);
         self.ended_at = self.ended_at.max(other.ended_at);
@@ -222,6 +235,7 @@ impl Results {
         self.lateness_us.merge(&other.lateness_us);
         self.events += other.events;
         self.unknown_events += other.unknown_events;
+        self.undecodable_acks += other.undecodable_acks;
         self.resolved += other.resolved;
         self.lost += other.lost;
         for id in &other.lost_ids {
@@ -237,8 +251,6 @@ impl Results {
                 m.latency_us.merge(&f.latency_us);
             }
         }
-        // Timelines are aligned on each process's own start; shift the other onto ours.
-        let shift = ((other.started_at - self.started_at).num_milliseconds() as f64 / 1000.0).round().max(0.0) as usize;
         if self.timeline.len() < other.timeline.len() + shift {
             self.timeline.resize(other.timeline.len() + shift, Second::default());
         }
@@ -287,6 +299,23 @@ mod tests {
         }
         let p50 = merged.latency_us.quantile_ms(0.5);
         assert!((p50 - 500.0).abs() < 1.0, "p50 {p50}");
+    }
+
+    #[test]
+    fn merged_timelines_line_up_on_the_earlier_start() {
+        let t = Utc::now();
+        let mut late = Results::new(t + chrono::Duration::seconds(5), 0, 10.0);
+        late.timeline = vec![Second { sent: 7, ..Default::default() }];
+        let mut early = Results::new(t, 0, 10.0);
+        early.timeline = vec![Second { sent: 3, ..Default::default() }];
+        let mut a = late.clone();
+        a.merge(&early);
+        let mut b = early.clone();
+        b.merge(&late);
+        for m in [a, b] {
+            assert_eq!(m.started_at, t);
+            assert_eq!(m.timeline.iter().map(|s| s.sent).collect::<Vec<_>>(), vec![3, 0, 0, 0, 0, 7]);
+        }
     }
 
     #[test]
