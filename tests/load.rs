@@ -430,3 +430,25 @@ async fn generator_processes_of_one_run_merge() {
     assert_eq!(ids.len(), 2400);
     assert_eq!(ids.iter().filter(|id| id.starts_with(&format!("{run}-g1-"))).count(), 1200);
 }
+
+/// `--mock` on the embedded broker, twice with one store: the second run is as complete as the first (the
+/// broker starts empty each time; the store remembers the offsets of the first run's messages).
+#[test]
+fn repeated_mock_runs_on_the_embedded_broker_share_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _db) = common::sqlite_url();
+    let mut settings = understudy::config::Settings::default();
+    settings.store.url = Some(url);
+    settings.scenario.path = scenario_path("happy-path.yaml");
+    let config = common::write_config(dir.path(), &settings);
+    for _ in 0..2 {
+        let out = understudy()
+            .args(["load", "--config", config.to_str().unwrap(), "--mock", "--time-scale", "0.0001"])
+            .args(["--rate", "500", "--duration", "2s", "--quiet", "--format", "json", "--gate", "lost == 0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let summary = json(&out);
+        assert_eq!((summary["sent"].as_u64(), summary["resolved"].as_u64()), (Some(1000), Some(1000)));
+    }
+}

@@ -201,6 +201,14 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         )
     });
+    // With the mock on the embedded broker, the run gets its own topics and consumer group: the broker's
+    // memory starts empty each time while the store remembers the topic offsets of earlier runs, which the
+    // mock would take for messages it already has.
+    let embedded_mock = args.mock && settings.kafka.brokers.is_none();
+    if embedded_mock {
+        settings.kafka.dlq_topic = format!("understudy.{run_id}.dlq");
+        settings.kafka.group_id = format!("understudy-{run_id}");
+    }
     let load_settings = LoadSettings {
         run_id: run_id.clone(),
         generator: args.generator,
@@ -213,8 +221,12 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         payload_bytes: args.payload_bytes,
         template: template.1,
         recipients,
-        topic: args.topic.clone().unwrap_or_else(|| settings.kafka.input_topics[0].clone()),
-        ack_topic: args.ack_topic.clone().unwrap_or_else(|| settings.kafka.ack_topic.clone()),
+        topic: args.topic.clone().unwrap_or_else(|| {
+            if embedded_mock { format!("understudy.{run_id}.outbound") } else { settings.kafka.input_topics[0].clone() }
+        }),
+        ack_topic: args.ack_topic.clone().unwrap_or_else(|| {
+            if embedded_mock { format!("understudy.{run_id}.acks") } else { settings.kafka.ack_topic.clone() }
+        }),
         ack_payload_id: args.ack_payload_id.clone(),
         ack_status: args.ack_status.clone(),
         ack_timeout_ms: args.ack_timeout.as_millis() as u64,
