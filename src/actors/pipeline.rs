@@ -220,8 +220,14 @@ impl Pipeline {
         while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if tokio::time::timeout(Duration::from_secs(30), self.persister.send(Flush)).await.is_err() {
-            tracing::error!("the store did not take the last rows within 30 s; their lifecycles resume on restart");
+        // Twice: the answer to a `Flush` can come before the write it started has taken its slot (the
+        // handler's wait for all slots may run first); the second `Flush` is handled only after that write
+        // has started, and waits for it.
+        for _ in 0..2 {
+            if tokio::time::timeout(Duration::from_secs(30), self.persister.send(Flush)).await.is_err() {
+                tracing::error!("the store did not take the last rows within 30 s; their lifecycles resume on restart");
+                break;
+            }
         }
         let (c, t) = (self.consumer.clone(), self.tracker.clone());
         let _ = tokio::task::spawn_blocking(move || {
