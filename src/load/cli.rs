@@ -403,7 +403,7 @@ pub struct CompareArgs {
     /// The run judged against it.
     pub run_b: String,
     /// Differences smaller than this share of A's value are noise (`5%` or `0.05`).
-    #[arg(long, default_value = "5%", value_parser = parse_share)]
+    #[arg(long, default_value = "5%", value_parser = load::gate::parse_share)]
     pub noise: f64,
     /// `text` or `json` (csv is not offered here).
     #[arg(long, default_value = "text")]
@@ -411,18 +411,6 @@ pub struct CompareArgs {
     /// Exit with code 3 when anything regressed.
     #[arg(long)]
     pub fail_on_regression: bool,
-}
-
-fn parse_share(text: &str) -> Result<f64, String> {
-    let (n, scale) = match text.trim().strip_suffix('%') {
-        Some(n) => (n, 0.01),
-        None => (text.trim(), 1.0),
-    };
-    let v: f64 = n.trim().parse().map_err(|_| format!("`{text}` is not a share; write `5%` or `0.05`"))?;
-    if !(0.0..=10.0).contains(&(v * scale)) {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(v * scale)
 }
 
 pub async fn compare(settings: &Settings, args: CompareArgs) -> anyhow::Result<u8> {

@@ -181,19 +181,23 @@ fn parse_value(rhs: &str, unit: Unit) -> Result<f64, String> {
                 .map_err(|_| format!("`{rhs}` is not a duration; latency gates take one, e.g. `250ms` or `5s`"))?;
             Ok(d.as_secs_f64() * 1000.0)
         }
-        Unit::Share => {
-            let (number, scale) = match rhs.strip_suffix('%') {
-                Some(n) => (n, 0.01),
-                None => (rhs, 1.0),
-            };
-            let v: f64 = number.trim().parse().map_err(|_| format!("`{rhs}` is not a share; write `0.05` or `5%`"))?;
-            if !(0.0..=1.0).contains(&(v * scale)) {
-                return Err(format!("`{rhs}` is not a share between 0 and 1 (did you mean `{rhs}%`?)"));
-            }
-            Ok(v * scale)
-        }
+        Unit::Share => parse_share(rhs),
         Unit::Number => rhs.replace('_', "").parse().map_err(|_| format!("`{rhs}` is not a number")),
     }
+}
+
+/// A share written `0.05` or `5%`, between 0 and 1 (also `compare --noise`).
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (text, 1.0),
+    };
+    let v: f64 = number.trim().parse().map_err(|_| format!("`{text}` is not a share; write `0.05` or `5%`"))?;
+    if !(0.0..=1.0).contains(&(v * scale)) {
+        return Err(format!("`{text}` is not a share between 0 and 1 (did you mean `{text}%`?)"));
+    }
+    Ok(v * scale)
 }
 
 fn show(value: f64, unit: Unit) -> String {

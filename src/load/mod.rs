@@ -571,10 +571,11 @@ fn generate(
             factory.body(seq, channel, &mut body);
             batch_id.clear();
             factory.batch_id(seq, &mut batch_id);
-            let intended = itoa::Buffer::new().format(epoch_us + due as i64).to_owned();
+            let mut intended = itoa::Buffer::new();
+            let intended = intended.format(epoch_us + due as i64);
             let headers = OwnedHeaders::new_with_capacity(5)
                 .insert(Header { key: RUN_ID_HEADER, value: Some(&factory.run_id) })
-                .insert(Header { key: INTENDED_AT_HEADER, value: Some(&intended) })
+                .insert(Header { key: INTENDED_AT_HEADER, value: Some(intended) })
                 .insert(Header { key: "tenant-id", value: Some(&factory.tenant_id) })
                 .insert(Header { key: "correlation-id", value: Some(&id) })
                 .insert(Header { key: "batch-id", value: Some(&batch_id) });
