@@ -43,6 +43,10 @@ pub struct KafkaSettings {
     pub brokers: Option<String>,
     /// Consumer group of the service; replicas share it and split the partitions.
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): a stable name per replica, such as the pod name of
+    /// a StatefulSet. A restarted replica then takes its partitions back at once instead of after the
+    /// killed one's session times out. Unset: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// The platform's outbound topics to consume.
     pub input_topics: Vec<String>,
     /// Where ack events are produced.
@@ -68,6 +72,7 @@ impl Default for KafkaSettings {
         Self {
             brokers: None,
             group_id: "understudy".into(),
+            group_instance_id: None,
             input_topics: vec!["understudy.outbound".into()],
             ack_topic: "understudy.acks".into(),
             dlq_topic: "understudy.dlq".into(),
@@ -79,6 +84,17 @@ impl Default for KafkaSettings {
             librdkafka: BTreeMap::new(),
         }
     }
+}
+
+/// What happens to a message whose payload id this instance has already taken from another position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// The later copy goes to the dead-letter topic (kind `duplicate_payload_id`); the first is processed.
+    DeadLetter,
+    /// Every copy is processed. Acks of all copies carry the same event ids, so the store holds them once
+    /// and Kafka holds each copy's acks.
+    Process,
 }
 
 /// Where the channel of a message comes from.
@@ -110,6 +126,11 @@ pub struct InputSettings {
     pub propagate_headers: Vec<String>,
     /// Larger messages are dead-lettered, in bytes.
     pub max_message_bytes: usize,
+    /// `dead_letter` (default) or `process`: what happens to a payload id seen before.
+    pub on_duplicate_payload_id: DuplicatePolicy,
+    /// How many recent payload ids each instance remembers to find duplicates (about 30 bytes each);
+    /// `0` turns the check off.
+    pub duplicate_window: usize,
 }
 
 impl Default for InputSettings {
@@ -124,6 +145,8 @@ impl Default for InputSettings {
                 .map(String::from)
                 .to_vec(),
             max_message_bytes: 1024 * 1024,
+            on_duplicate_payload_id: DuplicatePolicy::DeadLetter,
+            duplicate_window: 1_000_000,
         }
     }
 }
@@ -248,12 +271,14 @@ impl Settings {
         let default_file = Path::new("understudy.yaml");
         let file = file.or_else(|| default_file.exists().then_some(default_file));
         let mut builder = config::Config::builder();
+        let mut file_text: Option<(String, String)> = None;
         if let Some(path) = file {
             let text =
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
             // Check the file alone first: its errors can then name line and field.
             Self::check_file(&text, &path.display().to_string())?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Yaml));
+            file_text = Some((path.display().to_string(), text));
         }
         builder = builder.add_source(
             config::Environment::with_prefix("UNDERSTUDY")
@@ -282,8 +307,26 @@ impl Settings {
         if let Some(g) = &overrides.group_id {
             settings.kafka.group_id = g.clone();
         }
-        settings.validate()?;
-        Ok(settings)
+        match settings.validate() {
+            Ok(()) => Ok(settings),
+            // A value the file set is reported at its line; one from the environment, a flag or a default
+            // by field alone.
+            Err(ConfigError::Value { field, message }) => match &file_text {
+                Some((file, text)) => {
+                    let path: Vec<locate::Seg> = field.split('.').map(|k| locate::Seg::Key(k.to_owned())).collect();
+                    let last = field.rsplit('.').next().unwrap_or_default();
+                    // Only when the file sets the field itself (`locate` falls back to its parent's line).
+                    let at = locate::locate(text, &path)
+                        .filter(|&l| text.lines().nth(l - 1).is_some_and(|t| t.trim_start().trim_start_matches("- ").starts_with(last)));
+                    match at {
+                        Some(line) => Err(ConfigError::Invalid { file: file.clone(), line, field, message }),
+                        None => Err(ConfigError::Value { field, message }),
+                    }
+                }
+                None => Err(ConfigError::Value { field, message }),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Parse one YAML file strictly, reporting file, line and field.
@@ -307,6 +350,9 @@ impl Settings {
         if self.kafka.group_id.trim().is_empty() {
             return bad("kafka.group_id", "must not be empty".into());
         }
+        if self.kafka.group_instance_id.as_ref().is_some_and(|i| i.trim().is_empty()) {
+            return bad("kafka.group_instance_id", "must not be empty; leave it out for dynamic membership".into());
+        }
         if self.kafka.partitions < 1 {
             return bad("kafka.partitions", format!("must be at least 1, not {}", self.kafka.partitions));
         }
@@ -324,7 +370,9 @@ impl Settings {
         if self.input.channel_source == ChannelSource::Topic {
             for t in &self.kafka.input_topics {
                 if !self.input.topic_channels.contains_key(t) {
-                    return bad("input.topic_channels", format!("topic `{t}` has no channel; add `{t}: email` (or sms, whatsapp)"));
+                    // Reported where the user can see it: the map if there is one, else the switch that needs it.
+                    let field = if self.input.topic_channels.is_empty() { "input.channel_source" } else { "input.topic_channels" };
+                    return bad(field, format!("topic `{t}` has no channel; add `{t}: email` (or sms, whatsapp) to `input.topic_channels`"));
                 }
             }
         }

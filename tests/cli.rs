@@ -79,3 +79,63 @@ fn environment_overrides_are_checked_too() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("environment:") && err.contains("partitions"), "{err}");
 }
+
+/// Bad configuration and scenario files of many kinds: each stops `understudy run` before it starts
+/// anything, with exit 2 and a message naming file, line and field.
+#[test]
+fn every_kind_of_bad_file_names_file_line_and_field() {
+    const SCENARIO: &str = "name: s\nseed: 1\nchannels:\n  sms:\n    delays:\n      SEND: { dist: fixed, value: 1s }\n      DELIVERY: { dist: lognormal, median: 1s, p99: 5s }\n    paths:\n      - { name: ok, weight: 1, steps: [SEND, DELIVERY] }\n";
+    // (which file, its text, the line and field the error must name, a word of the message)
+    let configs: &[(&str, usize, &str, &str)] = &[
+        ("store:\n  flush_interval: 5\n", 2, "store.flush_interval", "unknown field"),
+        ("kafka:\n  partitions: many\n", 2, "kafka.partitions", "invalid type"),
+        ("kafka:\n  group_id: g\n  partitions: 0\n", 3, "kafka.partitions", "at least 1"),
+        ("kafka:\n  group_id: \" \"\n", 2, "kafka.group_id", "must not be empty"),
+        ("kafka:\n  input_topics: []\n", 2, "kafka.input_topics", "at least one topic"),
+        ("input:\n  fields:\n    payload_id: id\n", 3, "input.fields.payload_id", "JSON pointer"),
+        ("input:\n  channel_source: topic\n", 2, "input.channel_source", "has no channel"),
+        ("input:\n  on_duplicate_payload_id: keep\n", 2, "input.on_duplicate_payload_id", "unknown variant"),
+        ("store:\n  url: mysql://x\n", 2, "store.url", "postgres://"),
+        ("store:\n  batch_rows: 0\n", 2, "store.batch_rows", "at least 1"),
+        ("telemetry:\n  metrics_addr: localhost\n", 2, "telemetry.metrics_addr", "invalid"),
+        ("telemetry:\n  log_format: xml\n", 2, "telemetry.log_format", "unknown variant"),
+        ("service:\n  hibernate_after_ms: 500\n", 2, "service.hibernate_after_ms", "at least 1000"),
+        ("service:\n  max_batch: 0\n", 2, "service.max_batch", "at least 1"),
+        ("kafka:\n  brokers: [a, b]\n", 2, "kafka.brokers", "invalid type"),
+    ];
+    let scenarios: &[(&str, usize, &str, &str)] = &[
+        ("seed: 1\ntime_scale: -2\nchannels: {}\n", 2, "time_scale", "positive"),
+        ("seed: 1\nchannels: {}\n", 2, "channels", "at least one channel"),
+        ("seed: 1\nsede: 2\nchannels: {}\n", 2, "sede", "unknown field"),
+        ("seed: x\nchannels: {}\n", 1, "seed", "invalid"),
+        (&SCENARIO.replace("steps: [SEND, DELIVERY]", "steps: [SEND, OPEN]"), 9, "channels.sms.paths[0].steps[1]", "OPEN"),
+        (&SCENARIO.replace("weight: 1", "weight: -1"), 9, "channels.sms.paths[0].weight", "zero or more"),
+        (&SCENARIO.replace("dist: lognormal", "dist: gamma"), 7, "channels.sms.delays.DELIVERY.dist", "gamma"),
+        (&SCENARIO.replace(", p99: 5s", ""), 7, "channels.sms.delays.DELIVERY", "p99"),
+        (&SCENARIO.replace("value: 1s", "value: soon"), 6, "channels.sms.delays.SEND", "soon"),
+        (&SCENARIO.replace("{ name: ok, weight: 1, steps: [SEND, DELIVERY] }", "{ name: ok, weight: 1, steps: [SEND, DELIVERY], bounce_type: hard }"), 9, "channels.sms.paths[0].bounce_type", "BOUNCE"),
+        (&SCENARIO.replace("  sms:", "  fax:"), 4, "channels.fax", "unknown channel"),
+        (&format!("{SCENARIO}      - {{ name: ok, weight: 1, steps: [SEND] }}\n"), 10, "channels.sms.paths[1].name", "used twice"),
+        (&SCENARIO.replace("weight: 1", "weight: 0"), 8, "channels.sms.paths", "add up to zero"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let scenario_ok = write(&dir, "ok.yaml", SCENARIO);
+    let mut kinds = 0;
+    for (i, (text, line, field, word)) in configs.iter().enumerate() {
+        let file = write(&dir, &format!("config{i}.yaml"), text);
+        let out = understudy().args(["run", "--config", &file, "--scenario", &scenario_ok]).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word), "config {i}: {text}\n{err}");
+        kinds += 1;
+    }
+    for (i, (text, line, field, word)) in scenarios.iter().enumerate() {
+        let file = write(&dir, &format!("scenario{i}.yaml"), text);
+        let out = understudy().args(["run", "--scenario", &file]).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word), "scenario {i}: {text}\n{err}");
+        kinds += 1;
+    }
+    assert!(kinds >= 15);
+}

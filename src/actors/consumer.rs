@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelActor, Dispatch, Resume};
 use super::persister::{Flush, Persister};
+use crate::config::DuplicatePolicy;
 use crate::kafka::decode::{Decoder, RawRecord, Rejection};
+use crate::kafka::duplicates::DuplicateWindow;
 use crate::kafka::offsets::{Assignments, Claim, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
 use crate::scenario::Scenario;
@@ -35,6 +37,7 @@ pub const DLQ_KIND_HEADER: &str = "understudy-dlq-kind";
 /// assign, tell the consumer loop to resume the partition before dispatching from it.
 pub struct RebalanceContext {
     tracker: Arc<OffsetTracker>,
+    persister: Addr<Persister>,
     assignments: Arc<Assignments>,
     assigned: tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>,
 }
@@ -44,9 +47,16 @@ impl ClientContext for RebalanceContext {}
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut commit = TopicPartitionList::new();
             for e in tpl.elements() {
                 self.assignments.revoke(e.topic(), e.partition());
+            }
+            // Make what this instance took from the partitions durable before it lets them go, so that the
+            // next owner resumes those messages from the store, at their original due times, instead of
+            // planning them again from its own receipt. Bounded: a store that is away must not hold up the
+            // group; what is not written by then is consumed again by the next owner.
+            flush_for_handover(&self.persister, REVOKE_FLUSH_TIMEOUT);
+            let mut commit = TopicPartitionList::new();
+            for e in tpl.elements() {
                 if let Some(pos) = self.tracker.revoke(e.topic(), e.partition()) {
                     let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(pos));
                 }
@@ -92,10 +102,33 @@ impl ConsumerContext for RebalanceContext {
 
 pub type KafkaConsumer = StreamConsumer<RebalanceContext>;
 
+/// Longest a revoke waits for the persister.
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flush the persister from the rebalance callback, which runs on the consumer's own thread inside its
+/// poll: the wait happens on a helper thread, with a deadline.
+fn flush_for_handover(persister: &Addr<Persister>, timeout: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let persister = persister.clone();
+    std::thread::spawn(move || {
+        // Twice, as at shutdown: the answer to the first can come before the write it started holds a slot.
+        let _ = futures::executor::block_on(persister.send(Flush));
+        let _ = futures::executor::block_on(persister.send(Flush));
+        let _ = tx.send(());
+    });
+    let t = Instant::now();
+    match rx.recv_timeout(timeout) {
+        Ok(()) => tracing::debug!(took = ?t.elapsed(), "buffered rows written before the handover"),
+        Err(_) => tracing::warn!(?timeout, "the store did not take the buffered rows before the handover; the next owner consumes them again"),
+    }
+}
+
 /// Counters tests and reports read.
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     pub consumed: AtomicU64,
+    /// Records fetched under an earlier assignment of their partition, left for the current one.
+    pub stale_skipped: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub skipped_already_stored: AtomicU64,
 }
@@ -105,6 +138,8 @@ pub struct ConsumerLoop {
     pub consumer: Arc<KafkaConsumer>,
     pub assigned: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
     pub decoder: Decoder,
+    pub on_duplicate: DuplicatePolicy,
+    pub duplicate_window: usize,
     pub scenario: Arc<Scenario>,
     pub channels: [Option<Addr<ChannelActor>>; 3],
     pub dlq: FutureProducer,
@@ -126,9 +161,11 @@ pub fn create(
     topics: &[String],
     tracker: Arc<OffsetTracker>,
     assignments: Arc<Assignments>,
+    persister: Addr<Persister>,
 ) -> Result<(KafkaConsumer, tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>), rdkafka::error::KafkaError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer: KafkaConsumer = config.create_with_context(RebalanceContext { tracker, assignments, assigned: tx })?;
+    let consumer: KafkaConsumer =
+        config.create_with_context(RebalanceContext { tracker, persister, assignments, assigned: tx })?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok((consumer, rx))
@@ -154,11 +191,19 @@ impl ConsumerLoop {
             }
         };
         let consumer = self.consumer.clone();
-        let mut stream = consumer.stream().ready_chunks(self.max_batch);
+        // Each record is tagged with the assignment generation current when the stream yielded it. A
+        // rebalance runs inside the stream's poll, so one chunk can hold records fetched under an earlier
+        // assignment of a partition next to records of its new one; the tag tells them apart.
+        let generations = self.assignments.clone();
+        let mut stream = consumer.stream().map(move |m| (m, generations.current())).ready_chunks(self.max_batch);
         // Offsets of an assigned partition that are already stored: skipped, not planned again.
         let mut already: PartitionMap<HashSet<i64>> = PartitionMap::default();
         // Source topic names, shared by every message read from them.
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let mut seen = DuplicateWindow::new(match self.on_duplicate {
+            DuplicatePolicy::DeadLetter => self.duplicate_window,
+            DuplicatePolicy::Process => 0,
+        });
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -179,7 +224,7 @@ impl ConsumerLoop {
                 }
             }
             self.wait_for_room().await;
-            self.handle(chunk, &mut already, &mut topics).await;
+            self.handle(chunk, &mut already, &mut topics, &mut seen).await;
         }
         tracing::info!("consumer stopped");
     }
@@ -257,16 +302,17 @@ impl ConsumerLoop {
 
     async fn handle(
         &self,
-        chunk: Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>>,
+        chunk: Vec<(rdkafka::error::KafkaResult<BorrowedMessage<'_>>, u64)>,
         already: &mut PartitionMap<HashSet<i64>>,
         topics: &mut Vec<Arc<str>>,
+        seen: &mut DuplicateWindow,
     ) {
         let now = Utc::now();
         let mut by_channel: [Vec<(Claim, Outbound)>; 3] = Default::default();
         // Claims of this chunk's partitions: one lookup per partition, not per record.
         let mut claims: Vec<(i32, Arc<str>, Option<Claim>)> = Vec::new();
         let mut dead: Vec<Dead> = Vec::new();
-        for m in chunk {
+        for (m, read_at) in chunk {
             let m = match m {
                 Ok(m) => m,
                 Err(e) => {
@@ -290,6 +336,13 @@ impl ConsumerLoop {
             });
             // Fetched before a revoke: the partition's new owner processes it.
             let Some(claim) = claims[at].2.clone() else { continue };
+            // Fetched under an earlier assignment of the partition: not tracked, because tracking it could
+            // move the committed position past offsets the new assignment has not delivered yet. The new
+            // assignment's fetch starts at the committed position and delivers it again.
+            if claim.fetched_before(read_at) {
+                self.stats.stale_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let topic_arc = claims[at].1.clone();
             if let Some(set) = already.get_mut(topic, partition) {
                 let skip = set.remove(&offset);
@@ -309,13 +362,21 @@ impl ConsumerLoop {
                 m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
             let raw = RawRecord { topic: topic_arc, partition, offset, payload: m.payload(), headers };
             let decoded = self.decoder.decode(&raw, now).and_then(|o| {
-                if self.scenario.has_channel(o.channel) {
-                    Ok(o)
-                } else {
+                if !self.scenario.has_channel(o.channel) {
                     Err(Rejection {
                         kind: "channel_not_in_scenario",
                         reason: format!("the scenario `{}` has no `{}` channel", self.scenario.name(), o.channel),
                     })
+                } else if seen.is_duplicate(&o.payload_id, topic, partition, offset) {
+                    Err(Rejection {
+                        kind: "duplicate_payload_id",
+                        reason: format!(
+                            "payload id `{}` was already taken from another offset (`input.on_duplicate_payload_id: dead_letter`)",
+                            o.payload_id
+                        ),
+                    })
+                } else {
+                    Ok(o)
                 }
             });
             match decoded {

@@ -1,9 +1,13 @@
 //! The emitter: produces ack events to the ack topic and hands each delivered event on to the persister.
 //!
 //! It is a shared handle rather than a mailbox actor: each lifecycle actor produces straight into
-//! librdkafka's bounded queue, which already is the emitter's mailbox. When that queue is full `emit`
-//! waits, which is the backpressure; delivery reports come back on the producer's own thread and are
-//! forwarded, in batches, to the persister (see [`forward_deliveries`]).
+//! librdkafka's queue, which already is the emitter's mailbox. Delivery reports come back on the
+//! producer's own thread, which never blocks, and are forwarded in batches to the persister (see
+//! [`forward_deliveries`]).
+//!
+//! The backpressure is one bound: at most [`IN_FLIGHT_EVENTS`] events between produce and their hand-off
+//! to the persister. While the store is slow or away, acks keep flowing to Kafka until that many wait to
+//! be stored; then `emit` waits. Memory stays bounded and Kafka keeps receiving what it can.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,10 +29,11 @@ use crate::telemetry;
 
 /// Producer callbacks: delivered events go to the persister's queue.
 pub struct EmitterContext {
-    delivered: mpsc::Sender<EventRow>,
+    delivered: mpsc::UnboundedSender<EventRow>,
     /// Delivered events not yet handed to the persister.
     unforwarded: Arc<AtomicI64>,
-    /// Room in the producer queue; a permit comes back with each delivery report.
+    /// Room for events between produce and the persister; a permit comes back when a delivered event is
+    /// handed to the persister, or at once when its delivery failed.
     room: Arc<Semaphore>,
 }
 
@@ -39,26 +44,21 @@ impl ProducerContext for EmitterContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, event: Self::DeliveryOpaque) {
         use rdkafka::message::Message;
-        self.room.add_permits(1);
         match result {
             Ok(m) => {
                 let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
                 telemetry::event_emitted(event.channel, event.status, lag);
                 let row = EventRow { event: *event, ack_partition: m.partition(), ack_offset: m.offset() };
-                // Blocking here (on the producer's thread) when the queue is full is the backpressure from a
-                // slow store.
+                // Never blocks: the queue holds at most the events `room` lets through.
                 self.unforwarded.fetch_add(1, Ordering::SeqCst);
-                let sent = match self.delivered.try_send(row) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(row)) => self.delivered.blocking_send(row).is_ok(),
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                };
-                if !sent {
+                if self.delivered.send(row).is_err() {
                     self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+                    self.room.add_permits(1);
                     tracing::warn!("persister queue closed; an event delivered to Kafka will be re-emitted on resume");
                 }
             }
             Err((e, _)) => {
+                self.room.add_permits(1);
                 telemetry::event_failed(event.channel);
                 tracing::error!(payload_id = %event.payload_id, status = %event.status, error = %e,
                     "ack event not delivered; it is re-emitted when the lifecycle resumes");
@@ -67,8 +67,8 @@ impl ProducerContext for EmitterContext {
     }
 }
 
-/// Events handed to the producer and not yet delivered, at most; below librdkafka's queue size so that
-/// waiting happens here, in line, rather than in a retry loop.
+/// Events produced and not yet handed to the persister, at most (about 20 MB); below librdkafka's queue
+/// size so that waiting happens here, in line, rather than in a retry loop.
 pub const IN_FLIGHT_EVENTS: usize = 50_000;
 
 /// The header every ack carries with its event id.
@@ -99,8 +99,8 @@ impl std::fmt::Debug for Emitter {
 
 impl Emitter {
     /// Create the producer. Delivered events arrive on the returned receiver.
-    pub fn new(config: &rdkafka::ClientConfig, topic: &str, queue: usize) -> Result<(Self, mpsc::Receiver<EventRow>), KafkaError> {
-        let (tx, rx) = mpsc::channel(queue);
+    pub fn new(config: &rdkafka::ClientConfig, topic: &str) -> Result<(Self, mpsc::UnboundedReceiver<EventRow>), KafkaError> {
+        let (tx, rx) = mpsc::unbounded_channel();
         let unforwarded = Arc::new(AtomicI64::new(0));
         let room = Arc::new(Semaphore::new(IN_FLIGHT_EVENTS));
         let producer: ThreadedProducer<EmitterContext> = config.create_with_context(EmitterContext {
@@ -127,7 +127,7 @@ impl Emitter {
     }
 
     /// Produce one event, keyed by payload id. Waits (in line, without polling) while
-    /// [`IN_FLIGHT_EVENTS`] events are undelivered. The event's `emitted_at` is when it is produced.
+    /// [`IN_FLIGHT_EVENTS`] events are undelivered or unstored. The event's `emitted_at` is when it is produced.
     pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
@@ -210,14 +210,21 @@ impl Emitter {
     pub fn unforwarded_counter(&self) -> Arc<AtomicI64> {
         self.unforwarded.clone()
     }
+
+    /// The room [`forward_deliveries`] gives back.
+    pub fn room(&self) -> Arc<Semaphore> {
+        self.room.clone()
+    }
 }
 
-/// Move delivered events to the persister in batches, waiting on its mailbox (backpressure).
+/// Move delivered events to the persister in batches, waiting on its mailbox, and give their room back
+/// once the persister has them.
 pub async fn forward_deliveries(
-    mut rx: mpsc::Receiver<EventRow>,
+    mut rx: mpsc::UnboundedReceiver<EventRow>,
     persister: Addr<Persister>,
     batch: usize,
     unforwarded: Arc<AtomicI64>,
+    room: Arc<Semaphore>,
 ) {
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
@@ -226,6 +233,7 @@ pub async fn forward_deliveries(
         let t = Instant::now();
         let sent = persister.send(PersistEvents(rows)).await;
         unforwarded.fetch_sub(n, Ordering::SeqCst);
+        room.add_permits(n as usize);
         if sent.is_err() {
             tracing::error!("persister stopped; delivered events will be re-emitted on resume");
             return;

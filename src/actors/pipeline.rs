@@ -76,8 +76,14 @@ impl Pipeline {
         });
         let persister_stats = stats_rx.recv().expect("persister started");
         let (emitter, delivered) =
-            Emitter::new(&kafka::producer_config(k, brokers), &k.ack_topic, batch_rows.max(1000) * 4).map_err(kafka::KafkaError::from)?;
-        persister_arbiter.spawn(forward_deliveries(delivered, persister.clone(), batch_rows, emitter.unforwarded_counter()));
+            Emitter::new(&kafka::producer_config(k, brokers), &k.ack_topic).map_err(kafka::KafkaError::from)?;
+        persister_arbiter.spawn(forward_deliveries(
+            delivered,
+            persister.clone(),
+            batch_rows,
+            emitter.unforwarded_counter(),
+            emitter.room(),
+        ));
 
         let shared = Arc::new(LifecycleShared {
             emitter,
@@ -101,9 +107,14 @@ impl Pipeline {
         }
 
         // Source end last.
-        let (kafka_consumer, assigned) =
-            consumer::create(&kafka::consumer_config(k, brokers), &k.input_topics, tracker.clone(), assignments.clone())
-                .map_err(kafka::KafkaError::from)?;
+        let (kafka_consumer, assigned) = consumer::create(
+            &kafka::consumer_config(k, brokers),
+            &k.input_topics,
+            tracker.clone(),
+            assignments.clone(),
+            persister.clone(),
+        )
+        .map_err(kafka::KafkaError::from)?;
         let kafka_consumer = Arc::new(kafka_consumer);
         let dlq = kafka::producer_config(k, brokers).create().map_err(kafka::KafkaError::from)?;
         let shutdown = CancellationToken::new();
@@ -113,6 +124,8 @@ impl Pipeline {
             consumer: kafka_consumer.clone(),
             assigned,
             decoder: Decoder::new(settings.input.clone()),
+            on_duplicate: settings.input.on_duplicate_payload_id,
+            duplicate_window: settings.input.duplicate_window,
             scenario,
             channels,
             dlq,

@@ -42,6 +42,24 @@ pub struct Decoder {
     fields: Trie,
 }
 
+/// Longest payload id or batch id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest tenant id (header or field), in bytes.
+pub const MAX_TENANT_BYTES: usize = 256;
+/// Longest value of a header that is copied onto acks, in bytes.
+pub const MAX_PROPAGATED_HEADER_BYTES: usize = 8 * 1024;
+
+/// Text that is safe as an id: not too long, no control characters.
+fn check_id(value: &str, name: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("`{name}` is {} bytes; at most {max} are allowed", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("`{name}` contains control characters"));
+    }
+    Ok(())
+}
+
 /// Slot of each field in the capture.
 const PAYLOAD_ID: usize = 0;
 const BATCH_ID: usize = 1;
@@ -98,12 +116,25 @@ impl Decoder {
         let payload_id = payload_id.required(&f.payload_id, "payload_id")?;
         let batch_id = batch_id.required(&f.batch_id, "batch_id")?;
         let recipient = recipient.required(&f.recipient, "recipient")?;
+        for (value, name) in [(&payload_id, "payload_id"), (&batch_id, "batch_id")] {
+            check_id(value, name, MAX_ID_BYTES).map_err(|e| Rejection::new("bad_field", e))?;
+        }
         let header = |name: &str| {
             rec.headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .and_then(|(_, v)| *v)
                 .map(|v| Arc::from(String::from_utf8_lossy(v)))
+        };
+        let tenant_header = match rec.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&self.settings.tenant_header)) {
+            Some((_, Some(v))) => {
+                let name = &self.settings.tenant_header;
+                let text = std::str::from_utf8(v)
+                    .map_err(|_| Rejection::new("bad_header", format!("header `{name}` (the tenant) is not UTF-8")))?;
+                check_id(text, &format!("header {name}"), MAX_TENANT_BYTES).map_err(|e| Rejection::new("bad_header", e))?;
+                Some(Arc::from(text))
+            }
+            _ => None,
         };
         let channel_text = match self.settings.channel_source {
             ChannelSource::Field => channel_field.required(&f.channel, "channel")?,
@@ -116,13 +147,30 @@ impl Decoder {
             },
         };
         let channel: Channel = channel_text.parse().map_err(|e: String| Rejection::new("unknown_channel", e))?;
-        let tenant_id = header(&self.settings.tenant_header).or_else(|| tenant_field.optional());
-        let headers = rec
-            .headers
-            .iter()
-            .filter(|(k, _)| self.propagate.iter().any(|p| p.eq_ignore_ascii_case(k)))
-            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), v.to_vec())))
-            .collect();
+        let tenant_id = match tenant_header {
+            Some(t) => Some(t),
+            None => match tenant_field.optional() {
+                Some(t) => {
+                    check_id(&t, "tenant_id", MAX_TENANT_BYTES).map_err(|e| Rejection::new("bad_field", e))?;
+                    Some(t)
+                }
+                None => None,
+            },
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &rec.headers {
+            let Some(v) = v else { continue };
+            if !self.propagate.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+                continue;
+            }
+            if v.len() > MAX_PROPAGATED_HEADER_BYTES {
+                return Err(Rejection::new(
+                    "bad_header",
+                    format!("header `{k}` is {} bytes; headers copied onto acks are at most {MAX_PROPAGATED_HEADER_BYTES}", v.len()),
+                ));
+            }
+            headers.push(((*k).to_owned(), v.to_vec()));
+        }
         Ok(Outbound {
             source: SourcePosition { topic: rec.topic.clone(), partition: rec.partition, offset: rec.offset },
             payload_id,
@@ -354,6 +402,25 @@ mod tests {
         assert_eq!(decode(r#""text""#).unwrap_err().kind, "not_object");
         let bad = Decoder::new(InputSettings::default()).decode(&rec(&[0xff, 0xfe], vec![]), Utc::now());
         assert_eq!(bad.unwrap_err().kind, "not_utf8");
+    }
+
+    #[test]
+    fn hostile_ids_and_headers_are_rejected() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let e = decode(&format!(r#"{{"payload_id":"{long}","batch_id":"b","channel":"sms","recipient":"r"}}"#)).unwrap_err();
+        assert_eq!(e.kind, "bad_field");
+        let e = decode(r#"{"payload_id":"p\n1","batch_id":"b","channel":"sms","recipient":"r"}"#).unwrap_err();
+        assert_eq!((e.kind, e.reason.as_str()), ("bad_field", "`payload_id` contains control characters"));
+        let d = Decoder::new(InputSettings::default());
+        let body = br#"{"payload_id":"p","batch_id":"b","channel":"sms","recipient":"r"}"#;
+        let with = |k: &'static str, v: &'static [u8]| d.decode(&rec(body, vec![(k, Some(v))]), Utc::now());
+        assert_eq!(with("tenant-id", b"\xff\xfe").unwrap_err().kind, "bad_header");
+        assert_eq!(with("tenant-id", b"acme\r\nx-injected: 1").unwrap_err().kind, "bad_header");
+        let big: &'static [u8] = Box::leak(vec![b'a'; MAX_PROPAGATED_HEADER_BYTES + 1].into_boxed_slice());
+        assert_eq!(with("traceparent", big).unwrap_err().kind, "bad_header");
+        // Large values of headers that are not copied are no concern; a fine tenant passes.
+        assert!(with("x-private", big).is_ok());
+        assert_eq!(with("tenant-id", b"acme").unwrap().tenant_id.as_deref(), Some("acme"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! nothing else installed. Any other Kafka is reached by setting `kafka.brokers`.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tansu_broker::broker::Broker;
@@ -11,15 +12,24 @@ use url::Url;
 
 use super::{KafkaError, Result};
 
+type TansuBroker = Broker<Controller<StorageContainer>, StorageContainer>;
+
 /// A running in-process broker. Dropping it stops the broker.
+///
+/// [`EmbeddedBroker::stop`] and [`EmbeddedBroker::start_again`] take it off the network and bring it
+/// back with its storage (topics, records, committed offsets, groups) intact, as a broker with durable
+/// storage restarts: the fault tests use them for a real broker outage.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    broker: Arc<TansuBroker>,
+    /// The task accepting and serving connections; aborting it closes the listener and every connection.
+    serving: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for EmbeddedBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBroker").field("addr", &self.addr).finish()
+        f.debug_struct("EmbeddedBroker").field("addr", &self.addr).field("serving", &self.serving.is_some()).finish()
     }
 }
 
@@ -36,7 +46,9 @@ impl EmbeddedBroker {
             .build()
             .map_err(|e| KafkaError::Embedded(e.to_string()))?;
         let listener = Url::parse(&format!("tcp://{addr}")).expect("valid url");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // Built on the broker's runtime and handed back over a channel: `start` may itself be called from
+        // within a runtime, where blocking on another one is not allowed.
+        let (tx, rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {
             let built = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
                 .node_id(tansu_broker::NODE_ID)
@@ -48,37 +60,83 @@ impl EmbeddedBroker {
                 .silent(true)
                 .build()
                 .await;
-            match built {
-                Ok(mut broker) => {
-                    if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
-                        let _ = tx.send(format!("{e:?}"));
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(format!("{e:?}"));
-                }
-            }
+            let registered = match built {
+                Ok(mut broker) => broker.register().await.map(|()| broker),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(registered.map_err(|e| format!("{e:?}")));
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(err) = rx.try_recv() {
-                return Err(KafkaError::Embedded(format!("broker on {addr} failed to start: {err}")));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(KafkaError::Embedded(format!("broker on {addr} did not accept connections within 20s")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let broker = rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| KafkaError::Embedded(format!("broker on {addr} was not built within 20s")))?
+            .map_err(|e| KafkaError::Embedded(format!("broker on {addr} failed to start: {e}")))?;
+        let mut this = Self { addr, broker: Arc::new(broker), serving: None, runtime: Some(runtime) };
+        this.start_again()?;
         tracing::info!(%addr, "embedded broker (tansu, memory storage) is up");
-        Ok(Self { addr, runtime: Some(runtime) })
+        Ok(this)
     }
 
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Take the broker off the network: close its listener and drop every connection. Its storage stays.
+    /// Returns once the port refuses connections.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Embedded(format!("broker on {} still accepts connections after stop", self.addr)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!(addr = %self.addr, "embedded broker stopped");
+        Ok(())
+    }
+
+    /// Serve again on the same port with the same storage (after [`EmbeddedBroker::stop`]); returns once
+    /// the port accepts connections.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.serving.is_some() {
+            return Ok(());
+        }
+        let runtime = self.runtime.as_ref().expect("runtime lives as long as the broker");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let broker = self.broker.clone();
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            let serving = runtime.spawn(async move {
+                if let Err(e) = broker.listen(tokio::time::Instant::now()).await {
+                    let _ = tx.send(format!("{e:?}"));
+                }
+            });
+            // The port of a listener just closed can take a moment to be free again.
+            loop {
+                if let Ok(err) = rx.try_recv() {
+                    if Instant::now() > deadline {
+                        return Err(KafkaError::Embedded(format!("broker on {} failed to listen: {err}", self.addr)));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+                if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                    self.serving = Some(serving);
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    serving.abort();
+                    return Err(KafkaError::Embedded(format!(
+                        "broker on {} did not accept connections within 20s",
+                        self.addr
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod decode;
+pub mod duplicates;
 pub mod embedded;
 pub mod offsets;
 
@@ -51,6 +52,9 @@ pub fn consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig 
         // faults, and the bounded queue is part of the backpressure.
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "20000");
+    if let Some(id) = &settings.group_instance_id {
+        cfg.set("group.instance.id", id);
+    }
     for (k, v) in &settings.librdkafka {
         cfg.set(k, v);
     }

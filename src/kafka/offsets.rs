@@ -167,6 +167,13 @@ impl Claim {
     pub fn holds(&self) -> bool {
         self.slot.load(Ordering::Acquire) == self.generation
     }
+
+    /// Whether a record read when [`Assignments::current`] was `read_at` was fetched before this
+    /// assignment began: a leftover of an earlier assignment of the partition, which the new assignment's
+    /// fetch (from the committed position) delivers again.
+    pub fn fetched_before(&self, read_at: u64) -> bool {
+        read_at < self.generation
+    }
 }
 
 /// Partitions owned by this instance, each with the generation of its current assignment. A lifecycle
@@ -211,6 +218,12 @@ impl Assignments {
         let owned = self.owned.read().expect("assignment lock");
         let slot = owned.get(topic, partition)?;
         Some(Claim { generation: slot.load(Ordering::Acquire), slot: slot.clone() })
+    }
+
+    /// The newest generation handed out. A record read when this was `g` was fetched before any
+    /// assignment of a later generation: see [`Claim::fetched_before`].
+    pub fn current(&self) -> u64 {
+        self.next_generation.load(Ordering::Acquire)
     }
 
     pub fn owned(&self) -> Vec<(String, i32)> {

@@ -302,6 +302,7 @@ pub async fn run(
     results.send_errors = shared.failed.load(Ordering::Relaxed);
     results.events = correlated.events;
     results.unknown_events = correlated.unmatched;
+    results.duplicate_acks = correlated.duplicates;
     results.undecodable_acks = correlated.undecodable;
     results.statuses = correlated.statuses;
     let epoch_us = started_at.timestamp_micros();
@@ -645,6 +646,8 @@ struct Correlated {
     samples: Vec<(u64, Status, u64)>,
     events: u64,
     unmatched: u64,
+    /// Acks of a payload and status already seen: Kafka's at-least-once copies (same event id).
+    duplicates: u64,
     statuses: BTreeMap<Channel, BTreeMap<Status, StatusFigures>>,
     resolved_per_second: Vec<u64>,
 }
@@ -712,6 +715,7 @@ impl<'a> Correlator<'a> {
             samples: Vec::new(),
             events: 0,
             unmatched: 0,
+            duplicates: 0,
             statuses: BTreeMap::new(),
             resolved_per_second: Vec::new(),
         };
@@ -736,10 +740,16 @@ impl<'a> Correlator<'a> {
             out.unmatched += 1;
             return;
         };
-        out.events += 1;
-        shared.events.fetch_add(1, Ordering::Relaxed);
         let bit = status_bit(status);
         let before = shared.flags.0[seq as usize].fetch_or(bit, Ordering::Relaxed);
+        // A second ack of a payload and status is a redelivered copy (acks are at least once, with the same
+        // event id); only DEFERRED may really happen more than once.
+        if before & bit != 0 && status != Status::Deferred {
+            out.duplicates += 1;
+            return;
+        }
+        out.events += 1;
+        shared.events.fetch_add(1, Ordering::Relaxed);
         let figures = out.statuses.entry(factory.mix.channel_of(seq)).or_default().entry(status).or_default();
         let latency_us = received_us.saturating_sub(due_us);
         figures.latency_us.record(latency_us);

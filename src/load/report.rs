@@ -45,6 +45,8 @@ pub struct Summary<'a> {
     pub unmatched_events: u64,
     /// Acks whose payload id or status could not be read at the configured pointers.
     pub undecodable_acks: u64,
+    /// Redelivered copies of acks already counted.
+    pub duplicate_acks: u64,
     pub resolved: u64,
     pub lost: u64,
     pub lost_ids: &'a [String],
@@ -92,6 +94,7 @@ pub fn summary<'a>(run_id: &'a str, generators: usize, r: &'a Results, verdicts:
         events: r.events,
         unmatched_events: r.unknown_events,
         undecodable_acks: r.undecodable_acks,
+        duplicate_acks: r.duplicate_acks,
         resolved: r.resolved,
         lost: r.lost,
         lost_ids: &r.lost_ids,
@@ -138,6 +141,9 @@ pub fn text(s: &Summary<'_>) -> String {
         ms(s.lateness_max_ms)
     );
     let _ = writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost", s.events, s.resolved, s.lost);
+    if s.duplicate_acks > 0 {
+        let _ = writeln!(o, "            {} redelivered copies of acks already counted (same event id), left out", s.duplicate_acks);
+    }
     if s.unmatched_events > 0 {
         let _ = writeln!(
             o,

@@ -110,6 +110,9 @@ pub struct Results {
     /// Acks on the topic whose payload id or status could not be read at the configured pointers.
     #[serde(default)]
     pub undecodable_acks: u64,
+    /// Copies of acks already counted (same payload and status): not events, not latency samples.
+    #[serde(default)]
+    pub duplicate_acks: u64,
     /// Payloads with a final outcome (DELIVERY, BOUNCE, REJECT, UNDELIVERED, or anything after DELIVERY).
     pub resolved: u64,
     /// Payloads sent without a final outcome by the end of the wait.
@@ -172,6 +175,7 @@ impl Results {
             events: 0,
             unknown_events: 0,
             undecodable_acks: 0,
+            duplicate_acks: 0,
             resolved: 0,
             lost: 0,
             lost_ids: Vec::new(),
@@ -235,6 +239,7 @@ impl Results {
         self.lateness_us.merge(&other.lateness_us);
         self.events += other.events;
         self.unknown_events += other.unknown_events;
+        self.duplicate_acks += other.duplicate_acks;
         self.undecodable_acks += other.undecodable_acks;
         self.resolved += other.resolved;
         self.lost += other.lost;

@@ -2,6 +2,8 @@
 //! SQLite file per test, unique topics per test, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
