@@ -20,7 +20,8 @@ pub fn render(path: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(k);
+                // An empty key (`"": 1`) is shown as such rather than as nothing.
+                out.push_str(if k.is_empty() { "\"\"" } else { k });
             }
             Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }
