@@ -136,18 +136,73 @@ enum ScenarioCommand {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also say which rule of each file catches this sample message (a JSON file).
+        #[arg(long)]
+        message: Option<PathBuf>,
+        /// A header of the sample message, `name=value`; repeat for more.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
     },
+    /// Print the planned lifecycle of one sample message (a JSON file, as the platform would send it):
+    /// the rule that chose it, the path, and every ack with its due time.
+    Explain {
+        file: PathBuf,
+        message: PathBuf,
+        /// A header of the sample message, `name=value`; repeat for more.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Receipt time of the message (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Print the JSON Schema of scenario files (the one in `scenarios/schema.json`).
+    Schema,
 }
 
-fn main() -> ExitCode {
-    tune_allocator();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Scenario { command: ScenarioCommand::Check { files } } => {
+/// The sample message of `scenario check --message` and `scenario explain`, with its headers.
+fn sample(path: &std::path::Path, headers: &[String]) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+    let body = std::fs::read(path).map_err(|e| format!("{}: cannot read the message: {e}", path.display()))?;
+    let headers = headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--header `{h}`: write it as NAME=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((body, headers))
+}
+
+fn scenario_command(config: Option<&std::path::Path>, command: ScenarioCommand) -> ExitCode {
+    use understudy::scenario::explain::explain;
+    // The input settings say how messages are decoded (field pointers, tenant header).
+    let settings = || Settings::load(config, &Overrides::default());
+    match command {
+        ScenarioCommand::Check { files, message, headers } => {
+            let sample = match message.as_deref().map(|m| sample(m, &headers)).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let settings = match sample.is_some().then(settings).transpose() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
             let mut ok = true;
             for f in files {
                 match Scenario::load(&f) {
-                    Ok(s) => println!("{}", s.summary()),
+                    Ok(s) => {
+                        println!("{}", s.summary());
+                        if let (Some((body, headers)), Some(settings)) = (&sample, &settings) {
+                            let topic = &settings.kafka.input_topics[0];
+                            match explain(&s, &settings.input, topic, body, headers, chrono::Utc::now()) {
+                                Ok(x) => println!("  sample message: {}\n", x.decided_by(&s)),
+                                Err(e) => println!("  sample message: {e}\n"),
+                            }
+                        }
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         ok = false;
@@ -156,6 +211,46 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::from(2) }
         }
+        ScenarioCommand::Explain { file, message, headers, at } => {
+            let scenario = match Scenario::load(&file) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let settings = match settings() {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let (body, headers) = match sample(&message, &headers) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let topic = &settings.kafka.input_topics[0];
+            match explain(&scenario, &settings.input, topic, &body, &headers, at.unwrap_or_else(chrono::Utc::now)) {
+                Ok(x) => {
+                    print!("{}", x.render(&scenario));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", message.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ScenarioCommand::Schema => {
+            println!("{}", understudy::scenario::json_schema());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Scenario { command } => scenario_command(cli.config.as_deref(), command),
         Command::Broker { port } => {
             telemetry::init_tracing(&Default::default());
             report(broker(port))

@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6e1d_5c2a_8f3b_4d7e_9a10_3c5b_7d2e_4f61);
 
 /// A vendor channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Email,
@@ -83,7 +83,7 @@ impl FromStr for Channel {
 }
 
 /// A vendor status, as reported in an ack event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     Send,
@@ -159,7 +159,7 @@ impl FromStr for Status {
 }
 
 /// Hard or soft bounce (email).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BounceType {
     Hard,
@@ -187,6 +187,8 @@ pub struct Outbound {
     pub tenant_id: Option<Arc<str>>,
     /// Headers to propagate onto every ack, in their original order.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Other headers scenario rules match on (not copied onto acks).
+    pub rule_headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     pub received_at: DateTime<Utc>,
 }
@@ -211,6 +213,9 @@ pub struct PlannedStep {
 pub struct Plan {
     /// Name of the outcome path that was drawn (shared with the scenario).
     pub path: Arc<str>,
+    /// The scenario rule (or `magic:` recipient) that chose the behaviour; none = the channel's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
     pub vendor_message_id: Arc<str>,
     pub steps: Vec<PlannedStep>,
 }
@@ -321,7 +326,8 @@ impl Plan {
     /// The plan as JSON, as serde writes it, into `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut w = crate::json::ObjectWriter::new(out);
-        w.str("path", &self.path).str("vendor_message_id", &self.vendor_message_id).raw("steps", |out| {
+        w.str("path", &self.path).some_str("rule", self.rule.as_deref());
+        w.str("vendor_message_id", &self.vendor_message_id).raw("steps", |out| {
             out.push(b'[');
             for (i, s) in self.steps.iter().enumerate() {
                 if i > 0 {
@@ -413,6 +419,7 @@ mod tests {
         }
         let plan = Plan {
             path: "bounced".into(),
+            rule: Some("magic:bounce@understudy.test".into()),
             vendor_message_id: "v".into(),
             steps: vec![
                 PlannedStep { status: Status::Send, attempt: 1, due_us: 5, error_code: None, error_reason: None, bounce_type: None },

@@ -24,6 +24,7 @@ fn message(i: usize, channel: Channel) -> PlannedMessage {
             recipient: format!("user{i}@example.com").into(),
             tenant_id: (i % 2 == 0).then(|| "acme".into()),
             headers: vec![("traceparent".into(), format!("00-{i:032x}-{i:016x}-01").into_bytes()), ("bin".into(), vec![0xff, i as u8])],
+            rule_headers: Vec::new(),
             body: format!(r#"{{"payload_id":"pay-{i}","n":{i}}}"#).into_bytes(),
             received_at: Utc.timestamp_micros(1_700_000_000_000_000 + i as i64 * 1_001).unwrap(),
         },

@@ -16,7 +16,7 @@ use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
 use super::persister::{PersistMessages, Persister};
 use crate::kafka::offsets::Claim;
 use crate::model::{Channel, Outbound, PlannedMessage};
-use crate::scenario::Scenario;
+use crate::scenario::{MessageView, Scenario};
 use crate::store::{MessageRow, PendingLifecycle};
 use crate::telemetry;
 
@@ -90,7 +90,7 @@ impl Handler<Dispatch> for ChannelActor {
         let mut rows = Vec::with_capacity(msg.0.len());
         telemetry::messages_consumed(self.channel, msg.0.len() as u64);
         for (claim, outbound) in msg.0 {
-            let Some(plan) = self.scenario.plan(self.channel, &outbound.payload_id) else { continue };
+            let Some(plan) = self.scenario.plan_for(&MessageView::of(&outbound)) else { continue };
             let mut pm = PlannedMessage { outbound, plan };
             rows.push(MessageRow::new(&mut pm, &self.scenario_name));
             planned.push((claim, pm));

@@ -123,7 +123,7 @@ impl Pipeline {
         let run = ConsumerLoop {
             consumer: kafka_consumer.clone(),
             assigned,
-            decoder: Decoder::new(settings.input.clone()),
+            decoder: Decoder::new(settings.input.clone()).with_rule_headers(scenario.rule_headers()),
             on_duplicate: settings.input.on_duplicate_payload_id,
             duplicate_window: settings.input.duplicate_window,
             scenario,

@@ -37,6 +37,8 @@ pub struct RawRecord<'a> {
 pub struct Decoder {
     settings: InputSettings,
     propagate: Vec<String>,
+    /// Headers scenario rules match on, kept with the message (not copied onto acks).
+    rule_headers: Vec<String>,
     /// The configured JSON pointers, merged into one tree: a message is read in one pass that
     /// captures those fields and skips everything else without building a document.
     fields: Trie,
@@ -84,7 +86,13 @@ impl Decoder {
         if !f.tenant_id.is_empty() {
             fields.add(&f.tenant_id, TENANT_ID);
         }
-        Self { settings, propagate, fields }
+        Self { settings, propagate, rule_headers: Vec::new(), fields }
+    }
+
+    /// Also keep these headers (any case), for scenario rules to match on.
+    pub fn with_rule_headers(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.rule_headers = names.into_iter().collect();
+        self
     }
 
     pub fn decode(&self, rec: &RawRecord<'_>, received_at: DateTime<Utc>) -> Result<Outbound, Rejection> {
@@ -158,9 +166,13 @@ impl Decoder {
             },
         };
         let mut headers = Vec::new();
+        let mut rule_headers = Vec::new();
         for (k, v) in &rec.headers {
             let Some(v) = v else { continue };
             if !self.propagate.iter().any(|p| p.eq_ignore_ascii_case(k)) {
+                if self.rule_headers.iter().any(|p| p.eq_ignore_ascii_case(k)) && v.len() <= MAX_PROPAGATED_HEADER_BYTES {
+                    rule_headers.push(((*k).to_owned(), v.to_vec()));
+                }
                 continue;
             }
             if v.len() > MAX_PROPAGATED_HEADER_BYTES {
@@ -179,6 +191,7 @@ impl Decoder {
             recipient,
             tenant_id,
             headers,
+            rule_headers,
             body: body.to_vec(),
             received_at,
         })

@@ -31,6 +31,20 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration: `250ms`, `3s`, `15m`, `2h`, `1h 30m`.",
+            "examples": ["250ms", "3s", "1h 30m"]
+        })
+    }
+}
+
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(self.0).to_string())
@@ -38,7 +52,7 @@ impl Serialize for Dur {
 }
 
 /// A delay distribution.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "dist", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Delay {
     /// Always `value`.
@@ -70,10 +84,9 @@ impl Delay {
             Delay::Lognormal { median, .. } if median.0.is_zero() => {
                 Err(("median", "a lognormal `median` must be above zero".into()))
             }
-            Delay::Lognormal { median, p99, .. } if p99 <= median => Err((
-                "p99",
-                format!("`p99` ({}) must be above `median` ({})", show(p99.secs()), show(median.secs())),
-            )),
+            Delay::Lognormal { median, p99, .. } if p99 <= median => {
+                Err(("p99", format!("`p99` ({}) must be above `median` ({})", show(p99.secs()), show(median.secs()))))
+            }
             Delay::Exponential { mean, .. } if mean.0.is_zero() => {
                 Err(("mean", "an exponential `mean` must be above zero".into()))
             }
@@ -92,10 +105,9 @@ impl Delay {
         let (kind, cap) = match *self {
             Delay::Fixed { value } => (Kind::Fixed(value.secs()), None),
             Delay::Uniform { min, max } => (Kind::Uniform(min.secs(), max.secs()), None),
-            Delay::Normal { mean, stddev, max } => (
-                Normal::new(mean.secs(), stddev.secs()).map_or(Kind::Fixed(mean.secs()), Kind::Normal),
-                max,
-            ),
+            Delay::Normal { mean, stddev, max } => {
+                (Normal::new(mean.secs(), stddev.secs()).map_or(Kind::Fixed(mean.secs()), Kind::Normal), max)
+            }
             Delay::Lognormal { median, p99, max } => {
                 let mu = median.secs().ln();
                 let sigma = (p99.secs().ln() - mu) / Z99;

@@ -5,7 +5,9 @@
 //! function: the same answer on every replica, in every order, on every rerun.
 
 pub mod distribution;
+pub mod explain;
 pub mod locate;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,10 +15,13 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use distribution::{Delay, Dur, Sampler};
 use locate::Seg;
+pub use rules::MessageView;
+use rules::{MAGIC, Matcher, RuleSpec};
 
 use crate::model::{BounceType, Channel, Plan, PlannedStep, Status, vendor_message_id};
 
@@ -32,7 +37,7 @@ pub enum ScenarioError {
 pub type Result<T, E = ScenarioError> = std::result::Result<T, E>;
 
 /// A scenario file as written.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
     /// A short name shown in summaries and stored with every message.
@@ -48,14 +53,25 @@ pub struct ScenarioFile {
     pub time_scale: f64,
     /// Behaviour per channel (`email`, `sms`, `whatsapp`).
     pub channels: BTreeMap<String, ChannelSpec>,
+    /// Ordered rules that override the channel behaviour for the messages they match; first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSpec>,
+    /// The built-in magic recipients (`bounce@understudy.test`, `+15005550001`, ...), checked after the
+    /// rules. Default on.
+    #[serde(default = "yes")]
+    pub magic_recipients: bool,
 }
 
 fn one() -> f64 {
     1.0
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// One channel's behaviour.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
     /// Delay before each status, counted from the previous step, keyed by status.
@@ -66,7 +82,7 @@ pub struct ChannelSpec {
 }
 
 /// One outcome path.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathSpec {
     pub name: String,
@@ -86,7 +102,7 @@ pub struct PathSpec {
 }
 
 /// A vendor error code with its reason.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorSpec {
     pub code: String,
@@ -101,10 +117,42 @@ pub struct Scenario {
     pub file: ScenarioFile,
     pub source: PathBuf,
     channels: [Option<CompiledChannel>; 3],
+    rules: Vec<CompiledRule>,
+    /// Per entry of [`MAGIC`]: its rule name and path, when magic recipients are on and the scenario has
+    /// the channel.
+    magic: Vec<Option<(std::sync::Arc<str>, CompiledChannel)>>,
 }
 
 #[derive(Clone, Debug)]
-struct CompiledChannel {
+struct CompiledRule {
+    name: std::sync::Arc<str>,
+    matcher: Matcher,
+    channels: [Option<CompiledChannel>; 3],
+}
+
+/// What decided a message's behaviour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chosen {
+    /// The rule at this index of `rules`.
+    Rule(usize, std::sync::Arc<str>),
+    /// A magic recipient (index into [`rules::MAGIC`]).
+    Magic(usize, std::sync::Arc<str>),
+    /// The channel's own paths.
+    Channel,
+}
+
+impl Chosen {
+    pub fn rule_name(&self) -> Option<&std::sync::Arc<str>> {
+        match self {
+            Chosen::Rule(_, n) | Chosen::Magic(_, n) => Some(n),
+            Chosen::Channel => None,
+        }
+    }
+}
+
+/// A channel's (or a rule's) compiled paths.
+#[derive(Clone, Debug)]
+pub struct CompiledChannel {
     cumulative: Vec<f64>,
     paths: Vec<CompiledPath>,
 }
@@ -122,8 +170,8 @@ impl Scenario {
     /// Read, parse and validate a scenario file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Read { file: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -156,102 +204,27 @@ impl Scenario {
         for (name, spec) in &file.channels {
             let base = vec![key("channels"), key(name)];
             let channel: Channel = name.parse().map_err(|e: String| (base.clone(), e))?;
-            let at = |rest: &[Seg]| [base.clone(), rest.to_vec()].concat();
-            let channel_delays = status_keys(channel, &spec.delays, &at(&[key("delays")]))?;
-            for (status, delay) in &channel_delays {
-                delay.validate().map_err(|(f, m)| (at(&[key("delays"), key(status.as_str()), key(f)]), m))?;
-            }
-            if spec.paths.is_empty() {
-                return Err((at(&[key("paths")]), "give at least one outcome path".into()));
-            }
-            let mut cumulative = Vec::new();
-            let mut paths = Vec::new();
-            let mut total = 0.0;
-            let mut names = std::collections::HashSet::new();
-            for (i, path) in spec.paths.iter().enumerate() {
-                let p = |rest: &[Seg]| at(&[&[key("paths"), Seg::Index(i)][..], rest].concat());
-                if !names.insert(path.name.as_str()) {
-                    return Err((p(&[key("name")]), format!("path name `{}` is used twice", path.name)));
-                }
-                if !(path.weight.is_finite() && path.weight >= 0.0) {
-                    return Err((p(&[key("weight")]), format!("must be zero or more, not {}", path.weight)));
-                }
-                if path.steps.is_empty() {
-                    return Err((p(&[key("steps")]), "give at least one status, e.g. `[SEND, DELIVERY]`".into()));
-                }
-                let path_delays = status_keys(channel, &path.delays, &p(&[key("delays")]))?;
-                let mut prev = None;
-                let mut steps = Vec::new();
-                for (j, &status) in path.steps.iter().enumerate() {
-                    if !channel.allows(prev, status) {
-                        let allowed: Vec<Status> =
-                            channel.statuses().iter().copied().filter(|s| channel.allows(prev, *s)).collect();
-                        let after = prev.map_or("as the first status".to_owned(), |s| format!("after {s}"));
-                        return Err((
-                            p(&[key("steps"), Seg::Index(j)]),
-                            format!(
-                                "{status} cannot come {after} on {channel}; allowed here: {}",
-                                if allowed.is_empty() { "nothing (the path must end)".into() } else { list(&allowed) }
-                            ),
-                        ));
-                    }
-                    let delay = path_delays.get(&status).or_else(|| channel_delays.get(&status)).ok_or_else(|| {
-                        (
-                            p(&[key("steps"), Seg::Index(j)]),
-                            format!(
-                                "no delay for {status}: add `channels.{channel}.delays.{status}` or a `delays.{status}` on this path"
-                            ),
-                        )
-                    })?;
-                    steps.push((status, delay.sampler(file.time_scale)));
-                    prev = Some(status);
-                }
-                for (status, delay) in &path_delays {
-                    delay.validate().map_err(|(f, m)| (p(&[key("delays"), key(status.as_str()), key(f)]), m))?;
-                    if !path.steps.contains(status) {
-                        return Err((p(&[key("delays"), key(status.as_str())]), format!("{status} is not a step of this path")));
-                    }
-                }
-                let last = *path.steps.last().expect("non-empty");
-                if !last.can_end() {
-                    return Err((
-                        p(&[key("steps")]),
-                        format!("a lifecycle cannot end on {last}; end it on a delivery or failure status"),
-                    ));
-                }
-                if path.bounce_type.is_some() && !path.steps.contains(&Status::Bounce) {
-                    return Err((p(&[key("bounce_type")]), "only a path with a BOUNCE step has a bounce type".into()));
-                }
-                let mut errors_cumulative = Vec::new();
-                let mut errors = Vec::new();
-                let mut etotal = 0.0;
-                for (k, e) in path.errors.iter().enumerate() {
-                    if !(e.weight.is_finite() && e.weight > 0.0) {
-                        return Err((p(&[key("errors"), Seg::Index(k), key("weight")]), "must be above zero".into()));
-                    }
-                    etotal += e.weight;
-                    errors_cumulative.push(etotal);
-                    errors.push((e.code.clone(), e.reason.clone()));
-                }
-                if !path.errors.is_empty() && !path.steps.iter().any(|s| s.is_failure()) {
-                    return Err((p(&[key("errors")]), "this path has no failure step to carry an error code".into()));
-                }
-                total += path.weight;
-                cumulative.push(total);
-                paths.push(CompiledPath {
-                    name: path.name.as_str().into(),
-                    steps,
-                    errors_cumulative,
-                    errors,
-                    bounce_type: path.bounce_type.unwrap_or(BounceType::Hard),
-                });
-            }
-            if total <= 0.0 {
-                return Err((at(&[key("paths")]), "the path weights add up to zero; give at least one a weight above zero".into()));
-            }
-            channels[channel.index()] = Some(CompiledChannel { cumulative, paths });
+            channels[channel.index()] = Some(compile_channel(channel, spec, file.time_scale, &base, &base)?);
         }
-        Ok(Scenario { file, source, channels })
+        let mut rules = Vec::with_capacity(file.rules.len());
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in file.rules.iter().enumerate() {
+            let at = vec![key("rules"), Seg::Index(i)];
+            if !names.insert(rule.name.as_str()) {
+                return Err(([&at[..], &[key("name")]].concat(), format!("rule name `{}` is used twice", rule.name)));
+            }
+            rules.push(compile_rule(rule, &file, &channels, &at)?);
+        }
+        let magic = MAGIC
+            .iter()
+            .map(|m| {
+                let spec = file.channels.get(m.channel.as_str()).filter(|_| file.magic_recipients)?;
+                let compiled = compile_channel(m.channel, &m.channel_spec(&spec.delays), file.time_scale, &[], &[])
+                    .expect("magic recipients are valid paths");
+                Some((m.rule_name().into(), compiled))
+            })
+            .collect();
+        Ok(Scenario { file, source, channels, rules, magic })
     }
 
     /// The same scenario with another `time_scale`.
@@ -274,13 +247,58 @@ impl Scenario {
         self.file.seed
     }
 
+    /// Headers the rules match on: the decoder keeps them with each message.
+    pub fn rule_headers(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.rules.iter().flat_map(|r| r.matcher.header_names()).map(str::to_ascii_lowercase).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn has_channel(&self, channel: Channel) -> bool {
         self.channels[channel.index()].is_some()
     }
 
-    /// The whole lifecycle of one message: a pure function of (seed, channel, payload id).
+    /// The lifecycle of a message of which only the channel and payload id are known (so only rules
+    /// that need nothing else can match it).
     pub fn plan(&self, channel: Channel, payload_id: &str) -> Option<Plan> {
-        let ch = self.channels[channel.index()].as_ref()?;
+        self.plan_for(&MessageView::new(channel, payload_id))
+    }
+
+    /// The whole lifecycle of one message: a pure function of the scenario and the message (its rule is
+    /// chosen by the message's fields; its draws are seeded by (seed, payload id)).
+    pub fn plan_for(&self, m: &MessageView<'_>) -> Option<Plan> {
+        let (chosen, ch) = self.choose(m)?;
+        Some(self.draw(ch, chosen.rule_name().cloned(), m.channel, m.payload_id))
+    }
+
+    /// What decides the message's behaviour: the first rule that matches it, else its magic recipient,
+    /// else its channel. `None` if the scenario has no such channel.
+    pub fn choose(&self, m: &MessageView<'_>) -> Option<(Chosen, &CompiledChannel)> {
+        let default = self.channels[m.channel.index()].as_ref()?;
+        for (i, r) in self.rules.iter().enumerate() {
+            if let Some(ch) = &r.channels[m.channel.index()]
+                && r.matcher.matches(m)
+            {
+                return Some((Chosen::Rule(i, r.name.clone()), ch));
+            }
+        }
+        if let Some(i) = rules::magic_index(m.channel, m.recipient)
+            && let Some((name, ch)) = &self.magic[i]
+        {
+            return Some((Chosen::Magic(i, name.clone()), ch));
+        }
+        Some((Chosen::Channel, default))
+    }
+
+    fn draw(
+        &self,
+        ch: &CompiledChannel,
+        rule: Option<std::sync::Arc<str>>,
+        channel: Channel,
+        payload_id: &str,
+    ) -> Plan {
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(payload_id.as_bytes(), self.file.seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let path = &ch.paths[pick(&ch.cumulative, &mut rng)];
@@ -307,7 +325,7 @@ impl Scenario {
                 attempt += 1;
             }
         }
-        Some(Plan { path: path.name.clone(), vendor_message_id: vendor_message_id(channel, payload_id), steps })
+        Plan { path: path.name.clone(), rule, vendor_message_id: vendor_message_id(channel, payload_id), steps }
     }
 
     /// Expected share of each path per channel, for checks and summaries.
@@ -362,6 +380,39 @@ impl Scenario {
                 }
             }
         }
+        if !f.rules.is_empty() {
+            out.push_str("  rules (in order; the first that matches decides):\n");
+            for (rule, compiled) in f.rules.iter().zip(&self.rules) {
+                let when = serde_json::to_string(&rule.when).unwrap_or_default();
+                let channels: Vec<&str> = Channel::ALL
+                    .iter()
+                    .filter(|c| compiled.channels[c.index()].is_some())
+                    .map(|c| c.as_str())
+                    .collect();
+                let then = match (&rule.path, &rule.paths, &rule.channels) {
+                    (Some(p), _, _) => format!("path {p}"),
+                    (_, Some(ps), _) => format!("{} path(s) of its own", ps.len()),
+                    (_, _, Some(_)) => "a sub-scenario".to_owned(),
+                    _ => "the channel's paths".to_owned(),
+                };
+                let mut extra = Vec::new();
+                if !rule.delays.is_empty() {
+                    extra.push(format!("delays of {}", rule.delays.keys().cloned().collect::<Vec<_>>().join(", ")));
+                }
+                if !rule.errors.is_empty() {
+                    extra.push(format!(
+                        "error {}",
+                        rule.errors.iter().map(|e| e.code.as_str()).collect::<Vec<_>>().join("/")
+                    ));
+                }
+                let extra = if extra.is_empty() { String::new() } else { format!(", {}", extra.join(", ")) };
+                out.push_str(&format!("    {:<20} {} on {} → {then}{extra}\n", rule.name, when, channels.join(", ")));
+            }
+        }
+        out.push_str(&format!(
+            "  magic recipients: {}\n",
+            if f.magic_recipients { "on (`bounce@understudy.test`, `+15005550001`, ...)" } else { "off" }
+        ));
         out
     }
 }
@@ -370,6 +421,227 @@ impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.summary())
     }
+}
+
+/// Compile one channel's behaviour. `base` locates the spec's own keys; `paths_at` locates its `paths`
+/// (they differ when a rule takes a channel's delays but writes its own paths).
+fn compile_channel(
+    channel: Channel,
+    spec: &ChannelSpec,
+    time_scale: f64,
+    base: &[Seg],
+    paths_at: &[Seg],
+) -> Result<CompiledChannel, (Vec<Seg>, String)> {
+    let key = |s: &str| Seg::Key(s.to_owned());
+    let base = base.to_vec();
+    let paths_base = paths_at.to_vec();
+    let at = |rest: &[Seg]| [base.clone(), rest.to_vec()].concat();
+    let channel_delays = status_keys(channel, &spec.delays, &at(&[key("delays")]))?;
+    for (status, delay) in &channel_delays {
+        delay.validate().map_err(|(f, m)| (at(&[key("delays"), key(status.as_str()), key(f)]), m))?;
+    }
+    if spec.paths.is_empty() {
+        return Err(([&paths_base[..], &[key("paths")]].concat(), "give at least one outcome path".into()));
+    }
+    let mut cumulative = Vec::new();
+    let mut paths = Vec::new();
+    let mut total = 0.0;
+    let mut names = std::collections::HashSet::new();
+    for (i, path) in spec.paths.iter().enumerate() {
+        let p = |rest: &[Seg]| [&paths_base[..], &[key("paths"), Seg::Index(i)][..], rest].concat();
+        if !names.insert(path.name.as_str()) {
+            return Err((p(&[key("name")]), format!("path name `{}` is used twice", path.name)));
+        }
+        if !(path.weight.is_finite() && path.weight >= 0.0) {
+            return Err((p(&[key("weight")]), format!("must be zero or more, not {}", path.weight)));
+        }
+        if path.steps.is_empty() {
+            return Err((p(&[key("steps")]), "give at least one status, e.g. `[SEND, DELIVERY]`".into()));
+        }
+        let path_delays = status_keys(channel, &path.delays, &p(&[key("delays")]))?;
+        let mut prev = None;
+        let mut steps = Vec::new();
+        for (j, &status) in path.steps.iter().enumerate() {
+            if !channel.allows(prev, status) {
+                let allowed: Vec<Status> =
+                    channel.statuses().iter().copied().filter(|s| channel.allows(prev, *s)).collect();
+                let after = prev.map_or("as the first status".to_owned(), |s| format!("after {s}"));
+                return Err((
+                    p(&[key("steps"), Seg::Index(j)]),
+                    format!(
+                        "{status} cannot come {after} on {channel}; allowed here: {}",
+                        if allowed.is_empty() { "nothing (the path must end)".into() } else { list(&allowed) }
+                    ),
+                ));
+            }
+            let delay = path_delays.get(&status).or_else(|| channel_delays.get(&status)).ok_or_else(|| {
+                    (
+                        p(&[key("steps"), Seg::Index(j)]),
+                        format!(
+                            "no delay for {status}: add `channels.{channel}.delays.{status}` or a `delays.{status}` on this path"
+                        ),
+                    )
+                })?;
+            steps.push((status, delay.sampler(time_scale)));
+            prev = Some(status);
+        }
+        for (status, delay) in &path_delays {
+            delay.validate().map_err(|(f, m)| (p(&[key("delays"), key(status.as_str()), key(f)]), m))?;
+            if !path.steps.contains(status) {
+                return Err((
+                    p(&[key("delays"), key(status.as_str())]),
+                    format!("{status} is not a step of this path"),
+                ));
+            }
+        }
+        let last = *path.steps.last().expect("non-empty");
+        if !last.can_end() {
+            return Err((
+                p(&[key("steps")]),
+                format!("a lifecycle cannot end on {last}; end it on a delivery or failure status"),
+            ));
+        }
+        if path.bounce_type.is_some() && !path.steps.contains(&Status::Bounce) {
+            return Err((p(&[key("bounce_type")]), "only a path with a BOUNCE step has a bounce type".into()));
+        }
+        let mut errors_cumulative = Vec::new();
+        let mut errors = Vec::new();
+        let mut etotal = 0.0;
+        for (k, e) in path.errors.iter().enumerate() {
+            if !(e.weight.is_finite() && e.weight > 0.0) {
+                return Err((p(&[key("errors"), Seg::Index(k), key("weight")]), "must be above zero".into()));
+            }
+            etotal += e.weight;
+            errors_cumulative.push(etotal);
+            errors.push((e.code.clone(), e.reason.clone()));
+        }
+        if !path.errors.is_empty() && !path.steps.iter().any(|s| s.is_failure()) {
+            return Err((p(&[key("errors")]), "this path has no failure step to carry an error code".into()));
+        }
+        total += path.weight;
+        cumulative.push(total);
+        paths.push(CompiledPath {
+            name: path.name.as_str().into(),
+            steps,
+            errors_cumulative,
+            errors,
+            bounce_type: path.bounce_type.unwrap_or(BounceType::Hard),
+        });
+    }
+    if total <= 0.0 {
+        return Err((
+            at(&[key("paths")]),
+            "the path weights add up to zero; give at least one a weight above zero".into(),
+        ));
+    }
+    Ok(CompiledChannel { cumulative, paths })
+}
+
+/// Compile one rule against the scenario's channels.
+fn compile_rule(
+    rule: &RuleSpec,
+    file: &ScenarioFile,
+    channels: &[Option<CompiledChannel>; 3],
+    at: &[Seg],
+) -> Result<CompiledRule, (Vec<Seg>, String)> {
+    let key = |s: &str| Seg::Key(s.to_owned());
+    let here = |rest: &[&str]| [at, &rest.iter().map(|s| key(s)).collect::<Vec<_>>()[..]].concat();
+    let matcher = Matcher::compile(&rule.when).map_err(|(f, m)| {
+        (here(&[&["match"][..], &f.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat()), m)
+    })?;
+    let given = [rule.path.is_some(), rule.paths.is_some(), rule.channels.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err((here(&[]), "give at most one of `path`, `paths` and `channels`".into()));
+    }
+    // Where each channel's behaviour comes from: the sub-scenario, or the scenario itself.
+    let sub = match &rule.channels {
+        Some(sub) => {
+            let mut out: [Option<(&ChannelSpec, Vec<Seg>)>; 3] = [None, None, None];
+            for (name, spec) in sub {
+                let at = here(&["channels", name]);
+                let channel: Channel = name.parse().map_err(|e: String| (at.clone(), e))?;
+                out[channel.index()] = Some((spec, at));
+            }
+            out
+        }
+        None => Channel::ALL
+            .map(|c| file.channels.get(c.as_str()).map(|spec| (spec, vec![key("channels"), key(c.as_str())]))),
+    };
+    let mut compiled: [Option<CompiledChannel>; 3] = [None, None, None];
+    let mut used_delays = std::collections::HashSet::new();
+    for channel in Channel::ALL {
+        if !matcher.covers(channel) || channels[channel.index()].is_none() {
+            continue;
+        }
+        let Some((base_spec, base_at)) = &sub[channel.index()] else { continue };
+        let mut spec = (*base_spec).clone();
+        let mut paths_at = base_at.clone();
+        if let Some(name) = &rule.path {
+            spec.paths.retain(|p| &p.name == name);
+            // A channel without the path is not caught by the rule, unless the rule names the channel.
+            if spec.paths.is_empty() && rule.when.channels.is_empty() {
+                continue;
+            }
+            if spec.paths.is_empty() {
+                let known: Vec<&str> = base_spec.paths.iter().map(|p| p.name.as_str()).collect();
+                return Err((
+                    here(&["path"]),
+                    format!(
+                        "{channel} has no path `{name}` (its paths: {}); limit the rule with `match.channels`",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            spec.paths[0].weight = 1.0;
+        }
+        if let Some(paths) = &rule.paths {
+            spec.paths = paths.clone();
+            paths_at = at.to_vec();
+        }
+        for (status, delay) in &rule.delays {
+            if status.parse::<Status>().is_ok_and(|s| channel.statuses().contains(&s)) {
+                spec.delays.insert(status.clone(), delay.clone());
+                used_delays.insert(status.as_str());
+            }
+        }
+        for path in &mut spec.paths {
+            // Delays given by the rule win over the path's own.
+            path.delays.retain(|s, _| !rule.delays.contains_key(s));
+            if !rule.errors.is_empty() && path.steps.iter().any(|s| s.is_failure()) {
+                path.errors = rule.errors.clone();
+            }
+            if rule.bounce_type.is_some() && path.steps.contains(&Status::Bounce) {
+                path.bounce_type = rule.bounce_type;
+            }
+        }
+        compiled[channel.index()] = Some(compile_channel(channel, &spec, file.time_scale, base_at, &paths_at)?);
+    }
+    if compiled.iter().all(Option::is_none) {
+        return Err(match &rule.path {
+            Some(name) => (here(&["path"]), format!("no channel of the scenario has a path `{name}`")),
+            None => (here(&["match"]), "the rule applies to no channel of the scenario".into()),
+        });
+    }
+    for (status, delay) in &rule.delays {
+        delay.validate().map_err(|(f, m)| (here(&["delays", status, f]), m))?;
+        if !used_delays.contains(status.as_str()) {
+            return Err((here(&["delays", status]), format!("no channel the rule applies to has a {status} status")));
+        }
+    }
+    for (k, e) in rule.errors.iter().enumerate() {
+        if !(e.weight.is_finite() && e.weight > 0.0) {
+            let mut f = here(&["errors"]);
+            f.extend([Seg::Index(k), key("weight")]);
+            return Err((f, "must be above zero".into()));
+        }
+    }
+    Ok(CompiledRule { name: rule.name.as_str().into(), matcher, channels: compiled })
+}
+
+/// The JSON Schema of scenario files, as written to `scenarios/schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::generate::SchemaSettings::draft07().into_generator().into_root_schema_for::<ScenarioFile>();
+    serde_json::to_string_pretty(&schema).expect("a schema serializes")
 }
 
 /// Parse the status keys of a `delays` map, checking they belong to the channel.
@@ -381,11 +653,14 @@ fn status_keys<'a>(
     let mut out = BTreeMap::new();
     for (name, delay) in delays {
         let here = [at, &[Seg::Key(name.clone())]].concat();
-        let status: Status = name
-            .parse()
-            .map_err(|_| (here.clone(), format!("unknown status `{name}`; {channel} statuses are {}", list(channel.statuses()))))?;
+        let status: Status = name.parse().map_err(|_| {
+            (here.clone(), format!("unknown status `{name}`; {channel} statuses are {}", list(channel.statuses())))
+        })?;
         if !channel.statuses().contains(&status) {
-            return Err((here, format!("{channel} has no {status} status; {channel} statuses are {}", list(channel.statuses()))));
+            return Err((
+                here,
+                format!("{channel} has no {status} status; {channel} statuses are {}", list(channel.statuses())),
+            ));
         }
         out.insert(status, delay);
     }
@@ -426,7 +701,9 @@ pub fn default_error(channel: Channel, status: Status, bounce: BounceType) -> (S
         (Channel::Sms, Status::Undelivered) => ("30003", "unreachable destination handset"),
         (Channel::Whatsapp, Status::Reject) => ("131026", "message undeliverable"),
         (Channel::Whatsapp, Status::Deferred) => ("130429", "rate limit hit"),
-        (Channel::Whatsapp, Status::Undelivered) => ("131047", "re-engagement message: more than 24 hours since the customer last replied"),
+        (Channel::Whatsapp, Status::Undelivered) => {
+            ("131047", "re-engagement message: more than 24 hours since the customer last replied")
+        }
         _ => ("0", "unspecified vendor error"),
     };
     (c.to_owned(), r.to_owned())
@@ -482,9 +759,8 @@ channels:
         let a = s.plan(Channel::Email, "p-1").unwrap();
         assert_eq!(a, s.plan(Channel::Email, "p-1").unwrap());
         let other = parse(&GOOD.replace("seed: 42", "seed: 43")).unwrap();
-        let differs = (0..50).any(|i| {
-            s.plan(Channel::Email, &format!("p-{i}")) != other.plan(Channel::Email, &format!("p-{i}"))
-        });
+        let differs =
+            (0..50).any(|i| s.plan(Channel::Email, &format!("p-{i}")) != other.plan(Channel::Email, &format!("p-{i}")));
         assert!(differs);
         assert!(s.plan(Channel::Sms, "p-1").is_none());
     }
@@ -515,7 +791,8 @@ channels:
     fn path_weights_are_respected() {
         let s = parse(GOOD).unwrap();
         let n = 20_000;
-        let opened = (0..n).filter(|i| s.plan(Channel::Email, &format!("x{i}")).unwrap().path.as_ref() == "opened").count();
+        let opened =
+            (0..n).filter(|i| s.plan(Channel::Email, &format!("x{i}")).unwrap().path.as_ref() == "opened").count();
         let share = opened as f64 / n as f64;
         assert!((share - 0.7).abs() < 0.02, "{share}");
     }
@@ -543,7 +820,8 @@ channels:
         assert_eq!((line, field.as_str()), (20, "channels.fax"));
         assert!(msg.contains("unknown channel `fax`"), "{msg}");
 
-        let (line, field, msg) = err(&GOOD.replace("      OPEN: { dist: exponential", "      READ: { dist: exponential"));
+        let (line, field, msg) =
+            err(&GOOD.replace("      OPEN: { dist: exponential", "      READ: { dist: exponential"));
         assert_eq!((line, field.as_str()), (10, "channels.email.delays.READ"));
         assert!(msg.contains("email has no READ status"), "{msg}");
 
@@ -572,6 +850,142 @@ channels:
             }
         }
         assert!(n >= 3);
+    }
+
+    const RULES: &str = r#"
+rules:
+  - name: vip
+    match: { recipient: "*@vip.example.com" }
+    path: bounced
+  - name: all-email-slow
+    match: { channels: [email] }
+    delays:
+      SEND: { dist: fixed, value: 10s }
+  - name: wa-reject
+    match: { channels: [whatsapp], tenant: acme }
+    paths:
+      - { name: rejected, weight: 1, steps: [REJECT], errors: [{ code: "X1", reason: "no" }] }
+"#;
+
+    fn with_rules(rules: &str) -> String {
+        let text = GOOD.replace(
+            "      READ: { dist: pareto",
+            "      REJECT: { dist: fixed, value: 1ms }\n      READ: { dist: pareto",
+        );
+        format!("{text}{rules}")
+    }
+
+    #[test]
+    fn rules_are_tried_in_order_before_magic_recipients() {
+        let s = parse(&with_rules(RULES)).unwrap();
+        let plan = |channel, recipient: &str, tenant: Option<&str>| {
+            let mut v = MessageView::new(channel, "p-1");
+            v.recipient = recipient;
+            v.tenant = tenant;
+            s.plan_for(&v).unwrap()
+        };
+        let p = plan(Channel::Email, "x@vip.example.com", None);
+        assert_eq!((p.rule.as_deref(), &*p.path), (Some("vip"), "bounced"));
+        // The second rule catches all other email, magic recipients too: rules come first.
+        let p = plan(Channel::Email, "bounce@understudy.test", None);
+        assert_eq!(p.rule.as_deref(), Some("all-email-slow"));
+        assert_eq!(p.steps[0].due_us, 5_000_000, "10 s at time_scale 0.5");
+        let p = plan(Channel::Whatsapp, "+15005551004", Some("acme"));
+        assert_eq!(
+            (p.rule.as_deref(), p.steps[0].status, p.steps[0].error_code.as_deref()),
+            (Some("wa-reject"), Status::Reject, Some("X1"))
+        );
+        let p = plan(Channel::Whatsapp, "+15005551004", None);
+        assert_eq!((p.rule.as_deref(), p.steps[0].status), (Some("magic:+15005551004"), Status::Reject));
+        assert_eq!(p.steps[0].error_code.as_deref(), Some("130429"));
+        let p = plan(Channel::Whatsapp, "+15005551000", None);
+        assert_eq!(
+            p.steps.iter().map(|s| s.status).collect::<Vec<_>>(),
+            [Status::Send, Status::Delivery, Status::Read]
+        );
+        let p = plan(Channel::Whatsapp, "+15550001", None);
+        assert_eq!(p.rule, None);
+        // Off: the channel decides.
+        let off = parse(&with_rules("magic_recipients: false\n")).unwrap();
+        let mut v = MessageView::new(Channel::Whatsapp, "p-1");
+        v.recipient = "+15005551004";
+        assert_eq!(off.plan_for(&v).unwrap().rule, None);
+        // Same message, same plan.
+        assert_eq!(plan(Channel::Email, "x@vip.example.com", None), plan(Channel::Email, "x@vip.example.com", None));
+    }
+
+    #[test]
+    fn rule_errors_name_line_and_field() {
+        let cases = [
+            ("    path: bounced", "    path: nope", "rules[0].path", "no channel of the scenario has a path `nope`"),
+            (
+                "recipient: \"*@vip.example.com\"",
+                "recipient: { regex: \"(\" }",
+                "rules[0].match.recipient",
+                "not a valid regular expression",
+            ),
+            (
+                "recipient: \"*@vip.example.com\"",
+                "fields: { tier: gold }",
+                "rules[0].match.fields.tier",
+                "not a JSON pointer",
+            ),
+            (
+                "    path: bounced",
+                "    path: bounced\n    paths: []",
+                "rules[0]",
+                "at most one of `path`, `paths` and `channels`",
+            ),
+            (
+                "SEND: { dist: fixed, value: 10s }",
+                "READ: { dist: fixed, value: 10s }",
+                "rules[1].delays.READ",
+                "no channel the rule applies to has a READ status",
+            ),
+            ("steps: [REJECT]", "steps: [SEND, REJECT]", "rules[2].paths[0].steps[1]", "REJECT cannot come after SEND"),
+            ("name: all-email-slow", "name: vip", "rules[1].name", "rule name `vip` is used twice"),
+            ("channels: [whatsapp], tenant", "channels: [sms], tenant", "rules[2].match", "applies to no channel"),
+        ];
+        for (from, to, field, message) in cases {
+            let text = with_rules(&RULES.replace(from, to));
+            assert_ne!(text, with_rules(RULES), "{from}");
+            let (line, f, msg) = err(&text);
+            assert_eq!(f, field, "{to}: {msg}");
+            assert!(msg.contains(message), "{to}: {msg}");
+            let at = text.lines().nth(line - 1).unwrap();
+            assert!(!at.trim().is_empty(), "{to}: line {line}");
+        }
+    }
+
+    #[test]
+    fn schema_file_is_in_sync_and_shipped_scenarios_follow_it() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let schema = json_schema();
+        if std::env::var_os("UNDERSTUDY_WRITE_SCHEMA").is_some() {
+            std::fs::write(dir.join("schema.json"), format!("{schema}\n")).unwrap();
+        }
+        let file = std::fs::read_to_string(dir.join("schema.json")).unwrap_or_default();
+        assert_eq!(
+            file.trim_end(),
+            schema,
+            "scenarios/schema.json is stale: run `UNDERSTUDY_WRITE_SCHEMA=1 cargo test --lib schema_file` (or `understudy scenario schema > scenarios/schema.json`)"
+        );
+        let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let doc: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 4);
+        // And the schema does reject what the parser rejects.
+        let bad: serde_json::Value = serde_yaml::from_str("seed: 1\nchannels: {}\ncolour: red").unwrap();
+        assert!(!validator.is_valid(&bad));
     }
 
     proptest! {

@@ -166,6 +166,7 @@ impl PendingRow {
                 recipient: self.recipient.into(),
                 tenant_id: self.tenant_id.map(Arc::from),
                 headers: decode_headers(&self.headers),
+                rule_headers: Vec::new(),
                 body: Vec::new(),
                 received_at: micros_to_time(self.received_at_us),
             },

@@ -1,0 +1,249 @@
+//! Scenario rules and magic recipients on a real broker and store: the acks each message gets, read back
+//! from the ack topic, against what each rule and recipient promises, and against the plan the same
+//! scenario gives the same message locally (determinism).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use understudy::actors::pipeline::Pipeline;
+use understudy::config::InputSettings;
+use understudy::demo::{SampleMessage, publish, read_topic};
+use understudy::model::{AckEvent, BounceType, Channel, Status, event_id};
+use understudy::scenario::explain::explain;
+use understudy::scenario::rules::{MAGIC, MAGIC_EMAIL_DOMAIN};
+use understudy::store::Store;
+
+use Status::*;
+
+/// What a test message must get, independent of the scenario code: its rule, and its statuses and error
+/// code when the rule fixes them.
+struct Want {
+    rule: Option<String>,
+    steps: Option<Vec<Status>>,
+    code: Option<String>,
+    bounce: Option<BounceType>,
+}
+
+fn msg(
+    id: String,
+    channel: Channel,
+    recipient: &str,
+    fields: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> SampleMessage {
+    let mut body = serde_json::json!({
+        "payload_id": id, "batch_id": "b-1", "channel": channel.as_str(), "recipient": recipient,
+        "tenant_id": "shop", "template_id": "welcome",
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    SampleMessage {
+        payload_id: id,
+        channel,
+        body: serde_json::to_vec(&body).unwrap(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn want(rule: Option<&str>, steps: Option<&[Status]>, code: Option<&str>) -> Want {
+    Want {
+        rule: rule.map(str::to_owned),
+        steps: steps.map(<[Status]>::to_vec),
+        code: code.map(str::to_owned),
+        bounce: None,
+    }
+}
+
+/// The test messages: every rule of `scenarios/rules.yaml` (and a near miss of each), every magic
+/// recipient, and 400 messages of team B's weighted sub-scenario.
+fn messages(run: &str) -> Vec<(SampleMessage, Want)> {
+    let id = |s: &str, i: usize| format!("{run}-{s}-{i}");
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let mut w = want(Some("fraud-team-bounces"), Some(&[Send, Bounce]), Some("550 5.7.1"));
+        w.bounce = Some(BounceType::Hard);
+        out.push((msg(id("fraud", i), Channel::Email, "Eve@Fraud.Example.COM", json!({}), &[]), w));
+        out.push((
+            msg(id("fraud-miss", i), Channel::Email, "eve@fraud.example.com.evil", json!({}), &[]),
+            want(None, None, None),
+        ));
+        out.push((
+            msg(id("otp", i), Channel::Email, "ann@example.com", json!({"template_id": "otp-login"}), &[]),
+            want(Some("otp-fast"), None, None),
+        ));
+        out.push((
+            msg(id("otp-miss", i), Channel::Email, "ann@example.com", json!({"template_id": "login-otp"}), &[]),
+            want(None, None, None),
+        ));
+        out.push((
+            msg(id("canary", i), Channel::Sms, "+15557654321", json!({"batch_id": "canary-42"}), &[]),
+            want(Some("canary-sms-undelivered"), Some(&[Send, Undelivered]), Some("30005")),
+        ));
+        // The canary rule is for SMS only.
+        out.push((
+            msg(id("canary-wa", i), Channel::Whatsapp, "+15557654321", json!({"batch_id": "canary-42"}), &[]),
+            want(None, None, None),
+        ));
+        out.push((
+            msg(id("uk", i), Channel::Sms, "+447700900123", json!({}), &[]),
+            want(Some("uk-blocked"), Some(&[Reject]), Some("21408")),
+        ));
+        out.push((msg(id("uk-miss", i), Channel::Sms, "+4477009001234", json!({}), &[]), want(None, None, None)));
+        out.push((
+            msg(
+                id("gold", i),
+                Channel::Whatsapp,
+                "+447700900123",
+                json!({"customer": {"tier": "gold"}}),
+                &[("X-Priority", "high")],
+            ),
+            want(Some("gold-always-read"), Some(&[Send, Delivery, Read]), None),
+        ));
+        out.push((
+            msg(
+                id("gold-no-header", i),
+                Channel::Whatsapp,
+                "+447700900123",
+                json!({"customer": {"tier": "gold"}}),
+                &[],
+            ),
+            want(None, None, None),
+        ));
+        out.push((
+            msg(
+                id("silver", i),
+                Channel::Whatsapp,
+                "+447700900123",
+                json!({"customer": {"tier": "silver"}}),
+                &[("x-priority", "high")],
+            ),
+            want(None, None, None),
+        ));
+    }
+    for i in 0..400 {
+        out.push((
+            msg(id("team-b", i), Channel::Email, "bob@example.com", json!({"tenant_id": "team-b"}), &[]),
+            want(Some("team-b"), None, None),
+        ));
+    }
+    for (k, m) in MAGIC.iter().enumerate() {
+        let recipients: Vec<String> = match m.channel {
+            Channel::Email => vec![
+                format!("{}@{MAGIC_EMAIL_DOMAIN}", m.recipient),
+                format!("{}+label-{k}@{}", m.recipient.to_uppercase(), MAGIC_EMAIL_DOMAIN.to_uppercase()),
+            ],
+            Channel::Whatsapp => vec![m.recipient.to_owned(), format!("whatsapp:{}", m.recipient)],
+            Channel::Sms => vec![
+                m.recipient.to_owned(),
+                format!("{} {}-{}", &m.recipient[..2], &m.recipient[2..5], &m.recipient[5..]),
+            ],
+        };
+        for (j, r) in recipients.iter().enumerate() {
+            let mut w = want(Some(&m.rule_name()), Some(m.steps), m.error.map(|e| e.0));
+            w.bounce = m.bounce_type;
+            out.push((msg(id(&format!("magic{k}"), j), m.channel, r, json!({}), &[]), w));
+        }
+    }
+    out
+}
+
+#[actix::test]
+async fn rules_and_magic_recipients_shape_the_acks() {
+    let url = common::postgres_url().await;
+    let settings = common::settings(&url, 3);
+    let scenario = Arc::new(common::scenario("rules.yaml", 0.0002));
+    let store = Store::connect(&url, 2).await.unwrap();
+    let brokers = common::brokers();
+    let pipeline = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
+
+    let run = common::suffix();
+    let cases = messages(&run);
+    // The plan the same scenario gives each message here; the service must produce exactly its acks.
+    let input = InputSettings::default();
+    let topic = &settings.kafka.input_topics[0];
+    let local: HashMap<String, _> = cases
+        .iter()
+        .map(|(m, _)| {
+            let headers: Vec<(String, String)> = m.headers.clone();
+            let x = explain(&scenario, &input, topic, &m.body, &headers, chrono::Utc::now()).unwrap();
+            (m.payload_id.clone(), x)
+        })
+        .collect();
+    let expected: usize = local.values().map(|x| x.plan.steps.len()).sum();
+    let batch: Vec<SampleMessage> = cases.iter().map(|(m, _)| m.clone()).collect();
+    publish(&brokers, topic, &batch, None).await.unwrap();
+    common::eventually(Duration::from_secs(120), "every planned event stored", || async {
+        let t = store.totals().await.unwrap();
+        (t.events as usize >= expected).then_some(())
+    })
+    .await;
+    pipeline.shutdown().await;
+    assert_eq!(store.unfinished_count().await.unwrap(), 0);
+
+    let acks = read_topic(&brokers, &settings.kafka.ack_topic, expected, Duration::from_secs(10)).unwrap();
+    assert_eq!(acks.len(), expected);
+    let mut by_payload: HashMap<String, Vec<(i64, AckEvent)>> = HashMap::new();
+    for r in &acks {
+        let e: AckEvent = serde_json::from_slice(&r.payload).unwrap();
+        by_payload.entry(e.payload_id.to_string()).or_default().push((r.offset, e));
+    }
+    // Stored plans name their rule.
+    let Store::Postgres(pool) = &store else { unreachable!() };
+    let stored: HashMap<String, serde_json::Value> =
+        sqlx::query_as::<_, (String, String)>("SELECT payload_id, plan FROM messages")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, plan)| (id, serde_json::from_str(&plan).unwrap()))
+            .collect();
+
+    let mut team_b_bounces = 0;
+    for (m, want) in &cases {
+        let id = &m.payload_id;
+        let mut events = by_payload.remove(id).unwrap_or_else(|| panic!("{id}: no acks"));
+        events.sort_by_key(|(o, _)| *o);
+        let got: Vec<Status> = events.iter().map(|(_, e)| e.status).collect();
+        let plan = &local[id].plan;
+        // Determinism: the service's acks are the locally planned lifecycle, event ids and codes included.
+        let planned: Vec<(Status, u16, Option<&str>)> =
+            plan.steps.iter().map(|s| (s.status, s.attempt, s.error_code.as_deref())).collect();
+        let acked: Vec<(Status, u16, Option<&str>)> =
+            events.iter().map(|(_, e)| (e.status, e.attempt, e.error_code.as_deref())).collect();
+        assert_eq!(acked, planned, "{id}");
+        for (_, e) in &events {
+            assert_eq!(e.event_id, event_id(id, e.status, e.attempt));
+        }
+        // What the rule promises, checked without the scenario code.
+        assert_eq!(plan.rule.as_deref(), want.rule.as_deref(), "{id}: rule");
+        assert_eq!(stored[id]["rule"].as_str(), want.rule.as_deref(), "{id}: stored rule");
+        if let Some(steps) = &want.steps {
+            assert_eq!(&got, steps, "{id}");
+        }
+        if let Some(code) = &want.code {
+            let failure = events.iter().find(|(_, e)| e.status.is_failure()).expect("a failure step");
+            assert_eq!(failure.1.error_code.as_deref(), Some(code.as_str()), "{id}");
+        }
+        if let Some(b) = want.bounce {
+            let bounce = events.iter().find(|(_, e)| e.status == Bounce).unwrap();
+            assert_eq!(bounce.1.bounce_type, Some(b), "{id}");
+        }
+        if want.rule.as_deref() == Some("otp-fast") {
+            // SEND is fixed at 50 ms, scaled by 0.0002: 10 µs after receipt.
+            assert_eq!(plan.steps[0].due_us, 10, "{id}");
+        }
+        if want.rule.as_deref() == Some("team-b") {
+            assert!(got == [Send, Delivery] || got == [Send, Bounce], "{id}: {got:?}");
+            team_b_bounces += usize::from(got == [Send, Bounce]);
+        }
+    }
+    assert!(by_payload.is_empty(), "acks of unknown payloads: {:?}", by_payload.keys().take(3).collect::<Vec<_>>());
+    // Team B's sub-scenario weighs its two paths 1:1; 400 messages, 4 standard deviations = ±40.
+    assert!((160..=240).contains(&team_b_bounces), "team B bounces: {team_b_bounces} of 400");
+    store.close().await;
+}
