@@ -131,6 +131,9 @@ pub struct InputSettings {
     /// How many recent payload ids each instance remembers to find duplicates (about 30 bytes each);
     /// `0` turns the check off.
     pub duplicate_window: usize,
+    /// Tenants this instance serves (globs, e.g. `team-a`, `qa-*`); messages of other tenants, and
+    /// messages without a tenant, are skipped and committed. Empty (default): every message.
+    pub tenants: Vec<String>,
 }
 
 impl Default for InputSettings {
@@ -147,6 +150,7 @@ impl Default for InputSettings {
             max_message_bytes: 1024 * 1024,
             on_duplicate_payload_id: DuplicatePolicy::DeadLetter,
             duplicate_window: 1_000_000,
+            tenants: Vec::new(),
         }
     }
 }
@@ -346,6 +350,9 @@ impl Settings {
         let bad = |field: &str, message: String| Err(ConfigError::Value { field: field.into(), message });
         if self.kafka.input_topics.is_empty() {
             return bad("kafka.input_topics", "name at least one topic to consume".into());
+        }
+        if let Some(i) = self.input.tenants.iter().position(|t| t.trim().is_empty()) {
+            return bad(&format!("input.tenants[{i}]"), "must not be empty".into());
         }
         if self.kafka.group_id.trim().is_empty() {
             return bad("kafka.group_id", "must not be empty".into());

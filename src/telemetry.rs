@@ -13,6 +13,7 @@ use crate::model::{Channel, Status};
 
 pub const MESSAGES_CONSUMED: &str = "understudy_messages_consumed_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "understudy_messages_dead_lettered_total";
+pub const MESSAGES_SKIPPED: &str = "understudy_messages_skipped_total";
 pub const EVENTS_EMITTED: &str = "understudy_events_emitted_total";
 pub const EVENTS_FAILED: &str = "understudy_events_failed_total";
 pub const LIFECYCLES_IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
@@ -53,6 +54,10 @@ fn hot() -> &'static Hot {
 
 pub fn messages_consumed(channel: Channel, n: u64) {
     hot().consumed[channel.index()].increment(n);
+}
+
+pub fn message_skipped(reason: &'static str) {
+    counter!(MESSAGES_SKIPPED, "reason" => reason).increment(1);
 }
 
 pub fn message_dead_lettered(reason_kind: &'static str) {
@@ -127,6 +132,7 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
     metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
+    metrics::describe_counter!(MESSAGES_SKIPPED, "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`).");
     metrics::describe_counter!(EVENTS_EMITTED, "Ack events delivered to the ack topic, by channel and status.");
     metrics::describe_counter!(EVENTS_FAILED, "Ack events the producer could not deliver.");
     metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycles not finished, running as actors or asleep.");

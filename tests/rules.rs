@@ -247,3 +247,130 @@ async fn rules_and_magic_recipients_shape_the_acks() {
     assert!((160..=240).contains(&team_b_bounces), "team B bounces: {team_b_bounces} of 400");
     store.close().await;
 }
+
+fn tenant_msg(id: String, channel: Channel, tenant: Option<&str>, by_header: bool) -> SampleMessage {
+    let recipient = if channel == Channel::Email { "pat@example.com" } else { "+15557654321" };
+    let mut body = json!({"payload_id": id, "batch_id": "b-t", "channel": channel.as_str(), "recipient": recipient});
+    let mut headers = Vec::new();
+    match (tenant, by_header) {
+        (Some(t), true) => headers.push(("tenant-id".to_owned(), t.to_owned())),
+        (Some(t), false) => body["tenant_id"] = json!(t),
+        (None, _) => {}
+    }
+    SampleMessage { payload_id: id, channel, body: serde_json::to_vec(&body).unwrap(), headers }
+}
+
+/// Two deployments on one Kafka, each limited to its tenants (`input.tenants`) with its own group and
+/// store: each payload is acked by the instance that serves its tenant, by that tenant's scenario file
+/// (`scenario:` rules of `scenarios/tenants.yaml`), with the tenant on the ack; the others are skipped and
+/// committed by each instance, not left behind.
+#[actix::test]
+async fn tenants_share_one_kafka_without_seeing_each_other() {
+    let (url_a, url_b) = (common::postgres_url().await, common::postgres_url().await);
+    let mut a = common::settings(&url_a, 3);
+    a.input.tenants = vec!["payments".into(), "marketing-*".into()];
+    let mut b = a.clone();
+    b.store.url = Some(url_b.clone());
+    b.kafka.group_id = format!("{}-b", a.kafka.group_id);
+    b.input.tenants = vec!["shop".into()];
+    let scenario = Arc::new(common::scenario("tenants.yaml", 0.0002));
+    let brokers = common::brokers();
+    let (store_a, store_b) = (Store::connect(&url_a, 2).await.unwrap(), Store::connect(&url_b, 2).await.unwrap());
+    let pa = Pipeline::start(&a, scenario.clone(), &brokers).await.unwrap();
+    let pb = Pipeline::start(&b, scenario.clone(), &brokers).await.unwrap();
+
+    let run = common::suffix();
+    let id = |s: &str, i: usize| format!("{run}-{s}-{i}");
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let channel = if i % 2 == 0 { Channel::Email } else { Channel::Sms };
+        batch.push(tenant_msg(id("payments", i), channel, Some("payments"), i % 3 == 0));
+        batch.push(tenant_msg(id("marketing", i), Channel::Email, Some(if i % 2 == 0 { "marketing-eu" } else { "marketing-us" }), i % 3 == 1));
+    }
+    for i in 0..100 {
+        batch.push(tenant_msg(id("shop", i), Channel::Whatsapp, Some("shop"), i % 2 == 0));
+    }
+    for i in 0..50 {
+        batch.push(tenant_msg(id("none", i), Channel::Sms, None, false));
+    }
+    let input = InputSettings::default();
+    let topic = &a.kafka.input_topics[0];
+    let plans: HashMap<String, _> = batch
+        .iter()
+        .filter(|m| !m.payload_id.contains("-none-"))
+        .map(|m| (m.payload_id.clone(), explain(&scenario, &input, topic, &m.body, &m.headers, chrono::Utc::now()).unwrap()))
+        .collect();
+    let served_by_a: usize =
+        plans.iter().filter(|(k, _)| !k.contains("-shop-")).map(|(_, x)| x.plan.steps.len()).sum();
+    let served_by_b: usize = plans.iter().filter(|(k, _)| k.contains("-shop-")).map(|(_, x)| x.plan.steps.len()).sum();
+    publish(&brokers, topic, &batch, None).await.unwrap();
+    for (store, n) in [(&store_a, served_by_a), (&store_b, served_by_b)] {
+        common::eventually(Duration::from_secs(120), "every planned event stored", || async {
+            (store.totals().await.unwrap().events as usize >= n).then_some(())
+        })
+        .await;
+    }
+    // Skipped messages are committed as they are read: each group's committed offsets reach the end.
+    for (p, skipped) in [(&pa, 150), (&pb, 650)] {
+        common::eventually(Duration::from_secs(30), "all input committed", || async { (p.uncommitted() == 0).then_some(()) }).await;
+        assert_eq!(p.consumer_stats.skipped_other_tenant.load(std::sync::atomic::Ordering::Relaxed), skipped);
+    }
+    pa.shutdown().await;
+    pb.shutdown().await;
+    for (group, want) in [(&a.kafka.group_id, batch.len() as i64), (&b.kafka.group_id, batch.len() as i64)] {
+        assert_eq!(committed_total(&brokers, group, topic, 3), want, "group {group}");
+    }
+    assert_eq!(store_a.totals().await.unwrap().messages, 600);
+    assert_eq!(store_b.totals().await.unwrap().messages, 100);
+
+    let acks = read_topic(&brokers, &a.kafka.ack_topic, served_by_a + served_by_b, Duration::from_secs(10)).unwrap();
+    assert_eq!(acks.len(), served_by_a + served_by_b);
+    let mut by_payload: HashMap<String, Vec<AckEvent>> = HashMap::new();
+    for r in &acks {
+        let e: AckEvent = serde_json::from_slice(&r.payload).unwrap();
+        by_payload.entry(e.payload_id.to_string()).or_default().push(e);
+    }
+    let mut marketing_paths: HashMap<Vec<Status>, usize> = HashMap::new();
+    for (id, x) in &plans {
+        let events = &by_payload[id];
+        let statuses: Vec<Status> = events.iter().map(|e| e.status).collect();
+        assert_eq!(statuses, x.plan.steps.iter().map(|s| s.status).collect::<Vec<_>>(), "{id}");
+        let tenant = events[0].tenant_id.as_deref().unwrap();
+        assert!(events.iter().all(|e| e.tenant_id.as_deref() == Some(tenant)), "{id}: tenant on every ack");
+        let rule = x.plan.rule.as_deref();
+        match tenant {
+            "payments" => assert_eq!(rule.map(|r| r.split('/').next().unwrap()), Some("payments"), "{id}"),
+            "marketing-eu" | "marketing-us" => {
+                assert_eq!(rule, Some("marketing"), "{id}");
+                *marketing_paths.entry(statuses).or_default() += 1;
+            }
+            "shop" => assert_eq!((rule, statuses.as_slice()), (None, &[Send, Delivery][..]), "{id}"),
+            other => panic!("{id}: tenant {other}"),
+        }
+    }
+    // marketing.yaml's paths by weight (20/50/28/2 of 300): clicks and opens both show up.
+    assert!(marketing_paths.get(&vec![Send, Delivery, Open, Click]).copied().unwrap_or(0) > 30, "{marketing_paths:?}");
+    assert!(marketing_paths.get(&vec![Send, Delivery, Open]).copied().unwrap_or(0) > 110, "{marketing_paths:?}");
+    // Payments email bounces by payments.yaml (1 in 3); the default channels never bounce.
+    let bounced = by_payload.values().filter(|evs| evs.iter().any(|e| e.status == Bounce)).count();
+    assert!((25..=75).contains(&bounced), "payments bounces: {bounced} of 150");
+    store_a.close().await;
+    store_b.close().await;
+}
+
+/// Sum of the group's committed offsets over the topic's partitions.
+fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+}

@@ -27,6 +27,7 @@ use crate::kafka::duplicates::DuplicateWindow;
 use crate::kafka::offsets::{Assignments, Claim, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
 use crate::scenario::Scenario;
+use crate::scenario::rules::glob_match;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -131,6 +132,8 @@ pub struct ConsumerStats {
     pub stale_skipped: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub skipped_already_stored: AtomicU64,
+    /// Messages of tenants this instance does not serve (`input.tenants`).
+    pub skipped_other_tenant: AtomicU64,
 }
 
 /// Everything the consumer loop needs.
@@ -150,6 +153,8 @@ pub struct ConsumerLoop {
     pub store_url: String,
     pub max_batch: usize,
     pub max_in_flight: usize,
+    /// `input.tenants`: empty = every tenant.
+    pub tenants: Vec<String>,
     pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
     pub stats: Arc<ConsumerStats>,
     pub shutdown: CancellationToken,
@@ -227,6 +232,11 @@ impl ConsumerLoop {
             self.handle(chunk, &mut already, &mut topics, &mut seen).await;
         }
         tracing::info!("consumer stopped");
+    }
+
+    /// Whether this instance serves the tenant (`input.tenants`).
+    fn serves(&self, tenant: Option<&str>) -> bool {
+        self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.iter().any(|g| glob_match(g, t)))
     }
 
     /// Pause while too many lifecycles are waiting.
@@ -380,6 +390,12 @@ impl ConsumerLoop {
                 }
             });
             match decoded {
+                Ok(o) if !self.serves(o.tenant_id.as_deref()) => {
+                    // Another instance's tenant: skipped, and committable at once.
+                    self.stats.skipped_other_tenant.fetch_add(1, Ordering::Relaxed);
+                    telemetry::message_skipped("other_tenant");
+                    self.tracker.done(topic, partition, offset);
+                }
                 Ok(o) => by_channel[o.channel.index()].push((claim, o)),
                 Err(rejection) => dead.push(Dead {
                     topic: topic.to_owned(),

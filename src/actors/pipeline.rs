@@ -126,6 +126,7 @@ impl Pipeline {
             decoder: Decoder::new(settings.input.clone()).with_rule_headers(scenario.rule_headers()),
             on_duplicate: settings.input.on_duplicate_payload_id,
             duplicate_window: settings.input.duplicate_window,
+            tenants: settings.input.tenants.clone(),
             scenario,
             channels,
             dlq,

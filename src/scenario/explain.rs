@@ -38,7 +38,7 @@ pub fn explain(
     let message =
         decoder.decode(&raw, at).map_err(|r| format!("the service would dead-letter it ({}): {}", r.kind, r.reason))?;
     let view = MessageView::of(&message);
-    let (chosen, _) = scenario.choose(&view).ok_or_else(|| {
+    let (chosen, _, _) = scenario.choose(&view).ok_or_else(|| {
         format!(
             "the scenario `{}` has no `{}` channel: the service would dead-letter it",
             scenario.name(),

@@ -71,6 +71,11 @@ pub struct RuleSpec {
     /// name are not caught by the rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<BTreeMap<String, ChannelSpec>>,
+    /// Another scenario file (relative to this one) that decides everything for the messages the rule
+    /// catches: its rules, magic recipients, channels and seed; this file's `time_scale`. Channels it
+    /// does not have are not caught.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<std::path::PathBuf>,
     /// Delays by status, over the channel's (or sub-scenario's) own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delays: BTreeMap<String, Delay>,
