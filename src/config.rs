@@ -207,11 +207,14 @@ impl StoreSettings {
 pub struct ScenarioSettings {
     /// The scenario file.
     pub path: PathBuf,
+    /// How often the scenario file (and the files it includes) are checked for changes, which are
+    /// then loaded without a restart; `0` turns reloading off.
+    pub reload_interval_ms: u64,
 }
 
 impl Default for ScenarioSettings {
     fn default() -> Self {
-        Self { path: PathBuf::from("scenarios/default.yaml") }
+        Self { path: PathBuf::from("scenarios/default.yaml"), reload_interval_ms: 2000 }
     }
 }
 

@@ -14,6 +14,7 @@ use crate::model::{Channel, Status};
 pub const MESSAGES_CONSUMED: &str = "understudy_messages_consumed_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "understudy_messages_dead_lettered_total";
 pub const MESSAGES_SKIPPED: &str = "understudy_messages_skipped_total";
+pub const SCENARIO_RELOADS: &str = "understudy_scenario_reloads_total";
 pub const EVENTS_EMITTED: &str = "understudy_events_emitted_total";
 pub const EVENTS_FAILED: &str = "understudy_events_failed_total";
 pub const LIFECYCLES_IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
@@ -54,6 +55,10 @@ fn hot() -> &'static Hot {
 
 pub fn messages_consumed(channel: Channel, n: u64) {
     hot().consumed[channel.index()].increment(n);
+}
+
+pub fn scenario_reload(result: &'static str) {
+    counter!(SCENARIO_RELOADS, "result" => result).increment(1);
 }
 
 pub fn message_skipped(reason: &'static str) {
@@ -133,6 +138,7 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
     metrics::describe_counter!(MESSAGES_SKIPPED, "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`).");
+    metrics::describe_counter!(SCENARIO_RELOADS, "Scenario file changes seen while running, by result (`loaded`, `rejected`: invalid, the running version stays).");
     metrics::describe_counter!(EVENTS_EMITTED, "Ack events delivered to the ack topic, by channel and status.");
     metrics::describe_counter!(EVENTS_FAILED, "Ack events the producer could not deliver.");
     metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycles not finished, running as actors or asleep.");

@@ -195,12 +195,16 @@ async fn rules_and_magic_recipients_shape_the_acks() {
     // Stored plans name their rule.
     let Store::Postgres(pool) = &store else { unreachable!() };
     let stored: HashMap<String, serde_json::Value> =
-        sqlx::query_as::<_, (String, String)>("SELECT payload_id, plan FROM messages")
+        sqlx::query_as::<_, (String, String, Option<String>)>("SELECT payload_id, plan, rule FROM messages")
             .fetch_all(pool)
             .await
             .unwrap()
             .into_iter()
-            .map(|(id, plan)| (id, serde_json::from_str(&plan).unwrap()))
+            .map(|(id, plan, rule)| {
+                let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+                assert_eq!(plan["rule"].as_str(), rule.as_deref(), "{id}: the rule column");
+                (id, plan)
+            })
             .collect();
 
     let mut team_b_bounces = 0;
@@ -285,7 +289,12 @@ async fn tenants_share_one_kafka_without_seeing_each_other() {
     for i in 0..300 {
         let channel = if i % 2 == 0 { Channel::Email } else { Channel::Sms };
         batch.push(tenant_msg(id("payments", i), channel, Some("payments"), i % 3 == 0));
-        batch.push(tenant_msg(id("marketing", i), Channel::Email, Some(if i % 2 == 0 { "marketing-eu" } else { "marketing-us" }), i % 3 == 1));
+        batch.push(tenant_msg(
+            id("marketing", i),
+            Channel::Email,
+            Some(if i % 2 == 0 { "marketing-eu" } else { "marketing-us" }),
+            i % 3 == 1,
+        ));
     }
     for i in 0..100 {
         batch.push(tenant_msg(id("shop", i), Channel::Whatsapp, Some("shop"), i % 2 == 0));
@@ -298,10 +307,11 @@ async fn tenants_share_one_kafka_without_seeing_each_other() {
     let plans: HashMap<String, _> = batch
         .iter()
         .filter(|m| !m.payload_id.contains("-none-"))
-        .map(|m| (m.payload_id.clone(), explain(&scenario, &input, topic, &m.body, &m.headers, chrono::Utc::now()).unwrap()))
+        .map(|m| {
+            (m.payload_id.clone(), explain(&scenario, &input, topic, &m.body, &m.headers, chrono::Utc::now()).unwrap())
+        })
         .collect();
-    let served_by_a: usize =
-        plans.iter().filter(|(k, _)| !k.contains("-shop-")).map(|(_, x)| x.plan.steps.len()).sum();
+    let served_by_a: usize = plans.iter().filter(|(k, _)| !k.contains("-shop-")).map(|(_, x)| x.plan.steps.len()).sum();
     let served_by_b: usize = plans.iter().filter(|(k, _)| k.contains("-shop-")).map(|(_, x)| x.plan.steps.len()).sum();
     publish(&brokers, topic, &batch, None).await.unwrap();
     for (store, n) in [(&store_a, served_by_a), (&store_b, served_by_b)] {
@@ -312,7 +322,10 @@ async fn tenants_share_one_kafka_without_seeing_each_other() {
     }
     // Skipped messages are committed as they are read: each group's committed offsets reach the end.
     for (p, skipped) in [(&pa, 150), (&pb, 650)] {
-        common::eventually(Duration::from_secs(30), "all input committed", || async { (p.uncommitted() == 0).then_some(()) }).await;
+        common::eventually(Duration::from_secs(30), "all input committed", || async {
+            (p.uncommitted() == 0).then_some(())
+        })
+        .await;
         assert_eq!(p.consumer_stats.skipped_other_tenant.load(std::sync::atomic::Ordering::Relaxed), skipped);
     }
     pa.shutdown().await;
@@ -373,4 +386,104 @@ fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> 
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     committed.elements().iter().map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+}
+
+/// Replace a file at once, the way a ConfigMap mount changes (write aside, then rename).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// The scenario file is edited during a run: a valid new version plans the messages that come after it
+/// (and is stored with them), lifecycles planned before keep their plan, and an invalid version is
+/// rejected while the running one stays.
+#[actix::test]
+async fn scenario_file_edited_during_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.yaml");
+    let v1_text = "name: live\nseed: 5\nchannels:\n  email:\n    delays:\n      SEND: { dist: fixed, value: 10ms }\n      DELIVERY: { dist: fixed, value: 4s }\n    paths:\n      - { name: delivered, weight: 1, steps: [SEND, DELIVERY] }\n";
+    let v2_text = "name: live\nseed: 5\nchannels:\n  email:\n    delays:\n      REJECT: { dist: fixed, value: 10ms }\n    paths:\n      - { name: rejected, weight: 1, steps: [REJECT] }\n";
+    std::fs::write(&path, v1_text).unwrap();
+    let url = common::postgres_url().await;
+    let mut settings = common::settings(&url, 3);
+    settings.scenario.reload_interval_ms = 100;
+    let v1 = understudy::scenario::Scenario::load(&path).unwrap();
+    let v1_version = v1.version().to_string();
+    let store = Store::connect(&url, 2).await.unwrap();
+    let brokers = common::brokers();
+    let pipeline = Pipeline::start(&settings, Arc::new(v1), &brokers).await.unwrap();
+    let topic = &settings.kafka.input_topics[0];
+    let run = common::suffix();
+    let batch = |name: &str| -> Vec<SampleMessage> {
+        (0..100).map(|i| msg(format!("{run}-{name}-{i}"), Channel::Email, "ann@example.com", json!({}), &[])).collect()
+    };
+    let messages_stored = |n: i64| {
+        let store = &store;
+        async move {
+            common::eventually(Duration::from_secs(60), "messages stored", || async {
+                (store.totals().await.unwrap().messages >= n).then_some(())
+            })
+            .await
+        }
+    };
+
+    publish(&brokers, topic, &batch("one"), None).await.unwrap();
+    messages_stored(100).await;
+    // Batch one's DELIVERY is 4 s away; the file changes now.
+    replace_file(&path, v2_text);
+    let v2_version = understudy::scenario::Scenario::load(&path).unwrap().version().to_string();
+    assert_ne!(v1_version, v2_version);
+    common::eventually(Duration::from_secs(10), "the new version runs", || async {
+        (**pipeline.scenario().version() == *v2_version).then_some(())
+    })
+    .await;
+    let reloaded_at = chrono::Utc::now();
+    publish(&brokers, topic, &batch("two"), None).await.unwrap();
+    messages_stored(200).await;
+    // An invalid edit is rejected; version two stays.
+    replace_file(&path, &v2_text.replace("weight: 1", "weight: -1"));
+    common::eventually(Duration::from_secs(10), "the invalid version rejected", || async {
+        (pipeline.reload_stats.rejected.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(**pipeline.scenario().version(), *v2_version);
+    publish(&brokers, topic, &batch("three"), None).await.unwrap();
+    common::eventually(Duration::from_secs(60), "every event stored", || async {
+        (store.totals().await.unwrap().events >= 400).then_some(())
+    })
+    .await;
+    pipeline.shutdown().await;
+    assert_eq!(
+        pipeline_reloads(&store).await,
+        [
+            ("one".to_owned(), v1_version.clone()),
+            ("three".into(), v2_version.clone()),
+            ("two".into(), v2_version.clone())
+        ]
+    );
+
+    let acks = read_topic(&brokers, &settings.kafka.ack_topic, 400, Duration::from_secs(10)).unwrap();
+    assert_eq!(acks.len(), 400);
+    for r in &acks {
+        let e: AckEvent = serde_json::from_slice(&r.payload).unwrap();
+        let name = e.payload_id.split('-').nth(1).unwrap();
+        match (name, e.status) {
+            ("one", Send) => {}
+            // Planned by version one before the reload, emitted after it.
+            ("one", Delivery) => assert!(e.emitted_at > reloaded_at, "{}", e.payload_id),
+            ("two" | "three", Reject) => {}
+            other => panic!("{}: {other:?}", e.payload_id),
+        }
+    }
+    store.close().await;
+}
+
+/// Each test batch's stored scenario versions: (batch name, version), one row per distinct pair.
+async fn pipeline_reloads(store: &Store) -> Vec<(String, String)> {
+    let Store::Postgres(pool) = store else { unreachable!() };
+    sqlx::query_as("SELECT DISTINCT split_part(payload_id, '-', 2), scenario_version FROM messages ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }

@@ -67,7 +67,7 @@ async fn exactly_once_and_faithful(store: Store) {
     store.migrate().await.unwrap();
     let scenario_name: Arc<str> = "failure-heavy".into();
     let planned: Vec<PlannedMessage> = (0..300).map(|i| message(i, Channel::ALL[i % 3])).collect();
-    let rows: Vec<MessageRow> = planned.iter().map(|m| MessageRow::new(&mut m.clone(), &scenario_name)).collect();
+    let rows: Vec<MessageRow> = planned.iter().map(|m| MessageRow::new(&mut m.clone(), &scenario_name, &"v1".into())).collect();
     // All but the last step of every lifecycle: every message is unfinished.
     let all_events: Vec<Vec<EventRow>> = planned.iter().map(events).collect();
     let first: Vec<EventRow> = all_events.iter().flat_map(|e| e[..e.len() - 1].to_vec()).collect();

@@ -24,7 +24,11 @@ use crate::telemetry;
 /// consumed under.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Dispatch(pub Vec<(Claim, Outbound)>);
+pub struct Dispatch {
+    /// The scenario version the consumer checked the messages against; it plans them all.
+    pub scenario: Arc<Scenario>,
+    pub batch: Vec<(Claim, Outbound)>,
+}
 
 /// Unfinished lifecycles of one partition, loaded from the store under the partition's assignment `claim`.
 #[derive(Message)]
@@ -43,24 +47,20 @@ pub struct ChannelStats {
 
 pub struct ChannelActor {
     channel: Channel,
-    scenario: Arc<Scenario>,
     persister: Addr<Persister>,
     stats: Arc<ChannelStats>,
-    scenario_name: Arc<str>,
     sleepers: Rc<Sleepers>,
 }
 
 impl ChannelActor {
     pub fn new(
         channel: Channel,
-        scenario: Arc<Scenario>,
         persister: Addr<Persister>,
         shared: Arc<LifecycleShared>,
         stats: Arc<ChannelStats>,
     ) -> Self {
-        let scenario_name = scenario.name().into();
         let sleepers = Sleepers::new(shared);
-        Self { channel, scenario, persister, stats, scenario_name, sleepers }
+        Self { channel, persister, stats, sleepers }
     }
 
     fn start_lifecycle(&mut self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, claim: Claim) {
@@ -86,13 +86,15 @@ impl Handler<Dispatch> for ChannelActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, msg: Dispatch, _: &mut Self::Context) -> Self::Result {
-        let mut planned = Vec::with_capacity(msg.0.len());
-        let mut rows = Vec::with_capacity(msg.0.len());
-        telemetry::messages_consumed(self.channel, msg.0.len() as u64);
-        for (claim, outbound) in msg.0 {
-            let Some(plan) = self.scenario.plan_for(&MessageView::of(&outbound)) else { continue };
+        let mut planned = Vec::with_capacity(msg.batch.len());
+        let mut rows = Vec::with_capacity(msg.batch.len());
+        telemetry::messages_consumed(self.channel, msg.batch.len() as u64);
+        // Lifecycles already planned keep their plans, whatever version runs now.
+        let scenario = msg.scenario;
+        for (claim, outbound) in msg.batch {
+            let Some(plan) = scenario.plan_for(&MessageView::of(&outbound)) else { continue };
             let mut pm = PlannedMessage { outbound, plan };
-            rows.push(MessageRow::new(&mut pm, &self.scenario_name));
+            rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));
             planned.push((claim, pm));
         }
         self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);

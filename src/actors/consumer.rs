@@ -26,7 +26,7 @@ use crate::kafka::decode::{Decoder, RawRecord, Rejection};
 use crate::kafka::duplicates::DuplicateWindow;
 use crate::kafka::offsets::{Assignments, Claim, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
-use crate::scenario::Scenario;
+use crate::scenario::live::LiveScenario;
 use crate::scenario::rules::glob_match;
 use crate::store::Store;
 use crate::telemetry;
@@ -143,7 +143,7 @@ pub struct ConsumerLoop {
     pub decoder: Decoder,
     pub on_duplicate: DuplicatePolicy,
     pub duplicate_window: usize,
-    pub scenario: Arc<Scenario>,
+    pub scenario: LiveScenario,
     pub channels: [Option<Addr<ChannelActor>>; 3],
     pub dlq: FutureProducer,
     pub dlq_topic: String,
@@ -229,6 +229,11 @@ impl ConsumerLoop {
                 }
             }
             self.wait_for_room().await;
+            if self.scenario.has_changed().unwrap_or(false) {
+                // Headers the new version's rules match on.
+                let names = self.scenario.borrow_and_update().rule_headers();
+                self.decoder = self.decoder.clone().with_rule_headers(names);
+            }
             self.handle(chunk, &mut already, &mut topics, &mut seen).await;
         }
         tracing::info!("consumer stopped");
@@ -318,6 +323,7 @@ impl ConsumerLoop {
         seen: &mut DuplicateWindow,
     ) {
         let now = Utc::now();
+        let scenario = self.scenario.borrow().clone();
         let mut by_channel: [Vec<(Claim, Outbound)>; 3] = Default::default();
         // Claims of this chunk's partitions: one lookup per partition, not per record.
         let mut claims: Vec<(i32, Arc<str>, Option<Claim>)> = Vec::new();
@@ -372,10 +378,10 @@ impl ConsumerLoop {
                 m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
             let raw = RawRecord { topic: topic_arc, partition, offset, payload: m.payload(), headers };
             let decoded = self.decoder.decode(&raw, now).and_then(|o| {
-                if !self.scenario.has_channel(o.channel) {
+                if !scenario.has_channel(o.channel) {
                     Err(Rejection {
                         kind: "channel_not_in_scenario",
-                        reason: format!("the scenario `{}` has no `{}` channel", self.scenario.name(), o.channel),
+                        reason: format!("the scenario `{}` has no `{}` channel", scenario.name(), o.channel),
                     })
                 } else if seen.is_duplicate(&o.payload_id, topic, partition, offset) {
                     Err(Rejection {
@@ -414,7 +420,7 @@ impl ConsumerLoop {
             }
             let Some(addr) = &self.channels[i] else { continue };
             let t = Instant::now();
-            if addr.send(Dispatch(batch)).await.is_err() {
+            if addr.send(Dispatch { scenario: scenario.clone(), batch }).await.is_err() {
                 tracing::error!(channel = %Channel::ALL[i], "channel actor stopped");
             }
             telemetry::backpressure("channel", t.elapsed());

@@ -21,6 +21,7 @@ use crate::kafka::offsets::{Assignments, OffsetTracker};
 use crate::kafka::{self, admin};
 use crate::model::Channel;
 use crate::scenario::Scenario;
+use crate::scenario::live::{LiveScenario, ReloadStats, watch_files};
 use crate::store::Store;
 
 /// A running pipeline.
@@ -36,6 +37,8 @@ pub struct Pipeline {
     pub consumer_stats: Arc<ConsumerStats>,
     pub persister_stats: Arc<PersisterStats>,
     pub channel_stats: Arc<ChannelStats>,
+    live: LiveScenario,
+    pub reload_stats: Arc<ReloadStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +96,16 @@ impl Pipeline {
             hibernate_after_us: settings.service.hibernate_after_ms as i64 * 1000,
         });
         let channel_stats = Arc::new(ChannelStats::default());
+        // The running scenario; a reload swaps it for every stage at once.
+        let (scenario_tx, live) = tokio::sync::watch::channel(scenario.clone());
         let mut arbiters = vec![persister_arbiter];
         let mut channels: [Option<Addr<ChannelActor>>; 3] = [None, None, None];
+        // Every channel has its actor, even one the scenario lacks: a reloaded version may add it.
         for ch in Channel::ALL {
-            if !scenario.has_channel(ch) {
-                continue;
-            }
             let arbiter = Arbiter::new();
-            let (s, p, sh, st) = (scenario.clone(), persister.clone(), shared.clone(), channel_stats.clone());
+            let (p, sh, st) = (persister.clone(), shared.clone(), channel_stats.clone());
             channels[ch.index()] =
-                Some(ChannelActor::start_in_arbiter(&arbiter.handle(), move |_| ChannelActor::new(ch, s, p, sh, st)));
+                Some(ChannelActor::start_in_arbiter(&arbiter.handle(), move |_| ChannelActor::new(ch, p, sh, st)));
             arbiters.push(arbiter);
         }
 
@@ -127,7 +130,7 @@ impl Pipeline {
             on_duplicate: settings.input.on_duplicate_payload_id,
             duplicate_window: settings.input.duplicate_window,
             tenants: settings.input.tenants.clone(),
-            scenario,
+            scenario: live.clone(),
             channels,
             dlq,
             dlq_topic: k.dlq_topic.clone(),
@@ -162,6 +165,11 @@ impl Pipeline {
                 }
             }
         });
+        let reload_stats = Arc::new(ReloadStats::default());
+        let every = Duration::from_millis(settings.scenario.reload_interval_ms);
+        if !every.is_zero() && scenario.source.is_file() {
+            consumer_arbiter.spawn(watch_files(scenario_tx, every, reload_stats.clone(), shutdown.clone()));
+        }
         arbiters.push(consumer_arbiter);
 
         Ok(Self {
@@ -176,7 +184,14 @@ impl Pipeline {
             consumer_stats,
             persister_stats,
             channel_stats,
+            live,
+            reload_stats,
         })
+    }
+
+    /// The scenario running now.
+    pub fn scenario(&self) -> Arc<Scenario> {
+        self.live.borrow().clone()
     }
 
     /// Lifecycles not finished, running or asleep.

@@ -6,6 +6,7 @@
 
 pub mod distribution;
 pub mod explain;
+pub mod live;
 pub mod locate;
 pub mod rules;
 
@@ -116,6 +117,14 @@ pub struct ErrorSpec {
 pub struct Scenario {
     pub file: ScenarioFile,
     pub source: PathBuf,
+    /// Hash of the file's text, the included files' versions and the effective `time_scale`: stored
+    /// with every message, so that a reloaded scenario's messages can be told apart.
+    version: std::sync::Arc<str>,
+    /// Hash of this file's own text.
+    text_hash: u64,
+    /// `time_scale` given from outside ([`Scenario::rescaled`]); a reload keeps it.
+    time_scale_override: Option<f64>,
+    name: std::sync::Arc<str>,
     channels: [Option<CompiledChannel>; 3],
     rules: Vec<CompiledRule>,
     /// Per entry of [`MAGIC`]: its rule name and path, when magic recipients are on and the scenario has
@@ -201,8 +210,10 @@ impl Scenario {
         if let Some(t) = time_scale {
             parsed.time_scale = t;
         }
-        let scenario =
+        let mut scenario =
             Self::compile(parsed, file.to_owned(), depth).map_err(|(segs, message)| invalid(&segs, message))?;
+        scenario.text_hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+        scenario.version = scenario.compute_version();
         Ok(scenario)
     }
 
@@ -238,23 +249,72 @@ impl Scenario {
                 Some((m.rule_name().into(), compiled))
             })
             .collect();
-        Ok(Scenario { file, source, channels, rules, magic })
+        let name = file.name.as_deref().unwrap_or("unnamed").into();
+        Ok(Scenario {
+            file,
+            source,
+            version: "".into(),
+            text_hash: 0,
+            time_scale_override: None,
+            name,
+            channels,
+            rules,
+            magic,
+        })
     }
 
     /// The same scenario with another `time_scale`.
     pub fn rescaled(&self, time_scale: f64) -> Result<Self> {
         let mut file = self.file.clone();
         file.time_scale = time_scale;
-        Self::compile(file, self.source.clone(), 0).map_err(|(segs, message)| ScenarioError::Invalid {
+        let mut s = Self::compile(file, self.source.clone(), 0).map_err(|(segs, message)| ScenarioError::Invalid {
             file: self.source.clone(),
             line: 1,
             field: locate::render(&segs),
             message,
-        })
+        })?;
+        s.text_hash = self.text_hash;
+        s.time_scale_override = Some(time_scale);
+        s.version = s.compute_version();
+        Ok(s)
     }
 
     pub fn name(&self) -> &str {
-        self.file.name.as_deref().unwrap_or("unnamed")
+        &self.name
+    }
+
+    /// The name, shared.
+    pub fn name_arc(&self) -> &std::sync::Arc<str> {
+        &self.name
+    }
+
+    /// A short hash that changes whenever the file, a file it includes, or the effective `time_scale` does.
+    pub fn version(&self) -> &std::sync::Arc<str> {
+        &self.version
+    }
+
+    fn compute_version(&self) -> std::sync::Arc<str> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.text_hash.to_le_bytes());
+        h.update(&self.file.time_scale.to_bits().to_le_bytes());
+        for (sub, _) in self.rules.iter().filter_map(|r| r.sub.as_ref()) {
+            h.update(sub.version.as_bytes());
+        }
+        format!("{:012x}", h.digest() >> 16).into()
+    }
+
+    /// The files this scenario was read from: its own and every file its rules include.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.source.clone()];
+        for (sub, _) in self.rules.iter().filter_map(|r| r.sub.as_ref()) {
+            out.extend(sub.files());
+        }
+        out
+    }
+
+    /// The `time_scale` given with [`Scenario::rescaled`], if any: a reload applies it again.
+    pub fn time_scale_override(&self) -> Option<f64> {
+        self.time_scale_override
     }
 
     pub fn seed(&self) -> u64 {

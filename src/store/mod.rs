@@ -45,12 +45,16 @@ pub struct MessageRow {
     pub plan: String,
     pub headers: String,
     pub body: Vec<u8>,
+    /// Version of the scenario that planned the message ([`crate::scenario::Scenario::version`]).
+    pub scenario_version: Arc<str>,
+    /// The rule that chose the behaviour; none = the channel's own paths.
+    pub rule: Option<Arc<str>>,
 }
 
 impl MessageRow {
     /// The row of a planned message; the body is moved out of the message (lifecycles do not need it),
     /// the ids are shared with it.
-    pub fn new(m: &mut PlannedMessage, scenario: &Arc<str>) -> Self {
+    pub fn new(m: &mut PlannedMessage, scenario: &Arc<str>, scenario_version: &Arc<str>) -> Self {
         let body = std::mem::take(&mut m.outbound.body);
         let mut plan = Vec::with_capacity(256);
         m.plan.write_json(&mut plan);
@@ -71,6 +75,8 @@ impl MessageRow {
             plan: crate::json::into_string(plan),
             headers: encode_headers(&o.headers),
             body,
+            scenario_version: scenario_version.clone(),
+            rule: m.plan.rule.clone(),
         }
     }
 }

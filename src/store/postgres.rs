@@ -41,7 +41,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
         let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
         b.header();
         for r in messages {
-            b.row(15)
+            b.row(17)
                 .text(&r.topic)
                 .int4(r.partition)
                 .int8(r.offset)
@@ -56,7 +56,9 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .int4(r.planned_events)
                 .text(&r.plan)
                 .text(&r.headers)
-                .bytes(&r.body);
+                .bytes(&r.body)
+                .text(&r.scenario_version)
+                .opt_text(r.rule.as_deref());
             b.send_if_full(&mut c).await?;
         }
         b.finish(c).await?;
@@ -178,6 +180,8 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
             .bind(m.iter().map(|r| r.plan.as_str()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.headers.as_str()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.scenario_version).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| r.rule.as_deref()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
     }

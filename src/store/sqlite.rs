@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{EventRow, MessageRow, PendingRow, Result};
 
-/// 15 columns a row; SQLite allows 32,766 parameters.
-const ROWS_PER_INSERT: usize = 2000;
+/// At most 17 columns a row (messages); SQLite allows 32,766 parameters.
+const ROWS_PER_INSERT: usize = 1900;
 
 pub(super) fn connect_lazy(url: &str) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
@@ -27,7 +27,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
     for chunk in messages.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
-             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body) ",
+             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(&*r.topic)
@@ -44,7 +44,9 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(r.planned_events)
                 .push_bind(&r.plan)
                 .push_bind(&r.headers)
-                .push_bind(&r.body);
+                .push_bind(&r.body)
+                .push_bind(&*r.scenario_version)
+                .push_bind(r.rule.as_deref());
         });
         q.push(" ON CONFLICT DO NOTHING");
         q.build().execute(&mut *tx).await?;
