@@ -107,6 +107,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The inside of a JSON string (escaped, without the quotes).
+pub fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    write_str(out, s);
+    out.remove(start);
+    out.pop();
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` of microseconds since the Unix epoch (UTC, years 0000–9999).
 pub fn write_rfc3339_micros(out: &mut Vec<u8>, micros: i64) {
     let secs = micros.div_euclid(1_000_000);

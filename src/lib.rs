@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod config;
 pub mod demo;
+pub mod formats;
 pub mod json;
 pub mod kafka;
 pub mod load;

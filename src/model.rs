@@ -193,6 +193,54 @@ pub struct Outbound {
     pub received_at: DateTime<Utc>,
 }
 
+/// A fault injected by the scenario ([`crate::scenario::faults`]), marked on what it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The ack is sent twice (this is the copy).
+    Duplicate,
+    /// The ack comes before one it should follow.
+    OutOfOrder,
+    /// The step is never reported.
+    Skipped,
+    /// The ack is lost.
+    Dropped,
+    /// The ack is sent as invalid JSON.
+    Corrupt,
+    /// A DEFERRED retry that the drawn path did not have.
+    Deferred,
+    /// Rejected or held by an outage window.
+    Outage,
+    /// Rejected by a rate limit.
+    Throttled,
+    /// The validity period ran out before the outcome.
+    Expired,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Duplicate => "duplicate",
+            Fault::OutOfOrder => "out_of_order",
+            Fault::Skipped => "skipped",
+            Fault::Dropped => "dropped",
+            Fault::Corrupt => "corrupt",
+            Fault::Deferred => "deferred",
+            Fault::Outage => "outage",
+            Fault::Throttled => "throttled",
+            Fault::Expired => "expired",
+        }
+    }
+}
+
+/// A planned step that is not sent, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotSent {
+    pub status: Status,
+    pub attempt: u16,
+    pub fault: Fault,
+}
+
 /// One planned step of a lifecycle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlannedStep {
@@ -206,6 +254,9 @@ pub struct PlannedStep {
     pub error_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_type: Option<BounceType>,
+    /// The injected fault this step carries, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// The full, deterministic plan of one message's lifecycle.
@@ -217,7 +268,38 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
     pub vendor_message_id: Arc<str>,
+    /// The steps to send, in the order they are sent.
     pub steps: Vec<PlannedStep>,
+    /// Steps of the drawn path that are not sent (skipped or dropped faults).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_sent: Vec<NotSent>,
+    /// How the acks are written.
+    #[serde(default, skip_serializing_if = "crate::formats::AckFormat::is_default")]
+    pub format: crate::formats::AckFormat,
+}
+
+impl Plan {
+    /// Distinct events to store: distinct (status, attempt) among the steps, so a duplicate copy counts once.
+    pub fn distinct_events(&self) -> usize {
+        let mut seen: Vec<(Status, u16)> = self.steps.iter().map(|s| (s.status, s.attempt)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
+    /// The kinds of fault injected, comma-separated in a fixed order (`messages.faults`); none: `None`.
+    pub fn fault_kinds(&self) -> Option<String> {
+        let mut kinds: Vec<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.fault)
+            .chain(self.not_sent.iter().map(|n| n.fault))
+            .map(Fault::as_str)
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        (!kinds.is_empty()).then(|| kinds.join(","))
+    }
 }
 
 /// A message with its plan: what the persister stores and what a lifecycle actor walks.
@@ -289,6 +371,9 @@ pub struct AckEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_type: Option<BounceType>,
     pub tenant_id: Option<Arc<str>>,
+    /// The injected fault this event carries (stored in `events.fault`; not part of the ack's JSON).
+    #[serde(skip)]
+    pub fault: Option<Fault>,
 }
 
 impl AckEvent {
@@ -340,10 +425,30 @@ impl Plan {
                     .some_str("error_code", s.error_code.as_deref())
                     .some_str("error_reason", s.error_reason.as_deref())
                     .some_str("bounce_type", s.bounce_type.map(BounceType::as_str))
+                    .some_str("fault", s.fault.map(Fault::as_str))
                     .end();
             }
             out.push(b']');
         });
+        if !self.not_sent.is_empty() {
+            w.raw("not_sent", |out| {
+                out.push(b'[');
+                for (i, n) in self.not_sent.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    crate::json::ObjectWriter::new(out)
+                        .str("status", n.status.as_str())
+                        .int("attempt", i64::from(n.attempt))
+                        .str("fault", n.fault.as_str())
+                        .end();
+                }
+                out.push(b']');
+            });
+        }
+        if !self.format.is_default() {
+            w.raw("format", |out| serde_json::to_writer(out, &self.format).expect("a format serializes"));
+        }
         w.end();
     }
 }
@@ -408,6 +513,7 @@ mod tests {
             error_reason: Some("no such user".into()),
             bounce_type: Some(BounceType::Hard),
             tenant_id: None,
+            fault: None,
         };
         for _ in 0..2 {
             let mut out = Vec::new();
@@ -422,7 +528,15 @@ mod tests {
             rule: Some("magic:bounce@understudy.test".into()),
             vendor_message_id: "v".into(),
             steps: vec![
-                PlannedStep { status: Status::Send, attempt: 1, due_us: 5, error_code: None, error_reason: None, bounce_type: None },
+                PlannedStep {
+                    status: Status::Send,
+                    attempt: 1,
+                    due_us: 5,
+                    error_code: None,
+                    error_reason: None,
+                    bounce_type: None,
+                    fault: Some(Fault::OutOfOrder),
+                },
                 PlannedStep {
                     status: Status::Bounce,
                     attempt: 1,
@@ -430,8 +544,11 @@ mod tests {
                     error_code: Some("5.1.1".into()),
                     error_reason: Some("gone".into()),
                     bounce_type: Some(BounceType::Soft),
+                    fault: None,
                 },
             ],
+            not_sent: vec![NotSent { status: Status::Delivery, attempt: 1, fault: Fault::Skipped }],
+            format: crate::formats::AckFormat::Template("{\"s\":\"{{status}}\"}".into()),
         };
         let mut out = Vec::new();
         plan.write_json(&mut out);

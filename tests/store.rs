@@ -55,6 +55,7 @@ fn events(m: &PlannedMessage) -> Vec<EventRow> {
                     error_reason: s.error_reason.clone(),
                     bounce_type: s.bounce_type,
                     tenant_id: o.tenant_id.as_deref().map(Into::into),
+                    fault: (k == 1).then_some(understudy::model::Fault::Corrupt),
                 },
                 ack_partition: 0,
                 ack_offset: k as i64,

@@ -23,6 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::persister::{PersistEvents, Persister};
+use crate::formats::{self, AckFormat};
 use crate::model::AckEvent;
 use crate::store::EventRow;
 use crate::telemetry;
@@ -82,6 +83,15 @@ enum Produced {
     Failed,
 }
 
+/// How a lifecycle's events go out: the record headers copied from its message, the ack format, and the
+/// recipient (which vendor formats carry). One per lifecycle, shared by its events.
+#[derive(Debug)]
+pub struct Envelope {
+    pub headers: Box<[(String, Vec<u8>)]>,
+    pub format: AckFormat,
+    pub recipient: Arc<str>,
+}
+
 /// Cheap to clone; every lifecycle actor holds one.
 #[derive(Clone)]
 pub struct Emitter {
@@ -113,9 +123,9 @@ impl Emitter {
 
     /// Produce one event now if the producer has room; otherwise hand the event back (then
     /// [`Emitter::emit`] waits for room). The caller has set `emitted_at`.
-    pub fn try_emit(&self, event: AckEvent, headers: &[(String, Vec<u8>)]) -> Result<(), AckEvent> {
+    pub fn try_emit(&self, event: AckEvent, envelope: &Envelope) -> Result<(), AckEvent> {
         let Ok(permit) = self.room.try_acquire() else { return Err(event) };
-        match self.produce(event, headers) {
+        match self.produce(event, envelope) {
             Produced::Queued => {
                 // Returned by the delivery report.
                 permit.forget();
@@ -128,13 +138,13 @@ impl Emitter {
 
     /// Produce one event, keyed by payload id. Waits (in line, without polling) while
     /// [`IN_FLIGHT_EVENTS`] events are undelivered or unstored. The event's `emitted_at` is when it is produced.
-    pub async fn emit(&self, mut event: AckEvent, headers: &[(String, Vec<u8>)]) {
+    pub async fn emit(&self, mut event: AckEvent, envelope: &Envelope) {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
         let mut waited = (t.elapsed() > Duration::from_millis(1)).then_some(t);
         loop {
             event.emitted_at = Utc::now();
-            match self.produce(event, headers) {
+            match self.produce(event, envelope) {
                 Produced::Queued => {
                     permit.forget();
                     break;
@@ -153,20 +163,25 @@ impl Emitter {
     }
 
     /// Hand one event to librdkafka (which copies key, value and headers).
-    fn produce(&self, event: AckEvent, headers: &[(String, Vec<u8>)]) -> Produced {
+    fn produce(&self, event: AckEvent, envelope: &Envelope) -> Produced {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            event.write_json(buf);
+            formats::write(&envelope.format, &event, &envelope.recipient, buf);
+            if event.fault == Some(crate::model::Fault::Corrupt) {
+                // An injected fault: the ack as invalid JSON (cut short, with a stray byte).
+                buf.truncate(buf.len() / 2);
+                buf.push(b'\x7f');
+            }
             let value_len = buf.len();
             buf.extend_from_slice(event.payload_id.as_bytes());
             let (payload, key) = buf.split_at(value_len);
             let mut id = uuid::Uuid::encode_buffer();
             let id = event.event_id.hyphenated().encode_lower(&mut id);
-            let mut hs = OwnedHeaders::new_with_capacity(headers.len() + 1);
-            for (k, v) in headers {
+            let mut hs = OwnedHeaders::new_with_capacity(envelope.headers.len() + 1);
+            for (k, v) in envelope.headers.iter() {
                 hs = hs.insert(Header { key: k, value: Some(v) });
             }
             hs = hs.insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });

@@ -24,9 +24,9 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::emitter::Emitter;
+use super::emitter::{Emitter, Envelope};
 use crate::kafka::offsets::{Assignments, Claim};
-use crate::model::{AckEvent, BounceType, Channel, PlannedMessage, Status, event_id, micros_to_time};
+use crate::model::{AckEvent, BounceType, Channel, Fault, PlannedMessage, Status, event_id, micros_to_time};
 use crate::telemetry;
 
 /// What every lifecycle of one pipeline shares.
@@ -70,6 +70,7 @@ struct Step {
     attempt: u16,
     status: Status,
     bounce_type: Option<BounceType>,
+    fault: Option<Fault>,
     error: Option<Box<(Option<String>, Option<String>)>>,
 }
 
@@ -82,7 +83,7 @@ pub struct Walk {
     tenant_id: Option<Arc<str>>,
     channel: Channel,
     received_us: i64,
-    headers: Box<[(String, Vec<u8>)]>,
+    envelope: Arc<Envelope>,
     steps: Box<[Step]>,
 }
 
@@ -99,6 +100,7 @@ impl Walk {
                 attempt: s.attempt,
                 status: s.status,
                 bounce_type: s.bounce_type,
+                fault: s.fault,
                 error: (s.error_code.is_some() || s.error_reason.is_some()).then(|| Box::new((s.error_code, s.error_reason))),
             })
             .collect();
@@ -109,7 +111,7 @@ impl Walk {
             tenant_id: o.tenant_id,
             channel: o.channel,
             received_us: o.received_at.timestamp_micros(),
-            headers: o.headers.into_boxed_slice(),
+            envelope: Arc::new(Envelope { headers: o.headers.into_boxed_slice(), format: m.plan.format, recipient: o.recipient }),
             steps,
         }
     }
@@ -131,6 +133,7 @@ impl Walk {
             error_reason,
             bounce_type: step.bounce_type,
             tenant_id: self.tenant_id.clone(),
+            fault: step.fault,
         }
     }
 }
@@ -284,13 +287,13 @@ impl Lifecycle {
                 return;
             }
             let event = w.walk.event(&w.walk.steps[step], now);
-            match self.shared.emitter.try_emit(event, &w.walk.headers) {
+            match self.shared.emitter.try_emit(event, &w.walk.envelope) {
                 Ok(()) => w.next += 1,
                 Err(event) => {
                     // The producer is full: wait in line for room, then go on.
                     let shared = self.shared.clone();
-                    let headers = w.walk.headers.clone();
-                    ctx.wait(async move { shared.emitter.emit(event, &headers).await }.into_actor(self).map(
+                    let envelope = w.walk.envelope.clone();
+                    ctx.wait(async move { shared.emitter.emit(event, &envelope).await }.into_actor(self).map(
                         |_, act, ctx| {
                             if let Some(w) = act.w.as_mut() {
                                 w.next += 1;

@@ -95,8 +95,14 @@ impl Explained {
             if let Some(b) = s.bounce_type {
                 line.push_str(&format!(" ({} bounce)", b.as_str()));
             }
+            if let Some(f) = s.fault {
+                line.push_str(&format!(" [injected: {}]", f.as_str()));
+            }
             out.push_str(line.trim_end());
             out.push('\n');
+        }
+        for n in &self.plan.not_sent {
+            out.push_str(&format!("  {:>12}  {:<12}  {:<11} attempt {} [injected: {}]\n", "not sent", "", n.status.as_str(), n.attempt, n.fault.as_str()));
         }
         out
     }

@@ -6,6 +6,7 @@
 
 pub mod distribution;
 pub mod explain;
+pub mod faults;
 pub mod live;
 pub mod locate;
 pub mod rules;
@@ -24,6 +25,7 @@ use locate::Seg;
 pub use rules::MessageView;
 use rules::{MAGIC, Matcher, RuleSpec};
 
+use crate::formats::AckFormat;
 use crate::model::{BounceType, Channel, Plan, PlannedStep, Status, vendor_message_id};
 
 /// What is wrong with a scenario file, and where.
@@ -61,6 +63,12 @@ pub struct ScenarioFile {
     /// rules. Default on.
     #[serde(default = "yes")]
     pub magic_recipients: bool,
+    /// Vendor outage windows: messages received in one are rejected, or held until it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<faults::OutageSpec>,
+    /// Rate limits beyond which messages are rejected with the vendor's rate-limit code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttles: Vec<faults::ThrottleSpec>,
 }
 
 fn one() -> f64 {
@@ -80,6 +88,13 @@ pub struct ChannelSpec {
     pub delays: BTreeMap<String, Delay>,
     /// Weighted outcome paths; one is drawn per message.
     pub paths: Vec<PathSpec>,
+    /// Faults injected into this channel's acks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<faults::FaultsSpec>,
+    /// How this channel's acks are written: `understudy` (default), `twilio`, `sendgrid`, `ses`,
+    /// `whatsapp_cloud`, or `{ template: "..." }`.
+    #[serde(default, skip_serializing_if = "AckFormat::is_default")]
+    pub ack_format: AckFormat,
 }
 
 /// One outcome path.
@@ -130,6 +145,9 @@ pub struct Scenario {
     /// Per entry of [`MAGIC`]: its rule name and path, when magic recipients are on and the scenario has
     /// the channel.
     magic: Vec<Option<(std::sync::Arc<str>, CompiledChannel)>>,
+    outages: Vec<faults::Outage>,
+    /// Shared by clones: one rate limit.
+    throttles: Vec<std::sync::Arc<faults::Throttle>>,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +187,8 @@ impl Chosen {
 pub struct CompiledChannel {
     cumulative: Vec<f64>,
     paths: Vec<CompiledPath>,
+    faults: faults::Faults,
+    format: AckFormat,
 }
 
 #[derive(Clone, Debug)]
@@ -244,11 +264,24 @@ impl Scenario {
             .iter()
             .map(|m| {
                 let spec = file.channels.get(m.channel.as_str()).filter(|_| file.magic_recipients)?;
-                let compiled = compile_channel(m.channel, &m.channel_spec(&spec.delays), file.time_scale, &[], &[])
+                let compiled = compile_channel(m.channel, &m.channel_spec(spec), file.time_scale, &[], &[])
                     .expect("magic recipients are valid paths");
                 Some((m.rule_name().into(), compiled))
             })
             .collect();
+        let loaded_at = chrono::Utc::now();
+        let mut outages = Vec::with_capacity(file.outages.len());
+        for (i, o) in file.outages.iter().enumerate() {
+            outages.push(faults::Outage::compile(o, loaded_at, file.time_scale).map_err(|(f, m)| {
+                ([vec![key("outages"), Seg::Index(i)], f.into_iter().map(Seg::Key).collect()].concat(), m)
+            })?);
+        }
+        let mut throttles = Vec::with_capacity(file.throttles.len());
+        for (i, t) in file.throttles.iter().enumerate() {
+            throttles.push(std::sync::Arc::new(faults::Throttle::compile(t).map_err(|(f, m)| {
+                ([vec![key("throttles"), Seg::Index(i)], f.into_iter().map(Seg::Key).collect()].concat(), m)
+            })?));
+        }
         let name = file.name.as_deref().unwrap_or("unnamed").into();
         Ok(Scenario {
             file,
@@ -260,6 +293,8 @@ impl Scenario {
             channels,
             rules,
             magic,
+            outages,
+            throttles,
         })
     }
 
@@ -347,7 +382,16 @@ impl Scenario {
     /// chosen by the message's fields; its draws are seeded by (seed, payload id)).
     pub fn plan_for(&self, m: &MessageView<'_>) -> Option<Plan> {
         let (chosen, ch, seed) = self.choose(m)?;
-        Some(Self::draw(ch, seed, chosen.rule_name().cloned(), m.channel, m.payload_id))
+        let mut plan = Self::draw(ch, seed, chosen.rule_name().cloned(), m.channel, m.payload_id);
+        // Rate limits and outage windows: decided at receipt, in file order; the first that hits applies.
+        if let Some(received_us) = m.received_us {
+            let hit = self.throttles.iter().any(|t| t.apply(m, received_us, &mut plan.steps))
+                || self.outages.iter().any(|o| o.apply(m, received_us, &mut plan.steps));
+            if hit && plan.steps.first().is_some_and(|s| s.status == Status::Reject) {
+                plan.not_sent.clear();
+            }
+        }
+        Some(plan)
     }
 
     /// What decides the message's behaviour: the first rule that matches it, else its magic recipient,
@@ -408,12 +452,22 @@ impl Scenario {
                 error_code,
                 error_reason,
                 bounce_type: (*status == Status::Bounce).then_some(path.bounce_type),
+                fault: None,
             });
             if *status == Status::Deferred {
                 attempt += 1;
             }
         }
-        Plan { path: path.name.clone(), rule, vendor_message_id: vendor_message_id(channel, payload_id), steps }
+        let mut not_sent = Vec::new();
+        ch.faults.apply(channel, &mut steps, &mut not_sent, &mut rng);
+        Plan {
+            path: path.name.clone(),
+            rule,
+            vendor_message_id: vendor_message_id(channel, payload_id),
+            steps,
+            not_sent,
+            format: ch.format.clone(),
+        }
     }
 
     /// Expected share of each path per channel, for checks and summaries.
@@ -467,6 +521,17 @@ impl Scenario {
                     ));
                 }
             }
+        }
+        for (name, spec) in &f.channels {
+            if let Some(faults) = &spec.faults {
+                out.push_str(&format!("  {name} faults: {}\n", serde_json::to_string(faults).unwrap_or_default()));
+            }
+        }
+        for o in &f.outages {
+            out.push_str(&format!("  outage {}: {}\n", o.name, serde_json::to_string(o).unwrap_or_default()));
+        }
+        for t in &f.throttles {
+            out.push_str(&format!("  throttle {}: {}\n", t.name, serde_json::to_string(t).unwrap_or_default()));
         }
         if !f.rules.is_empty() {
             out.push_str("  rules (in order; the first that matches decides):\n");
@@ -627,7 +692,21 @@ fn compile_channel(
             "the path weights add up to zero; give at least one a weight above zero".into(),
         ));
     }
-    Ok(CompiledChannel { cumulative, paths })
+    let faults = match &spec.faults {
+        Some(f) => faults::Faults::compile(f, channel, time_scale).map_err(|(fields, m)| {
+            let mut at = [&base[..], &[key("faults")]].concat();
+            at.extend(fields.into_iter().map(Seg::Key));
+            (at, m)
+        })?,
+        None => faults::Faults::default(),
+    };
+    let format_at = || [&base[..], &[key("ack_format")]].concat();
+    spec.ack_format.check(channel, None).map_err(|m| (format_at(), m))?;
+    let deferrals = spec.faults.as_ref().is_some_and(|f| f.deferrals.is_some());
+    for status in spec.paths.iter().flat_map(|p| &p.steps).chain(deferrals.then_some(&Status::Deferred)) {
+        spec.ack_format.check(channel, Some(*status)).map_err(|m| (format_at(), m))?;
+    }
+    Ok(CompiledChannel { cumulative, paths, faults, format: spec.ack_format.clone() })
 }
 
 /// Compile one rule against the scenario's channels.
@@ -647,12 +726,12 @@ fn compile_rule(
     if let Some(sub) = &rule.scenario {
         let more = [rule.path.is_some(), rule.paths.is_some(), rule.channels.is_some(), !rule.delays.is_empty()]
             .into_iter()
-            .chain([!rule.errors.is_empty(), rule.bounce_type.is_some()])
+            .chain([!rule.errors.is_empty(), rule.bounce_type.is_some(), rule.faults.is_some()])
             .any(|g| g);
         if more {
             return Err((
                 here(&["scenario"]),
-                "a rule with `scenario` takes everything from that file; leave out `path`, `paths`, `channels`, `delays`, `errors` and `bounce_type`".into(),
+                "a rule with `scenario` takes everything from that file; leave out `path`, `paths`, `channels`, `delays`, `errors`, `bounce_type` and `faults`".into(),
             ));
         }
         if depth >= MAX_NESTING {
@@ -738,6 +817,12 @@ fn compile_rule(
             if rule.bounce_type.is_some() && path.steps.contains(&Status::Bounce) {
                 path.bounce_type = rule.bounce_type;
             }
+        }
+        if let Some(f) = &rule.faults {
+            faults::Faults::compile(f, channel, file.time_scale).map_err(|(fields, m)| {
+                (here(&[&["faults"][..], &fields.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat()), m)
+            })?;
+            spec.faults = Some(f.clone());
         }
         compiled[channel.index()] = Some(compile_channel(channel, &spec, file.time_scale, base_at, &paths_at)?);
     }

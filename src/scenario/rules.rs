@@ -85,6 +85,9 @@ pub struct RuleSpec {
     /// `hard` or `soft`, for paths with a BOUNCE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_type: Option<BounceType>,
+    /// Faults for the messages the rule catches, in place of the channel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<super::faults::FaultsSpec>,
 }
 
 /// A compiled pattern.
@@ -151,6 +154,8 @@ pub struct MessageView<'a> {
     pub headers: &'a [(String, Vec<u8>)],
     pub rule_headers: &'a [(String, Vec<u8>)],
     pub body: &'a [u8],
+    /// Receipt time (µs since the epoch): outage windows and rate limits apply only with one.
+    pub received_us: Option<i64>,
     parsed: OnceLock<Option<serde_json::Value>>,
 }
 
@@ -165,6 +170,7 @@ impl<'a> MessageView<'a> {
             headers: &[],
             rule_headers: &[],
             body: b"",
+            received_us: None,
             parsed: OnceLock::new(),
         }
     }
@@ -179,11 +185,12 @@ impl<'a> MessageView<'a> {
             headers: &m.headers,
             rule_headers: &m.rule_headers,
             body: &m.body,
+            received_us: Some(m.received_at.timestamp_micros()),
             parsed: OnceLock::new(),
         }
     }
 
-    fn field(&self, pointer: &str) -> Option<String> {
+    pub(crate) fn field(&self, pointer: &str) -> Option<String> {
         let doc = self.parsed.get_or_init(|| serde_json::from_slice(self.body).ok()).as_ref()?;
         match doc.pointer(pointer)? {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -433,7 +440,8 @@ impl Magic {
     }
 
     /// The channel spec of this recipient's one path: the scenario channel's delays where it has them.
-    pub fn channel_spec(&self, channel_delays: &BTreeMap<String, Delay>) -> ChannelSpec {
+    pub fn channel_spec(&self, channel: &ChannelSpec) -> ChannelSpec {
+        let channel_delays = &channel.delays;
         let mut delays = BTreeMap::new();
         for s in self.steps {
             let d = channel_delays.get(s.as_str()).cloned().unwrap_or_else(|| default_delay(*s));
@@ -453,6 +461,8 @@ impl Magic {
                     .collect(),
                 bounce_type: self.bounce_type,
             }],
+            faults: None,
+            ack_format: channel.ack_format.clone(),
         }
     }
 }
@@ -562,6 +572,7 @@ template: welcome-*
             headers: &[],
             rule_headers: &headers,
             body,
+            received_us: None,
             parsed: OnceLock::new(),
         };
         assert!(m.matches(&view(Channel::Email, "Ann@EXAMPLE.com", Some("team-a"))));

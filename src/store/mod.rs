@@ -49,6 +49,8 @@ pub struct MessageRow {
     pub scenario_version: Arc<str>,
     /// The rule that chose the behaviour; none = the channel's own paths.
     pub rule: Option<Arc<str>>,
+    /// Kinds of injected fault in the plan, comma-separated.
+    pub faults: Option<String>,
 }
 
 impl MessageRow {
@@ -71,12 +73,13 @@ impl MessageRow {
             received_at_us: o.received_at.timestamp_micros(),
             scenario: scenario.clone(),
             path: m.plan.path.clone(),
-            planned_events: m.plan.steps.len() as i32,
+            planned_events: m.plan.distinct_events() as i32,
             plan: crate::json::into_string(plan),
             headers: encode_headers(&o.headers),
             body,
             scenario_version: scenario_version.clone(),
             rule: m.plan.rule.clone(),
+            faults: m.plan.fault_kinds(),
         }
     }
 }

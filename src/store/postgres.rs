@@ -41,7 +41,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
         let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
         b.header();
         for r in messages {
-            b.row(17)
+            b.row(18)
                 .text(&r.topic)
                 .int4(r.partition)
                 .int8(r.offset)
@@ -58,7 +58,8 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .text(&r.headers)
                 .bytes(&r.body)
                 .text(&r.scenario_version)
-                .opt_text(r.rule.as_deref());
+                .opt_text(r.rule.as_deref())
+                .opt_text(r.faults.as_deref());
             b.send_if_full(&mut c).await?;
         }
         b.finish(c).await?;
@@ -68,7 +69,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
         b.header();
         for r in events {
             let e = &r.event;
-            b.row(15)
+            b.row(16)
                 .bytes(e.event_id.as_bytes())
                 .text(&e.payload_id)
                 .text(&e.batch_id)
@@ -83,7 +84,8 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .opt_text(e.bounce_type.map(crate::model::BounceType::as_str))
                 .opt_text(e.tenant_id.as_deref())
                 .int4(r.ack_partition)
-                .int8(r.ack_offset);
+                .int8(r.ack_offset)
+                .opt_text(e.fault.map(crate::model::Fault::as_str));
             b.send_if_full(&mut c).await?;
         }
         b.finish(c).await?;
@@ -182,6 +184,7 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
             .bind(m.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| &*r.scenario_version).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.rule.as_deref()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| r.faults.as_deref()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
     }
@@ -203,6 +206,7 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
             .bind(e.iter().map(|r| r.event.tenant_id.as_deref()).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.ack_partition).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.ack_offset).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.fault.map(crate::model::Fault::as_str)).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
     }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{EventRow, MessageRow, PendingRow, Result};
 
-/// At most 17 columns a row (messages); SQLite allows 32,766 parameters.
-const ROWS_PER_INSERT: usize = 1900;
+/// At most 18 columns a row (messages); SQLite allows 32,766 parameters.
+const ROWS_PER_INSERT: usize = 1800;
 
 pub(super) fn connect_lazy(url: &str) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
@@ -27,7 +27,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
     for chunk in messages.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
-             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule) ",
+             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule, faults) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(&*r.topic)
@@ -46,7 +46,8 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(&r.headers)
                 .push_bind(&r.body)
                 .push_bind(&*r.scenario_version)
-                .push_bind(r.rule.as_deref());
+                .push_bind(r.rule.as_deref())
+                .push_bind(r.faults.as_deref());
         });
         q.push(" ON CONFLICT DO NOTHING");
         q.build().execute(&mut *tx).await?;
@@ -54,7 +55,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO events (event_id, payload_id, batch_id, channel, status, attempt, vendor_message_id, \
-             scheduled_at_us, emitted_at_us, error_code, error_reason, bounce_type, tenant_id, ack_partition, ack_offset) ",
+             scheduled_at_us, emitted_at_us, error_code, error_reason, bounce_type, tenant_id, ack_partition, ack_offset, fault) ",
         );
         q.push_values(chunk, |mut b, r| {
             let e = &r.event;
@@ -72,7 +73,8 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(e.bounce_type.map(crate::model::BounceType::as_str))
                 .push_bind(e.tenant_id.as_deref())
                 .push_bind(r.ack_partition)
-                .push_bind(r.ack_offset);
+                .push_bind(r.ack_offset)
+                .push_bind(e.fault.map(crate::model::Fault::as_str));
         });
         q.push(" ON CONFLICT DO NOTHING");
         q.build().execute(&mut *tx).await?;

@@ -1,3 +1,3 @@
 COPY messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, tenant_id,
-               received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule)
+               received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule, faults)
 FROM STDIN (FORMAT binary)
