@@ -19,8 +19,8 @@ pub enum AckFormat {
     Understudy,
     /// A Twilio status callback's fields as a JSON object (SMS, WhatsApp).
     Twilio,
-    /// SendGrid's event webhook: a JSON array of events (email).
-    Sendgrid,
+    /// SendGrid's event webhook: JSON arrays of events, batched (email).
+    Sendgrid(Batching),
     /// An Amazon SES event, as SNS or Firehose delivers it (email).
     Ses,
     /// A WhatsApp Cloud API webhook body with one `statuses[]` entry (WhatsApp).
@@ -30,10 +30,38 @@ pub enum AckFormat {
     Template(Arc<str>),
 }
 
+/// How events are gathered into one record: a batch goes out when it holds `max_events` events or
+/// `max_bytes` bytes, or `max_wait_us` after its first event, whichever comes first. SendGrid's own:
+/// about 30 s or 768 KB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Batching {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub max_wait_us: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self { max_events: 1000, max_bytes: 768 * 1024, max_wait_us: 30_000_000 }
+    }
+}
+
+/// `{ sendgrid: { ... } }` as written.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct BatchingSpec {
+    #[serde(default)]
+    max_events: Option<usize>,
+    #[serde(default)]
+    max_bytes: Option<usize>,
+    #[serde(default)]
+    max_wait: Option<crate::scenario::Dur>,
+}
+
 const NAMES: [(&str, AckFormat); 5] = [
     ("understudy", AckFormat::Understudy),
     ("twilio", AckFormat::Twilio),
-    ("sendgrid", AckFormat::Sendgrid),
+    ("sendgrid", AckFormat::Sendgrid(Batching { max_events: 1000, max_bytes: 768 * 1024, max_wait_us: 30_000_000 })),
     ("ses", AckFormat::Ses),
     ("whatsapp_cloud", AckFormat::WhatsappCloud),
 ];
@@ -47,6 +75,14 @@ impl Serialize for AckFormat {
                 m.serialize_entry("template", &**t)?;
                 m.end()
             }
+            AckFormat::Sendgrid(b) if *b != Batching::default() => {
+                let mut m = s.serialize_map(Some(1))?;
+                let wait = crate::scenario::Dur(std::time::Duration::from_micros(b.max_wait_us));
+                let spec =
+                    BatchingSpec { max_events: Some(b.max_events), max_bytes: Some(b.max_bytes), max_wait: Some(wait) };
+                m.serialize_entry("sendgrid", &spec)?;
+                m.end()
+            }
             other => s.serialize_str(other.name()),
         }
     }
@@ -55,7 +91,7 @@ impl Serialize for AckFormat {
 impl<'de> Deserialize<'de> for AckFormat {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "`understudy`, `twilio`, `sendgrid`, `ses`, `whatsapp_cloud` or `{ template: \"...\" }`";
+        const EXPECTED: &str = "`understudy`, `twilio`, `sendgrid`, `ses`, `whatsapp_cloud`, `{ sendgrid: { max_events, max_bytes, max_wait } }` or `{ template: \"...\" }`";
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = AckFormat;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,16 +105,26 @@ impl<'de> Deserialize<'de> for AckFormat {
                     .ok_or_else(|| E::custom(format!("unknown ack format `{v}`; expected {EXPECTED}")))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AckFormat, A::Error> {
-                let mut template = None;
+                let mut format = None;
                 while let Some(key) = map.next_key::<String>()? {
-                    if key != "template" || template.is_some() {
-                        return Err(serde::de::Error::custom(format!("unknown key `{key}`; expected {EXPECTED}")));
+                    if format.is_some() {
+                        return Err(serde::de::Error::custom(format!("one key only; expected {EXPECTED}")));
                     }
-                    template = Some(map.next_value::<String>()?);
+                    format = Some(match key.as_str() {
+                        "template" => AckFormat::Template(map.next_value::<String>()?.into()),
+                        "sendgrid" => {
+                            let spec: BatchingSpec = map.next_value()?;
+                            let d = Batching::default();
+                            AckFormat::Sendgrid(Batching {
+                                max_events: spec.max_events.unwrap_or(d.max_events).max(1),
+                                max_bytes: spec.max_bytes.unwrap_or(d.max_bytes).max(1),
+                                max_wait_us: spec.max_wait.map_or(d.max_wait_us, |w| w.0.as_micros() as u64),
+                            })
+                        }
+                        _ => return Err(serde::de::Error::custom(format!("unknown key `{key}`; expected {EXPECTED}"))),
+                    });
                 }
-                template
-                    .map(|t| AckFormat::Template(t.into()))
-                    .ok_or_else(|| serde::de::Error::custom(format!("expected {EXPECTED}")))
+                format.ok_or_else(|| serde::de::Error::custom(format!("expected {EXPECTED}")))
             }
         }
         d.deserialize_any(V)
@@ -95,6 +141,22 @@ impl JsonSchema for AckFormat {
             "description": "How the channel's acks are written: a vendor's webhook format, or a template with `{{field}}` placeholders.",
             "anyOf": [
                 { "type": "string", "enum": ["understudy", "twilio", "sendgrid", "ses", "whatsapp_cloud"] },
+                {
+                    "type": "object",
+                    "properties": {
+                        "sendgrid": {
+                            "type": "object",
+                            "properties": {
+                                "max_events": { "type": "integer", "minimum": 1 },
+                                "max_bytes": { "type": "integer", "minimum": 1 },
+                                "max_wait": { "type": "string", "description": "A duration: `30s`." }
+                            },
+                            "additionalProperties": false
+                        }
+                    },
+                    "required": ["sendgrid"],
+                    "additionalProperties": false
+                },
                 {
                     "type": "object",
                     "properties": { "template": { "type": "string" } },
@@ -115,7 +177,7 @@ impl AckFormat {
         match self {
             AckFormat::Understudy => "understudy",
             AckFormat::Twilio => "twilio",
-            AckFormat::Sendgrid => "sendgrid",
+            AckFormat::Sendgrid(_) => "sendgrid",
             AckFormat::Ses => "ses",
             AckFormat::WhatsappCloud => "whatsapp_cloud",
             AckFormat::Template(_) => "template",
@@ -127,7 +189,7 @@ impl AckFormat {
         let ok = match self {
             AckFormat::Understudy | AckFormat::Template(_) => true,
             AckFormat::Twilio => channel != Channel::Email,
-            AckFormat::Sendgrid | AckFormat::Ses => channel == Channel::Email,
+            AckFormat::Sendgrid(_) | AckFormat::Ses => channel == Channel::Email,
             AckFormat::WhatsappCloud => channel == Channel::Whatsapp,
         };
         if !ok {
@@ -144,9 +206,22 @@ impl AckFormat {
         Ok(())
     }
 
-    /// Whether events are sent in batches (several events per record).
-    pub fn batched(&self) -> bool {
-        *self == AckFormat::Sendgrid
+    /// How events are batched, for a batched format.
+    pub fn batching(&self) -> Option<Batching> {
+        match self {
+            AckFormat::Sendgrid(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The format with its batching wait scaled like every delay of the scenario.
+    pub fn scaled(&self, time_scale: f64) -> Self {
+        match self {
+            AckFormat::Sendgrid(b) => {
+                AckFormat::Sendgrid(Batching { max_wait_us: (b.max_wait_us as f64 * time_scale).round() as u64, ..*b })
+            }
+            other => other.clone(),
+        }
     }
 }
 
@@ -179,7 +254,7 @@ pub fn write(format: &AckFormat, event: &AckEvent, recipient: &str, out: &mut Ve
         AckFormat::Twilio => twilio(event, recipient, out),
         AckFormat::Ses => ses(event, recipient, out),
         AckFormat::WhatsappCloud => whatsapp_cloud(event, recipient, out),
-        AckFormat::Sendgrid => {
+        AckFormat::Sendgrid(_) => {
             out.push(b'[');
             sendgrid_event(event, recipient, out);
             out.push(b']');
@@ -469,7 +544,11 @@ pub fn sendgrid_event(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
         .str("event", sendgrid_event_name(e.status))
         .str("sg_event_id", &e.event_id.simple().to_string())
         .str("sg_message_id", &format!("{hex}.filterdrecv-understudy-1"))
-        .str("smtp-id", &format!("<{hex}@understudy.test>"));
+        .str("smtp-id", &format!("<{hex}@understudy.test>"))
+        // The message's custom args, as SendGrid returns them on every event.
+        .str("payload_id", &e.payload_id)
+        .str("batch_id", &e.batch_id)
+        .some_str("tenant_id", e.tenant_id.as_deref());
     let (status, _) = smtp_status(e.error_code.as_deref(), e.error_reason.as_deref());
     let reason = || {
         format!("{} {}", e.error_code.as_deref().unwrap_or(""), e.error_reason.as_deref().unwrap_or(""))
@@ -623,7 +702,7 @@ mod tests {
     #[test]
     fn sendgrid_events_and_templates() {
         let v = json(
-            &AckFormat::Sendgrid,
+            &AckFormat::Sendgrid(Batching::default()),
             &event(Channel::Email, Status::Bounce, Some(("550 5.1.1", "user unknown"))),
             "a@x.test",
         );
@@ -652,6 +731,13 @@ mod tests {
         );
         let f: AckFormat = serde_yaml::from_str("{ template: 'x' }").unwrap();
         assert_eq!(f, AckFormat::Template("x".into()));
+        let f: AckFormat = serde_yaml::from_str("{ sendgrid: { max_events: 10, max_wait: 5s } }").unwrap();
+        let b = Batching { max_events: 10, max_bytes: 768 * 1024, max_wait_us: 5_000_000 };
+        assert_eq!(f, AckFormat::Sendgrid(b));
+        assert_eq!(f.scaled(0.01).batching().unwrap().max_wait_us, 50_000);
+        // A plan stores the format it was planned with, and reads it back.
+        let text = serde_json::to_string(&f.scaled(0.01)).unwrap();
+        assert_eq!(serde_json::from_str::<AckFormat>(&text).unwrap(), f.scaled(0.01));
         let e = serde_yaml::from_str::<AckFormat>("mailgun").unwrap_err().to_string();
         assert!(e.contains("unknown ack format `mailgun`"), "{e}");
     }

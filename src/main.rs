@@ -157,6 +157,22 @@ enum ScenarioCommand {
     },
     /// Print the JSON Schema of scenario files (the one in `scenarios/schema.json`).
     Schema,
+    /// Write a scenario fitted to recorded vendor events: a CSV with `payload_id`, `status`, `timestamp`
+    /// (RFC 3339 or Unix seconds/ms) and `channel` columns, optionally `sent_at`. Prints how well each
+    /// delay fits.
+    Calibrate {
+        events: PathBuf,
+        /// Write the scenario here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Delays as the data's own quantiles instead of fitted lognormals.
+        #[arg(long)]
+        empirical: bool,
+        #[arg(long, default_value = "calibrated")]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// The sample message of `scenario check --message` and `scenario explain`, with its headers.
@@ -238,6 +254,44 @@ fn scenario_command(config: Option<&std::path::Path>, command: ScenarioCommand) 
                     ExitCode::FAILURE
                 }
             }
+        }
+        ScenarioCommand::Calibrate { events, out, empirical, name, seed } => {
+            use understudy::scenario::calibrate::{calibrate, read_csv};
+            let input = match read_csv(&events) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for (why, n) in &input.skipped {
+                eprintln!("skipped {n} rows: {why}");
+            }
+            let c = calibrate(&input, &name, seed, empirical);
+            let yaml = match serde_yaml::to_string(&c.file) {
+                Ok(y) => y,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // What is written must load.
+            if let Err(e) = Scenario::parse(&yaml, out.as_deref().unwrap_or(std::path::Path::new("calibrated.yaml"))) {
+                eprintln!("error: the calibrated scenario does not validate: {e}");
+                return ExitCode::FAILURE;
+            }
+            match &out {
+                Some(path) => {
+                    if let Err(e) = std::fs::write(path, &yaml) {
+                        eprintln!("error: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{yaml}"),
+            }
+            eprint!("{}", c.report());
+            ExitCode::SUCCESS
         }
         ScenarioCommand::Schema => {
             println!("{}", understudy::scenario::json_schema());

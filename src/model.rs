@@ -276,6 +276,9 @@ pub struct Plan {
     /// How the acks are written.
     #[serde(default, skip_serializing_if = "crate::formats::AckFormat::is_default")]
     pub format: crate::formats::AckFormat,
+    /// The outage window that rejected or held the message, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<Arc<str>>,
 }
 
 impl Plan {
@@ -294,6 +297,7 @@ impl Plan {
             .iter()
             .filter_map(|s| s.fault)
             .chain(self.not_sent.iter().map(|n| n.fault))
+            .chain(self.outage.is_some().then_some(Fault::Outage))
             .map(Fault::as_str)
             .collect();
         kinds.sort_unstable();
@@ -449,6 +453,7 @@ impl Plan {
         if !self.format.is_default() {
             w.raw("format", |out| serde_json::to_writer(out, &self.format).expect("a format serializes"));
         }
+        w.some_str("outage", self.outage.as_deref());
         w.end();
     }
 }
@@ -549,6 +554,7 @@ mod tests {
             ],
             not_sent: vec![NotSent { status: Status::Delivery, attempt: 1, fault: Fault::Skipped }],
             format: crate::formats::AckFormat::Template("{\"s\":\"{{status}}\"}".into()),
+            outage: Some("carrier-down".into()),
         };
         let mut out = Vec::new();
         plan.write_json(&mut out);

@@ -177,3 +177,58 @@ fn every_kind_of_bad_file_names_file_line_and_field() {
     }
     assert!(kinds >= 15);
 }
+
+/// `scenario calibrate` recovers a known scenario from events it generated: path weights, and delays by
+/// their median and p99; `--empirical` gives quantiles; a CSV without a needed column is refused.
+#[test]
+fn scenario_calibrate_recovers_a_known_scenario() {
+    use std::fmt::Write as _;
+    use understudy::model::Channel;
+    use understudy::scenario::Scenario;
+    let dir = tempfile::tempdir().unwrap();
+    let known = Scenario::parse(
+        "seed: 5\nchannels:\n  email:\n    delays:\n      SEND: { dist: lognormal, median: 200ms, p99: 2s }\n      DELIVERY: { dist: lognormal, median: 2s, p99: 20s }\n      BOUNCE: { dist: lognormal, median: 5s, p99: 1m }\n    paths:\n      - { name: delivered, weight: 70, steps: [SEND, DELIVERY] }\n      - { name: bounced, weight: 30, steps: [SEND, BOUNCE] }\n",
+        std::path::Path::new("known.yaml"),
+    )
+    .unwrap();
+    let mut csv = String::from("payload_id,channel,status,timestamp,sent_at\n");
+    let base = 1_764_064_800_000_000i64;
+    for i in 0..4000 {
+        let id = format!("p-{i}");
+        let plan = known.plan(Channel::Email, &id).unwrap();
+        for s in &plan.steps {
+            let at = chrono::DateTime::from_timestamp_micros(base + s.due_us).unwrap().to_rfc3339();
+            let sent = chrono::DateTime::from_timestamp_micros(base).unwrap().to_rfc3339();
+            writeln!(csv, "{id},email,{},{at},{sent}", s.status.as_str().to_lowercase()).unwrap();
+        }
+    }
+    let events = write(&dir, "events.csv", &csv);
+    let out_path = dir.path().join("calibrated.yaml");
+    let out = understudy()
+        .args(["scenario", "calibrate", &events, "--out", out_path.to_str().unwrap(), "--name", "vendor-x"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{report}");
+    let fitted = Scenario::load(&out_path).unwrap();
+    let shares = fitted.path_shares(Channel::Email);
+    let delivered = shares.iter().find(|(_, steps, _)| steps.len() == 2 && steps[1].as_str() == "DELIVERY").unwrap().2;
+    assert!((delivered - 0.7).abs() < 0.03, "{delivered}\n{report}");
+    let delay = |status: &str| fitted.file.channels["email"].delays[status].median_p99();
+    let (m, p) = delay("DELIVERY");
+    assert!((m / 2.0 - 1.0).abs() < 0.1 && (p / 20.0 - 1.0).abs() < 0.2, "DELIVERY median {m} p99 {p}\n{report}");
+    let (m, p) = delay("SEND");
+    assert!((m / 0.2 - 1.0).abs() < 0.1 && (p / 2.0 - 1.0).abs() < 0.2, "SEND median {m} p99 {p}\n{report}");
+    assert!(report.contains("email    DELIVERY    n=") && report.contains("(good)"), "{report}");
+
+    let out = understudy().args(["scenario", "calibrate", &events, "--empirical"]).output().unwrap();
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("dist: empirical"), "{yaml}");
+    Scenario::parse(&yaml, std::path::Path::new("empirical.yaml")).unwrap();
+
+    let bad = write(&dir, "bad.csv", "payload_id,channel,when\np,email,1\n");
+    let out = understudy().args(["scenario", "calibrate", &bad]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{bad}:1: no `status` column")));
+}

@@ -125,6 +125,12 @@ fn messages(run: &str) -> Vec<(SampleMessage, Want)> {
             want(None, None, None),
         ));
     }
+    for i in 0..3 {
+        out.push((
+            msg(id("probe", i), Channel::Email, "ann@example.com", json!({}), &[]),
+            want(Some("probe-rejected"), Some(&[Reject]), Some("554 5.7.1")),
+        ));
+    }
     for i in 0..400 {
         out.push((
             msg(id("team-b", i), Channel::Email, "bob@example.com", json!({"tenant_id": "team-b"}), &[]),
@@ -154,12 +160,8 @@ fn messages(run: &str) -> Vec<(SampleMessage, Want)> {
 
 #[actix::test]
 async fn rules_and_magic_recipients_shape_the_acks() {
-    let url = common::postgres_url().await;
-    let settings = common::settings(&url, 3);
     let scenario = Arc::new(common::scenario("rules.yaml", 0.0002));
-    let store = Store::connect(&url, 2).await.unwrap();
-    let brokers = common::brokers();
-    let pipeline = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
+    let common::Running { settings, store, brokers, pipeline } = common::start(scenario.clone()).await;
 
     let run = common::suffix();
     let cases = messages(&run);

@@ -23,7 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::persister::{PersistEvents, Persister};
-use crate::formats::{self, AckFormat};
+use crate::formats::{self, AckFormat, Batching};
 use crate::model::AckEvent;
 use crate::store::EventRow;
 use crate::telemetry;
@@ -40,31 +40,72 @@ pub struct EmitterContext {
 
 impl ClientContext for EmitterContext {}
 
-impl ProducerContext for EmitterContext {
-    type DeliveryOpaque = Box<AckEvent>;
+/// What one record carries: one event, or a batch of them (a batched vendor format).
+pub enum Carried {
+    One(AckEvent),
+    Batch(Vec<AckEvent>),
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, event: Self::DeliveryOpaque) {
+impl Carried {
+    fn events(self) -> Vec<AckEvent> {
+        match self {
+            Carried::One(e) => vec![e],
+            Carried::Batch(v) => v,
+        }
+    }
+}
+
+impl ProducerContext for EmitterContext {
+    type DeliveryOpaque = Box<Carried>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, carried: Self::DeliveryOpaque) {
         use rdkafka::message::Message;
-        match result {
-            Ok(m) => {
-                let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
-                telemetry::event_emitted(event.channel, event.status, lag);
-                let row = EventRow { event: *event, ack_partition: m.partition(), ack_offset: m.offset() };
-                // Never blocks: the queue holds at most the events `room` lets through.
-                self.unforwarded.fetch_add(1, Ordering::SeqCst);
-                if self.delivered.send(row).is_err() {
-                    self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+        for event in carried.events() {
+            match result {
+                Ok(m) => {
+                    let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
+                    telemetry::event_emitted(event.channel, event.status, lag);
+                    let row = EventRow { event, ack_partition: m.partition(), ack_offset: m.offset() };
+                    // Never blocks: the queue holds at most the events `room` lets through.
+                    self.unforwarded.fetch_add(1, Ordering::SeqCst);
+                    if self.delivered.send(row).is_err() {
+                        self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+                        self.room.add_permits(1);
+                        tracing::warn!(
+                            "persister queue closed; an event delivered to Kafka will be re-emitted on resume"
+                        );
+                    }
+                }
+                Err((e, _)) => {
                     self.room.add_permits(1);
-                    tracing::warn!("persister queue closed; an event delivered to Kafka will be re-emitted on resume");
+                    telemetry::event_failed(event.channel);
+                    tracing::error!(payload_id = %event.payload_id, status = %event.status, error = %e,
+                        "ack event not delivered; it is re-emitted when the lifecycle resumes");
                 }
             }
-            Err((e, _)) => {
-                self.room.add_permits(1);
-                telemetry::event_failed(event.channel);
-                tracing::error!(payload_id = %event.payload_id, status = %event.status, error = %e,
-                    "ack event not delivered; it is re-emitted when the lifecycle resumes");
-            }
         }
+    }
+}
+
+/// The header of a batch record with the event ids it carries, comma-separated.
+pub const EVENT_IDS_HEADER: &str = "understudy-event-ids";
+
+/// Events gathered for batched formats, one open batch per batching setting.
+#[derive(Default)]
+struct Batches {
+    open: std::sync::Mutex<std::collections::HashMap<Batching, Open>>,
+}
+
+struct Open {
+    /// The JSON array so far, without its closing bracket.
+    body: Vec<u8>,
+    events: Vec<AckEvent>,
+    since: Instant,
+}
+
+impl Default for Open {
+    fn default() -> Self {
+        Self { body: Vec::new(), events: Vec::new(), since: Instant::now() }
     }
 }
 
@@ -99,6 +140,7 @@ pub struct Emitter {
     topic: Arc<str>,
     unforwarded: Arc<AtomicI64>,
     room: Arc<Semaphore>,
+    batches: Arc<Batches>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -109,7 +151,10 @@ impl std::fmt::Debug for Emitter {
 
 impl Emitter {
     /// Create the producer. Delivered events arrive on the returned receiver.
-    pub fn new(config: &rdkafka::ClientConfig, topic: &str) -> Result<(Self, mpsc::UnboundedReceiver<EventRow>), KafkaError> {
+    pub fn new(
+        config: &rdkafka::ClientConfig,
+        topic: &str,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<EventRow>), KafkaError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let unforwarded = Arc::new(AtomicI64::new(0));
         let room = Arc::new(Semaphore::new(IN_FLIGHT_EVENTS));
@@ -118,13 +163,120 @@ impl Emitter {
             unforwarded: unforwarded.clone(),
             room: room.clone(),
         })?;
-        Ok((Self { producer: Arc::new(producer), topic: topic.into(), unforwarded, room }, rx))
+        let emitter =
+            Self { producer: Arc::new(producer), topic: topic.into(), unforwarded, room, batches: Arc::default() };
+        // Sends batches whose wait is over; ends when the last emitter handle is gone.
+        let (weak, ticker) = (Arc::downgrade(&emitter.batches), emitter.clone_without_batches());
+        std::thread::Builder::new()
+            .name("ack-batches".into())
+            .spawn(move || {
+                while let Some(batches) = weak.upgrade() {
+                    ticker.send_batches(&batches, false);
+                    drop(batches);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+            .expect("spawn the batch thread");
+        Ok((emitter, rx))
+    }
+
+    /// A handle for the batch thread, which must not keep the batches alive.
+    fn clone_without_batches(&self) -> Self {
+        Self {
+            producer: self.producer.clone(),
+            topic: self.topic.clone(),
+            unforwarded: self.unforwarded.clone(),
+            room: self.room.clone(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// Add an event to its open batch (its room already taken); send the batch once it is full.
+    fn add_to_batch(&self, event: AckEvent, envelope: &Envelope, batching: Batching) {
+        let full = {
+            let mut open = self.batches.open.lock().expect("batch lock");
+            let b = open.entry(batching).or_default();
+            if b.events.is_empty() {
+                b.body.push(b'[');
+                b.since = Instant::now();
+            } else {
+                b.body.push(b',');
+            }
+            let at = b.body.len();
+            formats::sendgrid_event(&event, &envelope.recipient, &mut b.body);
+            if event.fault == Some(crate::model::Fault::Corrupt) {
+                let cut = at + (b.body.len() - at) / 2;
+                b.body.truncate(cut);
+                b.body.push(b'\x7f');
+            }
+            b.events.push(event);
+            (b.events.len() >= batching.max_events || b.body.len() >= batching.max_bytes).then(|| std::mem::take(b))
+        };
+        if let Some(b) = full {
+            self.send_batch(b);
+        }
+    }
+
+    /// Send the batches whose wait is over (all of them with `all`).
+    fn send_batches(&self, batches: &Batches, all: bool) {
+        let due: Vec<Open> = {
+            let mut open = batches.open.lock().expect("batch lock");
+            open.iter_mut()
+                .filter(|(b, o)| !o.events.is_empty() && (all || o.since.elapsed().as_micros() as u64 >= b.max_wait_us))
+                .map(|(_, o)| std::mem::take(o))
+                .collect()
+        };
+        for b in due {
+            self.send_batch(b);
+        }
+    }
+
+    /// Produce one batch record, keyed by its first event's payload id, waiting while librdkafka is full.
+    fn send_batch(&self, mut b: Open) {
+        b.body.push(b']');
+        let mut ids = String::with_capacity(b.events.len() * 37);
+        for (i, e) in b.events.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push_str(&e.event_id.hyphenated().to_string());
+        }
+        let key = b.events[0].payload_id.clone();
+        let timestamp = Utc::now().timestamp_millis();
+        let mut carried = Box::new(Carried::Batch(b.events));
+        loop {
+            let headers = OwnedHeaders::new_with_capacity(1)
+                .insert(Header { key: EVENT_IDS_HEADER, value: Some(ids.as_bytes()) });
+            let record = BaseRecord::with_opaque_to(&*self.topic, carried)
+                .key(key.as_bytes())
+                .payload(&b.body)
+                .headers(headers)
+                .timestamp(timestamp);
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    carried = rec.delivery_opaque;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, rec)) => {
+                    let events = rec.delivery_opaque.events();
+                    self.room.add_permits(events.len());
+                    tracing::error!(error = %e, events = events.len(), "cannot produce a batch of acks; they are re-emitted on resume");
+                    return;
+                }
+            }
+        }
     }
 
     /// Produce one event now if the producer has room; otherwise hand the event back (then
     /// [`Emitter::emit`] waits for room). The caller has set `emitted_at`.
     pub fn try_emit(&self, event: AckEvent, envelope: &Envelope) -> Result<(), AckEvent> {
         let Ok(permit) = self.room.try_acquire() else { return Err(event) };
+        if let Some(b) = envelope.format.batching() {
+            permit.forget();
+            self.add_to_batch(event, envelope, b);
+            return Ok(());
+        }
         match self.produce(event, envelope) {
             Produced::Queued => {
                 // Returned by the delivery report.
@@ -142,6 +294,15 @@ impl Emitter {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
         let mut waited = (t.elapsed() > Duration::from_millis(1)).then_some(t);
+        if let Some(b) = envelope.format.batching() {
+            event.emitted_at = Utc::now();
+            permit.forget();
+            self.add_to_batch(event, envelope, b);
+            if let Some(t) = waited {
+                telemetry::backpressure("emitter", t.elapsed());
+            }
+            return;
+        }
         loop {
             event.emitted_at = Utc::now();
             match self.produce(event, envelope) {
@@ -187,26 +348,30 @@ impl Emitter {
             hs = hs.insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
             // The record's timestamp is the event's `emitted_at` (and librdkafka need not read the clock).
             let timestamp = event.emitted_at.timestamp_millis();
-            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(event))
+            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(Carried::One(event)))
                 .key(key)
                 .payload(payload)
                 .headers(hs)
                 .timestamp(timestamp);
             match self.producer.send(record) {
                 Ok(()) => Produced::Queued,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => Produced::Full(*rec.delivery_opaque),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    Produced::Full(rec.delivery_opaque.events().pop().expect("one event"))
+                }
                 Err((e, rec)) => {
-                    let event = rec.delivery_opaque;
-                    telemetry::event_failed(event.channel);
-                    tracing::error!(error = %e, payload_id = %event.payload_id, "cannot produce ack event; it is re-emitted on resume");
+                    for event in rec.delivery_opaque.events() {
+                        telemetry::event_failed(event.channel);
+                        tracing::error!(error = %e, payload_id = %event.payload_id, "cannot produce ack event; it is re-emitted on resume");
+                    }
                     Produced::Failed
                 }
             }
         })
     }
 
-    /// Wait for every queued event to be delivered (or `timeout`).
+    /// Send the open batches, then wait for every queued event to be delivered (or `timeout`).
     pub fn flush(&self, timeout: Duration) {
+        self.send_batches(&self.batches, true);
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not finish");
         }

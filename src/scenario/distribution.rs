@@ -60,13 +60,35 @@ pub enum Delay {
     /// Uniform between `min` and `max`.
     Uniform { min: Dur, max: Dur },
     /// Normal with `mean` and `stddev`, cut at zero (and at `max` if given).
-    Normal { mean: Dur, stddev: Dur, max: Option<Dur> },
+    Normal {
+        mean: Dur,
+        stddev: Dur,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<Dur>,
+    },
     /// Lognormal given by its `median` and 99th percentile `p99`, cut at `max` if given.
-    Lognormal { median: Dur, p99: Dur, max: Option<Dur> },
+    Lognormal {
+        median: Dur,
+        p99: Dur,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<Dur>,
+    },
     /// Exponential with `mean`, cut at `max` if given.
-    Exponential { mean: Dur, max: Option<Dur> },
+    Exponential {
+        mean: Dur,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<Dur>,
+    },
     /// Pareto with minimum `scale` and tail index `shape` (smaller = heavier tail), cut at `max` if given.
-    Pareto { scale: Dur, shape: f64, max: Option<Dur> },
+    Pareto {
+        scale: Dur,
+        shape: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<Dur>,
+    },
+    /// Observed delays, as equally spaced quantiles from the smallest to the largest (`scenario
+    /// calibrate --empirical` writes 21: p0, p5, …, p100); sampled between them linearly.
+    Empirical { quantiles: Vec<Dur> },
 }
 
 impl Delay {
@@ -96,6 +118,12 @@ impl Delay {
             Delay::Pareto { shape, .. } if !(shape.is_finite() && *shape > 0.0) => {
                 Err(("shape", format!("a pareto `shape` must be a positive number, not {shape}")))
             }
+            Delay::Empirical { quantiles } if quantiles.len() < 2 => {
+                Err(("quantiles", "give at least two quantiles: the smallest and the largest delay".into()))
+            }
+            Delay::Empirical { quantiles } if quantiles.windows(2).any(|w| w[0] > w[1]) => {
+                Err(("quantiles", "quantiles go from the smallest delay to the largest".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -103,6 +131,7 @@ impl Delay {
     /// A sampler for this delay, scaled by `time_scale`. Call only on a validated delay.
     pub fn sampler(&self, time_scale: f64) -> Sampler {
         let (kind, cap) = match *self {
+            Delay::Empirical { ref quantiles } => (Kind::Empirical(quantiles.iter().map(|q| q.secs()).collect()), None),
             Delay::Fixed { value } => (Kind::Fixed(value.secs()), None),
             Delay::Uniform { min, max } => (Kind::Uniform(min.secs(), max.secs()), None),
             Delay::Normal { mean, stddev, max } => {
@@ -126,6 +155,10 @@ impl Delay {
     /// Median and 99th percentile in seconds, before scaling and capping.
     pub fn median_p99(&self) -> (f64, f64) {
         match *self {
+            Delay::Empirical { ref quantiles } => {
+                let q: Vec<f64> = quantiles.iter().map(|d| d.secs()).collect();
+                (interpolate(&q, 0.5), interpolate(&q, 0.99))
+            }
             Delay::Fixed { value } => (value.secs(), value.secs()),
             Delay::Uniform { min, max } => {
                 let (a, b) = (min.secs(), max.secs());
@@ -159,6 +192,7 @@ impl Delay {
             Delay::Lognormal { .. } => "lognormal",
             Delay::Exponential { .. } => "exponential",
             Delay::Pareto { .. } => "pareto",
+            Delay::Empirical { .. } => "empirical",
         };
         format!("{name:<11} median {:>8}  p99 {:>8}", show(m.min(cap) * time_scale), show(p.min(cap) * time_scale))
     }
@@ -190,6 +224,14 @@ enum Kind {
     LogNormal(LogNormal<f64>),
     Exp(Exp<f64>),
     Pareto(Pareto<f64>),
+    Empirical(Vec<f64>),
+}
+
+/// The value at `u` (0–1) of equally spaced quantiles, linearly between them.
+pub fn interpolate(q: &[f64], u: f64) -> f64 {
+    let at = u.clamp(0.0, 1.0) * (q.len() - 1) as f64;
+    let i = (at.floor() as usize).min(q.len() - 2);
+    q[i] + (q[i + 1] - q[i]) * (at - i as f64)
 }
 
 /// A ready-to-sample delay.
@@ -211,6 +253,7 @@ impl Sampler {
             Kind::LogNormal(d) => d.sample(rng),
             Kind::Exp(d) => d.sample(rng),
             Kind::Pareto(d) => d.sample(rng),
+            Kind::Empirical(q) => interpolate(q, u),
         };
         let secs = secs.clamp(0.0, self.cap_secs) * self.time_scale;
         (secs * 1e6).round() as i64

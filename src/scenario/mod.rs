@@ -4,6 +4,7 @@
 //! distribution per step. [`Scenario::plan`] turns (seed, payload id) into a whole lifecycle, a pure
 //! function: the same answer on every replica, in every order, on every rerun.
 
+pub mod calibrate;
 pub mod distribution;
 pub mod explain;
 pub mod faults;
@@ -107,13 +108,13 @@ pub struct PathSpec {
     /// Statuses in order, e.g. `[SEND, DELIVERY, OPEN]`.
     pub steps: Vec<Status>,
     /// Delays for this path only, overriding the channel's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delays: BTreeMap<String, Delay>,
     /// Error codes for the failure steps of this path; one is drawn per message.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ErrorSpec>,
     /// `hard` (default) or `soft`, for a path with a BOUNCE.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_type: Option<BounceType>,
 }
 
@@ -385,9 +386,14 @@ impl Scenario {
         let mut plan = Self::draw(ch, seed, chosen.rule_name().cloned(), m.channel, m.payload_id);
         // Rate limits and outage windows: decided at receipt, in file order; the first that hits applies.
         if let Some(received_us) = m.received_us {
-            let hit = self.throttles.iter().any(|t| t.apply(m, received_us, &mut plan.steps))
-                || self.outages.iter().any(|o| o.apply(m, received_us, &mut plan.steps));
-            if hit && plan.steps.first().is_some_and(|s| s.status == Status::Reject) {
+            let throttled = self.throttles.iter().any(|t| t.apply(m, received_us, &mut plan.steps));
+            let outage = if throttled {
+                None
+            } else {
+                self.outages.iter().find(|o| o.apply(m, received_us, &mut plan.steps))
+            };
+            plan.outage = outage.map(|o| o.name.as_str().into());
+            if (throttled || outage.is_some()) && plan.steps.first().is_some_and(|s| s.status == Status::Reject) {
                 plan.not_sent.clear();
             }
         }
@@ -467,6 +473,7 @@ impl Scenario {
             steps,
             not_sent,
             format: ch.format.clone(),
+            outage: None,
         }
     }
 
@@ -706,7 +713,7 @@ fn compile_channel(
     for status in spec.paths.iter().flat_map(|p| &p.steps).chain(deferrals.then_some(&Status::Deferred)) {
         spec.ack_format.check(channel, Some(*status)).map_err(|m| (format_at(), m))?;
     }
-    Ok(CompiledChannel { cumulative, paths, faults, format: spec.ack_format.clone() })
+    Ok(CompiledChannel { cumulative, paths, faults, format: spec.ack_format.scaled(time_scale) })
 }
 
 /// Compile one rule against the scenario's channels.

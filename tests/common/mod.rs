@@ -91,3 +91,31 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pipeline on a fresh Postgres database and this test's own topics, with its store.
+pub struct Running {
+    pub settings: Settings,
+    pub store: understudy::store::Store,
+    pub brokers: String,
+    pub pipeline: understudy::actors::pipeline::Pipeline,
+}
+
+/// Start a pipeline running `scenario` (3 partitions).
+pub async fn start(scenario: std::sync::Arc<Scenario>) -> Running {
+    let url = postgres_url().await;
+    let settings = settings(&url, 3);
+    let store = understudy::store::Store::connect(&url, 2).await.expect("store");
+    let brokers = brokers();
+    let pipeline =
+        understudy::actors::pipeline::Pipeline::start(&settings, scenario, &brokers).await.expect("pipeline starts");
+    Running { settings, store, brokers, pipeline }
+}
+
+/// Wait until `messages` messages are stored and every lifecycle has finished.
+pub async fn all_finished(store: &understudy::store::Store, messages: i64, within: Duration) {
+    eventually(within, "every lifecycle finished", || async {
+        let t = store.totals().await.unwrap();
+        (t.messages == messages && store.unfinished_count().await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
