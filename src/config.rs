@@ -405,6 +405,19 @@ impl Settings {
 }
 
 /// Show a URL without its password.
+impl Settings {
+    /// The settings as YAML, for `understudy check`: the store URL's password and every `kafka.librdkafka`
+    /// value replaced by `***`.
+    pub fn effective(&self) -> String {
+        let mut shown = self.clone();
+        shown.store.url = shown.store.url.as_deref().map(redact);
+        for v in shown.kafka.librdkafka.values_mut() {
+            *v = "***".into();
+        }
+        serde_yaml::to_string(&shown).unwrap_or_default()
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {

@@ -122,6 +122,9 @@ enum Command {
         #[command(subcommand)]
         command: ScenarioCommand,
     },
+    /// Check the configuration (file, environment and flags, as `run` would layer them) and its scenario,
+    /// and print the effective settings, secrets hidden. Exit 2 on an error, as `run` would.
+    Check(Common),
     /// Run only the embedded broker (tansu, memory storage), for other processes to use.
     Broker {
         /// Port on 127.0.0.1.
@@ -308,6 +311,19 @@ fn main() -> ExitCode {
         Command::Broker { port } => {
             telemetry::init_tracing(&Default::default());
             report(broker(port))
+        }
+        Command::Check(common) => {
+            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let scenario = match Scenario::load(&settings.scenario.path) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            print!("{}", settings.effective());
+            println!("# scenario {}: version {}", settings.scenario.path.display(), scenario.version());
+            ExitCode::SUCCESS
         }
         Command::Run(common) => {
             let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {

@@ -232,3 +232,32 @@ fn scenario_calibrate_recovers_a_known_scenario() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{bad}:1: no `status` column")));
 }
+
+#[test]
+fn check_prints_the_effective_settings_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "u.yaml",
+        "kafka:\n  brokers: k:9092\n  librdkafka:\n    sasl.password: kafka-pass-1\nstore:\n  url: postgres://u:store-pass-2@db/x\n",
+    );
+    let out = understudy()
+        .args(["check", "--config", &file, "--group-id", "from-flag"])
+        .env("UNDERSTUDY__KAFKA__PARTITIONS", "12")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // File, environment and flag layered as `run` layers them.
+    for want in ["brokers: k:9092", "partitions: 12", "group_id: from-flag", "url: postgres://u:***@db/x", "sasl.password: '***'"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    assert!(!text.contains("kafka-pass-1") && !text.contains("store-pass-2"), "{text}");
+    assert!(text.contains("# scenario scenarios/default.yaml: version "), "{text}");
+
+    let bad = write(&dir, "bad.yaml", "scenario:\n  path: nowhere.yaml\n");
+    let out = understudy().args(["check", "--config", &bad]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.yaml"));
+}

@@ -246,6 +246,16 @@ impl Scenario {
         if file.channels.is_empty() {
             return Err((vec![key("channels")], "name at least one channel: `email`, `sms` or `whatsapp`".into()));
         }
+        // Outage windows and rate limits are the deployment's: one clock and one bucket for every message.
+        // A file included by a rule would only seem to set them, so it may not.
+        for (given, name) in [(!file.outages.is_empty(), "outages"), (!file.throttles.is_empty(), "throttles")] {
+            if given && depth > 0 {
+                return Err((
+                    vec![key(name)],
+                    format!("`{name}` are read from the top scenario file only: move them there, with a `match` (on `tenant`, say) to narrow them"),
+                ));
+            }
+        }
         let mut channels: [Option<CompiledChannel>; 3] = [None, None, None];
         for (name, spec) in &file.channels {
             let base = vec![key("channels"), key(name)];
@@ -1206,6 +1216,9 @@ rules:
         assert!(e.contains("uses-bad.yaml:30: `rules[0].scenario`: in ") && e.contains("bad.yaml:14: `channels.email.paths[0].weight`: must be zero or more"), "{e}");
         let e = err(write("both.yaml", &include("sub.yaml", "    path: opened\n")));
         assert!(e.contains("takes everything from that file"), "{e}");
+        write("down.yaml", &format!("{GOOD}outages:\n  - name: down\n    from: 1m\n    for: 1m\n"));
+        let e = err(write("uses-down.yaml", &include("down.yaml", "")));
+        assert!(e.contains("`rules[0].scenario`: in ") && e.contains("down.yaml:") && e.contains("`outages`: `outages` are read from the top scenario file only"), "{e}");
     }
 
     #[test]
