@@ -19,5 +19,5 @@ fn helm_chart_renders_valid_manifests_the_service_accepts() {
     println!("{text}");
     assert!(out.status.success(), "chart checks failed:\n{text}");
     // Every case ran: a script that stopped early would print fewer lines.
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 9, "{text}");
 }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use understudy::actors::emitter::{EVENT_ID_HEADER, EVENT_IDS_HEADER};
+use understudy::actors::emitter::{ACK_HEADER, EVENT_ID_HEADER, EVENT_IDS_HEADER, STATUS_HEADER};
+use understudy::formats::sendgrid_event_name;
 use understudy::demo::{SampleMessage, publish, read_topic};
-use understudy::model::Channel;
+use understudy::model::{Channel, Status};
 use understudy::scenario::Scenario;
 
 fn msg(id: String, channel: Channel, tenant: &str, recipient: &str) -> SampleMessage {
@@ -86,6 +87,19 @@ async fn vendor_formats_read_back_with_the_vendors_field_names() {
         if let Some(list) = header(EVENT_IDS_HEADER) {
             let events = body.as_array().unwrap();
             assert_eq!(list.split(',').count(), events.len(), "one id per event of the batch");
+            // One `understudy-ack: STATUS payload-id` header per event, in the body's order.
+            let named: Vec<(&str, &str)> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k == ACK_HEADER)
+                .map(|(_, v)| {
+                    let (status, id) = std::str::from_utf8(v).unwrap().split_once(' ').unwrap();
+                    (sendgrid_event_name(status.parse().unwrap()), id)
+                })
+                .collect();
+            let bodies: Vec<(&str, &str)> =
+                events.iter().map(|e| (e["event"].as_str().unwrap(), e["payload_id"].as_str().unwrap())).collect();
+            assert_eq!(named, bodies, "understudy-ack headers of a SendGrid batch");
             ids += events.len();
             batch_sizes.push(events.len());
             for e in events {
@@ -94,6 +108,12 @@ async fn vendor_formats_read_back_with_the_vendors_field_names() {
             continue;
         }
         ids += usize::from(header(EVENT_ID_HEADER).is_some());
+        // A vendor format names the status in a header (the key is the payload id); the native body has both.
+        let native = key.contains("-native-");
+        match header(STATUS_HEADER) {
+            Some(status) => assert!(!native && status.parse::<Status>().is_ok(), "{key}: {status}"),
+            None => assert!(native, "{key}: a vendor-format ack without its status header"),
+        }
         by_key.entry(key).or_default().push(body);
     }
     assert_eq!(ids, events, "every ack carries its event id");

@@ -152,6 +152,45 @@ async fn load_run_on_sqlite() {
     load_run_correlate_report_and_gate(url).await;
 }
 
+/// Acks in vendor formats (a SendGrid batch for email, Twilio callbacks for SMS, WhatsApp Cloud API
+/// webhooks) are correlated by the headers Understudy puts on them: every planned ack found, none lost.
+#[tokio::test]
+async fn load_run_correlates_vendor_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _db) = common::sqlite_url();
+    let text = std::fs::read_to_string(scenario_path("happy-path.yaml")).unwrap();
+    let text = text
+        .replace("  email:\n", "  email:\n    ack_format: { sendgrid: { max_events: 50 } }\n")
+        .replace("  sms:\n", "  sms:\n    ack_format: twilio\n")
+        .replace("  whatsapp:\n", "  whatsapp:\n    ack_format: whatsapp_cloud\n");
+    assert_eq!(text.matches("ack_format").count(), 3, "the shipped scenario changed shape");
+    let scenario_file = dir.path().join("vendors.yaml");
+    std::fs::write(&scenario_file, &text).unwrap();
+    let mut settings = common::settings(&url, 3);
+    settings.scenario.path = scenario_file.clone();
+    let config = common::write_config(dir.path(), &settings);
+    let run = format!("v-{}", common::suffix());
+    let out = understudy()
+        .args(["load", "--config", config.to_str().unwrap(), "--mock", "--time-scale", "0.0001", "--rate", "500"])
+        .args(["--duration", "2s", "--run-id", &run, "--format", "json", "--quiet", "--gate", "lost == 0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary = json(&out);
+    let scenario = understudy::scenario::Scenario::load(&scenario_file).unwrap().rescaled(0.0001).unwrap();
+    let factory = MessageFactory::new(&run, 0, "load", 1000, Mix::default(), Template::default(), 0);
+    let planned_events: usize = (0..1000)
+        .map(|seq| {
+            let mut id = String::new();
+            factory.payload_id(seq, &mut id);
+            scenario.plan(factory.mix.channel_of(seq), &id).unwrap().steps.len()
+        })
+        .sum();
+    assert_eq!((summary["sent"].as_u64(), summary["lost"].as_u64()), (Some(1000), Some(0)), "{summary}");
+    assert_eq!(summary["events"], planned_events, "{summary}");
+    assert_eq!(summary["undecodable_acks"], 0, "{summary}");
+}
+
 /// The mock stops part way through: the payloads sent after it stopped get no outcome and are lost,
 /// listed by id, and a `lost == 0` gate fails by their number.
 #[actix::test]

@@ -90,6 +90,15 @@ impl ProducerContext for EmitterContext {
 /// The header of a batch record with the event ids it carries, comma-separated.
 pub const EVENT_IDS_HEADER: &str = "understudy-event-ids";
 
+/// On a batch record, one per event it carries: `STATUS payload-id`. Whatever the vendor's body looks
+/// like, a reader (`understudy load`'s correlator) can tell which acks a record holds. Left out for an
+/// event whose body an injected `corrupt` fault spoiled.
+pub const ACK_HEADER: &str = "understudy-ack";
+
+/// On a single-event record in a vendor format: the event's status (the record key is its payload id).
+/// The native format carries both in its body.
+pub const STATUS_HEADER: &str = "understudy-status";
+
 /// Events gathered for batched formats, one open batch per batching setting.
 #[derive(Default)]
 struct Batches {
@@ -241,12 +250,21 @@ impl Emitter {
             }
             ids.push_str(&e.event_id.hyphenated().to_string());
         }
+        let acks: Vec<String> = b
+            .events
+            .iter()
+            .filter(|e| e.fault != Some(crate::model::Fault::Corrupt))
+            .map(|e| format!("{} {}", e.status.as_str(), e.payload_id))
+            .collect();
         let key = b.events[0].payload_id.clone();
         let timestamp = Utc::now().timestamp_millis();
         let mut carried = Box::new(Carried::Batch(b.events));
         loop {
-            let headers = OwnedHeaders::new_with_capacity(1)
+            let mut headers = OwnedHeaders::new_with_capacity(1 + acks.len())
                 .insert(Header { key: EVENT_IDS_HEADER, value: Some(ids.as_bytes()) });
+            for a in &acks {
+                headers = headers.insert(Header { key: ACK_HEADER, value: Some(a.as_bytes()) });
+            }
             let record = BaseRecord::with_opaque_to(&*self.topic, carried)
                 .key(key.as_bytes())
                 .payload(&b.body)
@@ -346,6 +364,9 @@ impl Emitter {
                 hs = hs.insert(Header { key: k, value: Some(v) });
             }
             hs = hs.insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
+            if !matches!(envelope.format, AckFormat::Understudy) && event.fault != Some(crate::model::Fault::Corrupt) {
+                hs = hs.insert(Header { key: STATUS_HEADER, value: Some(event.status.as_str().as_bytes()) });
+            }
             // The record's timestamp is the event's `emitted_at` (and librdkafka need not read the clock).
             let timestamp = event.emitted_at.timestamp_millis();
             let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(Carried::One(event)))

