@@ -65,6 +65,13 @@ impl ProducerContext for EmitterContext {
                 Ok(m) => {
                     let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
                     telemetry::event_emitted(event.channel, event.status, lag);
+                    if event.fault == Some(crate::model::Fault::Duplicate) {
+                        // An injected copy: Kafka sees the event twice, the store keeps it once (the
+                        // original's row; the message's `faults` say it was duplicated). Handing the copy on
+                        // would only make its batch's `COPY` fail on the key and be written again.
+                        self.room.add_permits(1);
+                        continue;
+                    }
                     let row = EventRow { event, ack_partition: m.partition(), ack_offset: m.offset() };
                     // Never blocks: the queue holds at most the events `room` lets through.
                     self.unforwarded.fetch_add(1, Ordering::SeqCst);
