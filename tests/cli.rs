@@ -155,6 +155,7 @@ fn every_kind_of_bad_file_names_file_line_and_field() {
         (&SCENARIO.replace("weight: 1", "weight: 0"), 8, "channels.sms.paths", "add up to zero"),
         (&format!("{SCENARIO}rules:\n  - name: r\n    match: {{ recipient: {{ regex: '+1' }} }}\n    path: ok\n"), 12, "rules[0].match.recipient", "regular expression"),
         (&format!("{SCENARIO}rules:\n  - name: r\n    match: {{ channels: [sms] }}\n    path: nope\n"), 13, "rules[0].path", "no path `nope`"),
+        (&format!("{SCENARIO}throttles:\n  - {{ name: t, rate: 5, per: sender }}\n"), 11, "throttles[0].per", "expected `channel`, `tenant` or `{ field: /json/pointer }`"),
     ];
     let dir = tempfile::tempdir().unwrap();
     let scenario_ok = write(&dir, "ok.yaml", SCENARIO);

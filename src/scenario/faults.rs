@@ -129,7 +129,7 @@ pub struct OutageSpec {
 }
 
 /// What a throttle counts separately.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ThrottleKey {
     /// One limit per channel.
@@ -139,6 +139,41 @@ pub enum ThrottleKey {
     Tenant,
     /// One limit per value of a JSON pointer (a sender id, say): `{ field: /sender }`.
     Field(String),
+}
+
+/// `channel`, `tenant` or `{ field: /pointer }`, as the scenario file writes it (serde_yaml would want a
+/// `!field` tag for the last).
+impl<'de> Deserialize<'de> for ThrottleKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "`channel`, `tenant` or `{ field: /json/pointer }`";
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ThrottleKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ThrottleKey, E> {
+                match v {
+                    "channel" => Ok(ThrottleKey::Channel),
+                    "tenant" => Ok(ThrottleKey::Tenant),
+                    _ => Err(E::custom(format!("unknown key `{v}`; expected {EXPECTED}"))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ThrottleKey, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else { return Err(A::Error::custom(format!("expected {EXPECTED}"))) };
+                if key != "field" {
+                    return Err(A::Error::custom(format!("unknown key `{key}`; expected {EXPECTED}")));
+                }
+                let pointer: String = map.next_value()?;
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(format!("one key only; expected {EXPECTED}")));
+                }
+                Ok(ThrottleKey::Field(pointer))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A rate limit: beyond `rate` messages a second (with bursts of `burst`), messages are rejected with
@@ -433,9 +468,20 @@ pub struct Throttle {
     per: ThrottleKey,
     code: Option<String>,
     reason: Option<String>,
-    /// Per key: tokens left and the receipt time (µs) they were counted at.
-    buckets: Mutex<HashMap<String, (f64, i64)>>,
+    buckets: Mutex<Buckets>,
 }
+
+/// Per key: tokens left and the receipt time (µs) they were counted at. A bucket that has refilled is
+/// the same as no bucket, so buckets are swept once there are `sweep_at` of them: memory follows the keys
+/// active within about `burst / rate` seconds, however many keys (senders, say) come and go.
+#[derive(Debug)]
+struct Buckets {
+    map: HashMap<String, (f64, i64)>,
+    sweep_at: usize,
+}
+
+/// Buckets held before the first sweep.
+const SWEEP_FROM: usize = 10_000;
 
 impl Outage {
     pub fn compile(
@@ -524,7 +570,7 @@ impl Throttle {
             per: spec.per.clone(),
             code: spec.code.clone(),
             reason: spec.reason.clone(),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets { map: HashMap::new(), sweep_at: SWEEP_FROM }),
         })
     }
 
@@ -540,7 +586,12 @@ impl Throttle {
         };
         let allowed = {
             let mut buckets = self.buckets.lock().expect("throttle lock");
-            let (tokens, at) = buckets.entry(key).or_insert((self.burst, received_us));
+            if buckets.map.len() >= buckets.sweep_at {
+                let (rate, burst) = (self.rate, self.burst);
+                buckets.map.retain(|_, (tokens, at)| *tokens + (received_us - *at).max(0) as f64 / 1e6 * rate < burst);
+                buckets.sweep_at = (buckets.map.len() * 2).max(SWEEP_FROM);
+            }
+            let (tokens, at) = buckets.map.entry(key).or_insert((self.burst, received_us));
             let elapsed = (received_us - *at).max(0) as f64 / 1e6;
             *tokens = (*tokens + elapsed * self.rate).min(self.burst);
             *at = (*at).max(received_us);
@@ -668,6 +719,28 @@ mod tests {
             rejected += usize::from(t.apply(&m, i * 10_000, &mut steps));
         }
         assert!((88..=89).contains(&rejected), "{rejected}");
+    }
+
+    #[test]
+    fn throttle_buckets_of_keys_gone_quiet_are_swept() {
+        let t = Throttle::compile(&serde_yaml::from_str("{ name: t, rate: 1, burst: 1, per: { field: /sender } }").unwrap())
+            .unwrap();
+        let plan = |sender: &str, at_us: i64| {
+            let body = format!(r#"{{"sender":"{sender}"}}"#);
+            let mut m = MessageView::new(Channel::Sms, "p");
+            m.body = body.as_bytes();
+            t.apply(&m, at_us, &mut vec![step(Status::Send, 1)])
+        };
+        // 100,000 senders, one message each, a millisecond apart: each bucket is refilled (and forgettable)
+        // a second later, so about a thousand are live at any time.
+        for i in 0..100_000 {
+            assert!(!plan(&format!("s-{i}"), i * 1_000), "a sender's first message passes");
+        }
+        let held = t.buckets.lock().unwrap().map.len();
+        assert!(held <= 2 * SWEEP_FROM, "{held} buckets held for about 1,000 live senders");
+        // A bucket still refilling is kept: the same sender within its second is throttled, after it is not.
+        assert!(plan("s-99999", 99_999_000 + 500_000), "throttled within the second");
+        assert!(!plan("s-99999", 99_999_000 + 2_100_000), "refilled");
     }
 
     #[test]
