@@ -15,7 +15,7 @@ use understudy::demo::read_topic;
 use understudy::load::html;
 use understudy::load::message::{MessageFactory, Mix, Template};
 use understudy::load::{self, INTENDED_AT_HEADER, LoadSettings, Progress};
-use understudy::model::Status;
+use understudy::model::{Channel, Status};
 use understudy::store::Store;
 
 fn understudy() -> Command {
@@ -189,6 +189,52 @@ async fn load_run_correlates_vendor_formats() {
     assert_eq!((summary["sent"].as_u64(), summary["lost"].as_u64()), (Some(1000), Some(0)), "{summary}");
     assert_eq!(summary["events"], planned_events, "{summary}");
     assert_eq!(summary["undecodable_acks"], 0, "{summary}");
+}
+
+/// Lost payloads told apart with the scenario: email's acks are all dropped (injected), SMS's DELIVERY is
+/// due a minute after the send (after the wait ends), WhatsApp's arrive. Nothing is lost for real, so a
+/// `lost_real == 0` gate passes where `lost == 0` fails.
+#[tokio::test]
+async fn lost_payloads_are_told_apart_by_the_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _db) = common::sqlite_url();
+    let fixed = |v: &str| format!("{{ dist: fixed, value: {v} }}");
+    let channel = |name: &str, delivery: &str, faults: &str| {
+        format!(
+            "  {name}:\n    delays:\n      SEND: {}\n      DELIVERY: {}\n{faults}    paths:\n      - {{ name: delivered, weight: 1, steps: [SEND, DELIVERY] }}\n",
+            fixed("5ms"),
+            fixed(delivery)
+        )
+    };
+    let text = format!(
+        "name: lost\nseed: 5\nchannels:\n{}{}{}",
+        channel("email", "5ms", "    faults: { drop: 1.0 }\n"),
+        channel("sms", "60s", ""),
+        channel("whatsapp", "5ms", "")
+    );
+    let scenario_file = dir.path().join("lost.yaml");
+    std::fs::write(&scenario_file, text).unwrap();
+    let mut settings = common::settings(&url, 3);
+    settings.scenario.path = scenario_file;
+    let config = common::write_config(dir.path(), &settings);
+    let run = format!("l-{}", common::suffix());
+    let out = understudy()
+        .args(["load", "--config", config.to_str().unwrap(), "--mock", "--rate", "300", "--duration", "1s"])
+        .args(["--ack-timeout", "3s", "--linger", "0s", "--run-id", &run, "--format", "json", "--quiet"])
+        .args(["--gate", "lost_real == 0", "--gate", "lost == 0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(load::GATE_FAILED_EXIT as i32), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = json(&out);
+    let gates = s["gates"].as_array().unwrap();
+    assert_eq!((gates[0]["passed"].as_bool(), gates[1]["passed"].as_bool()), (Some(true), Some(false)), "{s}");
+    let factory = MessageFactory::new(&run, 0, "load", 1000, Mix::default(), Template::default(), 0);
+    let of = |c: Channel| (0..300).filter(|seq| factory.mix.channel_of(*seq) == c).count() as u64;
+    assert_eq!(s["sent"], 300, "{s}");
+    assert_eq!(s["lost_injected"], of(Channel::Email), "{s}");
+    assert_eq!(s["lost_late"], of(Channel::Sms), "{s}");
+    assert_eq!(s["lost"], of(Channel::Email) + of(Channel::Sms), "{s}");
+    assert_eq!(s["resolved"], of(Channel::Whatsapp), "{s}");
 }
 
 /// The mock stops part way through: the payloads sent after it stopped get no outcome and are lost,

@@ -300,11 +300,22 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
         );
     }
     let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
-    let outcome = load::run(&settings.kafka, &brokers, load_settings, template.0, &gates, progress).await;
+    let outcome = load::run(&settings.kafka, &brokers, load_settings, template.0.clone(), &gates, progress).await;
     if let Some(p) = pipeline {
         p.shutdown().await;
     }
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    // Lost payloads the scenario's own faults explain (a dropped or corrupted final ack), told apart from
+    // real losses. The scenario is the one the mock ran, or the one the settings name.
+    if outcome.results.lost > 0
+        && let Ok(scenario) = Scenario::load(&settings.scenario.path)
+    {
+        let scenario = match args.time_scale.filter(|_| args.mock) {
+            Some(t) => scenario.rescaled(t)?,
+            None => scenario,
+        };
+        load::explain_lost(&mut outcome, template.0, &scenario, &settings.input, &gates)?;
+    }
     if let Err(e) = load::save(&store, &outcome, scenario_text).await {
         // The figures are not lost with the store: print them, then report the failure.
         let summary = load::report::summary(&run_id, 1, &outcome.results, &outcome.verdicts);

@@ -4,8 +4,8 @@
 //! - latency from intended send to a status: `p50(S)`, `p90(S)`, `p99(S)`, `p99.9(S)`, any `pNN(S)`,
 //!   `max(S)`, `mean(S)`; the value is a duration (`250ms`, `5s`, `2m`);
 //! - `rate(S)`: the share of sent payloads with at least one S event (`0.05` or `5%`); `count(S)`: their number;
-//! - run figures: `lost`, `lost_rate`, `sent`, `send_errors`, `late`, `late_rate`, `throughput` (messages/s),
-//!   `events`.
+//! - run figures: `lost`, `lost_injected` (lost by the scenario's injected faults), `lost_late` (final ack
+//!   planned after the wait ended), `lost_real` (the rest), `lost_rate`, `sent`, `send_errors`, `late`, `late_rate`, `throughput` (messages/s), `events`.
 //!
 //! `S` is a status (`DELIVERY`), optionally with a channel: `p99(DELIVERY, email)`. `OP` is one of
 //! `<`, `<=`, `>`, `>=`, `==`, `!=`. Unknown metrics, statuses and channels are errors, not passes; a
@@ -53,6 +53,9 @@ enum Metric {
     Rate { status: Status, channel: Option<Channel> },
     Count { status: Status, channel: Option<Channel> },
     Lost,
+    LostInjected,
+    LostLate,
+    LostReal,
     LostRate,
     Sent,
     SendErrors,
@@ -100,7 +103,8 @@ pub struct GateError {
     message: String,
 }
 
-const METRICS: &str = "pNN(STATUS), max(STATUS), mean(STATUS), rate(STATUS), count(STATUS), lost, lost_rate, sent, \
+const METRICS: &str = "pNN(STATUS), max(STATUS), mean(STATUS), rate(STATUS), count(STATUS), lost, lost_injected, \
+                       lost_late, lost_real, lost_rate, sent, \
                        send_errors, late, late_rate, throughput, events";
 
 impl FromStr for Gate {
@@ -155,6 +159,9 @@ fn parse_metric(lhs: &str) -> Result<Metric, String> {
     }
     Ok(match lhs.to_ascii_lowercase().as_str() {
         "lost" => Metric::Lost,
+        "lost_injected" => Metric::LostInjected,
+        "lost_late" => Metric::LostLate,
+        "lost_real" => Metric::LostReal,
         "lost_rate" => Metric::LostRate,
         "sent" => Metric::Sent,
         "send_errors" => Metric::SendErrors,
@@ -230,6 +237,9 @@ impl Gate {
             Metric::Rate { status, channel } => share(r.status(channel, status).payloads, r.sent_of(channel)),
             Metric::Count { status, channel } => r.status(channel, status).payloads as f64,
             Metric::Lost => r.lost as f64,
+            Metric::LostInjected => r.lost_injected as f64,
+            Metric::LostLate => r.lost_late as f64,
+            Metric::LostReal => r.lost.saturating_sub(r.lost_injected + r.lost_late) as f64,
             Metric::LostRate => share(r.lost, r.sent_total()),
             Metric::Sent => r.sent_total() as f64,
             Metric::SendErrors => r.send_errors as f64,
@@ -278,6 +288,7 @@ mod tests {
         r.sent.insert(Channel::Email, 600);
         r.sent.insert(Channel::Sms, 400);
         r.lost = 2;
+        r.lost_injected = 1;
         let email = r.statuses.entry(Channel::Email).or_default();
         let d = email.entry(Status::Delivery).or_default();
         for i in 1..=580u64 {
@@ -315,6 +326,7 @@ mod tests {
         assert!(!v.passed && v.measured == "2" && v.detail == "over by 2", "{v:?}");
         assert!(check("sent >= 1_000").passed);
         assert!(check("lost_rate < 0.5%").passed);
+        assert!(check("lost_injected == 1").passed && check("lost_late == 0").passed && check("lost_real == 1").passed);
     }
 
     #[test]

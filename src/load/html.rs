@@ -384,7 +384,22 @@ pub fn render(run: &StoredRun, events: &[RunEventRow], verdicts: &[Verdict]) -> 
     }
     let lost = if r.lost > 0 {
         let shown: Vec<String> = r.lost_ids.iter().take(50).map(|s| esc(s)).collect();
-        format!("<p class=\"lost\">Lost ({}): {}{}</p>", r.lost, shown.join(", "), if r.lost > 50 { " …" } else { "" })
+        let injected = if r.lost_injected + r.lost_late > 0 {
+            format!(
+                "; {} by the scenario's injected faults, {} planned after the wait ended, {} unexplained",
+                r.lost_injected,
+                r.lost_late,
+                r.lost.saturating_sub(r.lost_injected + r.lost_late)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "<p class=\"lost\">Lost ({}{injected}): {}{}</p>",
+            r.lost,
+            shown.join(", "),
+            if r.lost > 50 { " …" } else { "" }
+        )
     } else {
         String::new()
     };

@@ -362,6 +362,80 @@ pub async fn run(
     Ok(Outcome { settings, results, samples, verdicts })
 }
 
+/// With the scenario the mock ran (or the one the run names), tell the lost payloads of `outcome` apart:
+/// those whose final ack the scenario's injected faults never send readable (dropped, skipped, or
+/// corrupted with no readable duplicate), and those whose first readable final ack the scenario plans
+/// after the run stopped waiting, or less than a second before (a long delay tail, a short `--ack-timeout`). The rest are real losses.
+/// Then check `gates` again with those figures. Each lost message is rebuilt as it was
+/// sent, decoded with `input` as the service would, and planned without its receipt time (outage windows
+/// and throttles depend on when and how fast the service took it, which the run does not know).
+pub fn explain_lost(
+    outcome: &mut Outcome,
+    template: message::Template,
+    scenario: &crate::scenario::Scenario,
+    input: &crate::config::InputSettings,
+    gates: &[Gate],
+) -> anyhow::Result<()> {
+    use crate::kafka::decode::{Decoder, RawRecord};
+    let s = &outcome.settings;
+    let factory = MessageFactory::new(
+        &s.run_id,
+        s.generator,
+        &s.tenant_id,
+        s.batch_size,
+        s.mix.parse()?,
+        template,
+        s.payload_bytes,
+    )
+    .with_recipients(&s.recipients);
+    let decoder = Decoder::new(input.clone()).with_rule_headers(scenario.rule_headers());
+    let topic: Arc<str> = Arc::from(s.topic.as_str());
+    let (mut id, mut batch, mut body) = (String::new(), String::new(), Vec::new());
+    // An ack due this close to the end may still be on its way (consumed, woken, produced, read back).
+    const LATE_MARGIN_US: i64 = 1_000_000;
+    let ended_us = outcome.results.ended_at.timestamp_micros();
+    let (mut injected, mut late) = (0, 0);
+    for sample in outcome.samples.iter().filter(|x| x.status == LOST) {
+        let (seq, channel) = (sample.seq, sample.channel);
+        factory.payload_id(seq, &mut id);
+        batch.clear();
+        factory.batch_id(seq, &mut batch);
+        factory.body(seq, channel, &mut body);
+        let raw = RawRecord {
+            topic: topic.clone(),
+            partition: 0,
+            offset: seq as i64,
+            payload: Some(&body),
+            headers: vec![
+                (RUN_ID_HEADER, Some(factory.run_id.as_bytes())),
+                ("tenant-id", Some(factory.tenant_id.as_bytes())),
+                ("correlation-id", Some(id.as_bytes())),
+                ("batch-id", Some(batch.as_bytes())),
+            ],
+        };
+        let Ok(message) = decoder.decode(&raw, Utc::now()) else { continue };
+        let mut view = crate::scenario::rules::MessageView::of(&message);
+        view.received_us = None;
+        let Some(plan) = scenario.plan_for(&view) else { continue };
+        // The first final ack the platform could read, by its due time after the intended send.
+        let first_final = plan
+            .steps
+            .iter()
+            .filter(|st| st.status.can_end() && st.fault != Some(crate::model::Fault::Corrupt))
+            .map(|st| st.due_us)
+            .min();
+        match first_final {
+            None => injected += 1,
+            Some(due_us) if sample.intended_at_us + due_us > ended_us - LATE_MARGIN_US => late += 1,
+            Some(_) => {}
+        }
+    }
+    outcome.results.lost_injected = injected;
+    outcome.results.lost_late = late;
+    outcome.verdicts = gates.iter().map(|g| g.check(&outcome.results)).collect();
+    Ok(())
+}
+
 /// Store a finished run (this process's part of it).
 pub async fn save(store: &crate::store::Store, outcome: &Outcome, scenario: Option<String>) -> anyhow::Result<()> {
     let r = &outcome.results;

@@ -49,6 +49,10 @@ pub struct Summary<'a> {
     pub duplicate_acks: u64,
     pub resolved: u64,
     pub lost: u64,
+    /// Of `lost`, those the scenario's injected faults explain.
+    pub lost_injected: u64,
+    /// Of `lost`, those the scenario plans after the wait ended.
+    pub lost_late: u64,
     pub lost_ids: &'a [String],
     pub statuses: Vec<StatusRow>,
     pub gates: &'a [Verdict],
@@ -97,6 +101,8 @@ pub fn summary<'a>(run_id: &'a str, generators: usize, r: &'a Results, verdicts:
         duplicate_acks: r.duplicate_acks,
         resolved: r.resolved,
         lost: r.lost,
+        lost_injected: r.lost_injected,
+        lost_late: r.lost_late,
         lost_ids: &r.lost_ids,
         statuses: status_rows(r),
         gates: verdicts,
@@ -140,7 +146,18 @@ pub fn text(s: &Summary<'_>) -> String {
         ms(s.lateness_p99_ms),
         ms(s.lateness_max_ms)
     );
-    let _ = writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost", s.events, s.resolved, s.lost);
+    let injected = if s.lost_injected + s.lost_late > 0 {
+        format!(
+            " ({} by the scenario's injected faults, {} planned after the wait ended, {} unexplained)",
+            s.lost_injected,
+            s.lost_late,
+            s.lost.saturating_sub(s.lost_injected + s.lost_late)
+        )
+    } else {
+        String::new()
+    };
+    let _ =
+        writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost{injected}", s.events, s.resolved, s.lost);
     if s.duplicate_acks > 0 {
         let _ = writeln!(o, "            {} redelivered copies of acks already counted (same event id), left out", s.duplicate_acks);
     }

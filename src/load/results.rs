@@ -117,6 +117,13 @@ pub struct Results {
     pub resolved: u64,
     /// Payloads sent without a final outcome by the end of the wait.
     pub lost: u64,
+    /// Of those, payloads whose final ack the scenario's injected faults never send readable (dropped,
+    /// skipped or corrupted): known only when the run knows the scenario (`--mock`, or `--scenario`).
+    #[serde(default)]
+    pub lost_injected: u64,
+    /// Of those, payloads whose first readable final ack the scenario plans after the wait ended.
+    #[serde(default)]
+    pub lost_late: u64,
     /// The first lost payload ids (at most [`LOST_LISTED`]).
     pub lost_ids: Vec<String>,
     /// Per channel, per status.
@@ -178,6 +185,8 @@ impl Results {
             duplicate_acks: 0,
             resolved: 0,
             lost: 0,
+            lost_injected: 0,
+            lost_late: 0,
             lost_ids: Vec::new(),
             statuses: BTreeMap::new(),
             timeline: Vec::new(),
@@ -243,6 +252,8 @@ impl Results {
         self.undecodable_acks += other.undecodable_acks;
         self.resolved += other.resolved;
         self.lost += other.lost;
+        self.lost_injected += other.lost_injected;
+        self.lost_late += other.lost_late;
         for id in &other.lost_ids {
             if self.lost_ids.len() < LOST_LISTED {
                 self.lost_ids.push(id.clone());
