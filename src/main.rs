@@ -347,7 +347,12 @@ fn main() -> ExitCode {
                 telemetry.log_level = "warn".into();
             }
             telemetry::init_tracing(&telemetry);
-            exit(actix::System::new().block_on(load::cli::load(settings, *args)))
+            let mut broker = None;
+            let code = actix::System::new().block_on(load::cli::load(settings, *args, &mut broker));
+            // The process ends here, and the embedded broker of `--mock` with it. Stopped before the exit,
+            // it would have the Kafka clients still winding down log that every broker went away.
+            std::mem::forget(broker);
+            exit(code)
         }
         Command::Report { common, args } => {
             let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {

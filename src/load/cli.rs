@@ -141,7 +141,9 @@ pub fn parse_gates(texts: &[String]) -> Result<Vec<Gate>, GateError> {
 }
 
 /// `understudy load`: the exit code is 0, or [`load::GATE_FAILED_EXIT`] when a gate failed.
-pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> {
+/// `broker`: where the embedded broker of `--mock` is left, for the caller to stop after everything else
+/// (stopped first, it would have the Kafka clients still winding down log that it went away).
+pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<EmbeddedBroker>) -> anyhow::Result<u8> {
     let gates = match parse_gates(&args.gates) {
         Ok(g) => g,
         Err(e) => return Ok(config_error(e)),
@@ -235,13 +237,9 @@ pub async fn load(mut settings: Settings, args: LoadArgs) -> anyhow::Result<u8> 
     };
 
     // Kafka: configured, or (with --mock) the embedded broker.
-    let (_broker, brokers) = match (&settings.kafka.brokers, args.mock) {
-        (Some(b), _) => (None, b.clone()),
-        (None, true) => {
-            let b = EmbeddedBroker::start(settings.kafka.embedded_port)?;
-            let addr = b.bootstrap();
-            (Some(b), addr)
-        }
+    let brokers = match (&settings.kafka.brokers, args.mock) {
+        (Some(b), _) => b.clone(),
+        (None, true) => broker.insert(EmbeddedBroker::start(settings.kafka.embedded_port)?).bootstrap(),
         (None, false) => {
             return Ok(config_error(
                 "no Kafka to send to: set `kafka.brokers` (or --brokers), or pass --mock to run the mock vendor in this process",
