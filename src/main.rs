@@ -349,9 +349,8 @@ fn main() -> ExitCode {
             telemetry::init_tracing(&telemetry);
             let mut broker = None;
             let code = actix::System::new().block_on(load::cli::load(settings, *args, &mut broker));
-            // The process ends here, and the embedded broker of `--mock` with it. Stopped before the exit,
-            // it would have the Kafka clients still winding down log that every broker went away.
-            std::mem::forget(broker);
+            // After the actor system: its Kafka clients are gone by now.
+            drop(broker);
             exit(code)
         }
         Command::Report { common, args } => {

@@ -110,6 +110,9 @@ pub const STATUS_HEADER: &str = "understudy-status";
 #[derive(Default)]
 struct Batches {
     open: std::sync::Mutex<std::collections::HashMap<Batching, Open>>,
+    /// The thread that sends batches whose wait is over, and its stop flag ([`Emitter::close`]).
+    ticker: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop: std::sync::atomic::AtomicBool,
 }
 
 struct Open {
@@ -181,18 +184,22 @@ impl Emitter {
         })?;
         let emitter =
             Self { producer: Arc::new(producer), topic: topic.into(), unforwarded, room, batches: Arc::default() };
-        // Sends batches whose wait is over; ends when the last emitter handle is gone.
+        // Sends batches whose wait is over; ends at `close`, or when the last emitter handle is gone.
         let (weak, ticker) = (Arc::downgrade(&emitter.batches), emitter.clone_without_batches());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ack-batches".into())
             .spawn(move || {
                 while let Some(batches) = weak.upgrade() {
+                    if batches.stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     ticker.send_batches(&batches, false);
                     drop(batches);
                     std::thread::sleep(Duration::from_millis(10));
                 }
             })
             .expect("spawn the batch thread");
+        *emitter.batches.ticker.lock().expect("ticker lock") = Some(thread);
         Ok((emitter, rx))
     }
 
@@ -402,6 +409,17 @@ impl Emitter {
         self.send_batches(&self.batches, true);
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "producer flush did not finish");
+        }
+    }
+
+    /// Stop the batch thread and wait for it (it holds the producer): once the other handles are dropped
+    /// too, so is the producer, at once and not whenever that thread next wakes. Call after the last
+    /// event, and after [`flush`](Self::flush).
+    pub fn close(&self) {
+        self.batches.stop.store(true, Ordering::Release);
+        let thread = self.batches.ticker.lock().expect("ticker lock").take();
+        if let Some(t) = thread {
+            let _ = t.join();
         }
     }
 

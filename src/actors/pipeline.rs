@@ -243,7 +243,11 @@ impl Pipeline {
         })
         .await;
         let emitter = self.shared.emitter.clone();
-        let _ = tokio::task::spawn_blocking(move || emitter.flush(Duration::from_secs(30))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            emitter.flush(Duration::from_secs(30));
+            emitter.close();
+        })
+        .await;
         // Let the forwarder hand the last deliveries over, then write them.
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
