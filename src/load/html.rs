@@ -384,16 +384,9 @@ pub fn render(run: &StoredRun, events: &[RunEventRow], verdicts: &[Verdict]) -> 
     }
     let lost = if r.lost > 0 {
         let shown: Vec<String> = r.lost_ids.iter().take(50).map(|s| esc(s)).collect();
-        let injected = if r.lost_injected + r.lost_late > 0 {
-            format!(
-                "; {} by the scenario's injected faults, {} planned after the wait ended, {} unexplained",
-                r.lost_injected,
-                r.lost_late,
-                r.lost.saturating_sub(r.lost_injected + r.lost_late)
-            )
-        } else {
-            String::new()
-        };
+        let injected = super::report::lost_causes(r.lost, r.lost_injected, r.lost_late)
+            .map(|c| format!("; {c}"))
+            .unwrap_or_default();
         format!(
             "<p class=\"lost\">Lost ({}{injected}): {}{}</p>",
             r.lost,

@@ -59,6 +59,17 @@ pub struct Summary<'a> {
     pub passed: bool,
 }
 
+/// What the lost payloads come from, when the scenario explains some: `3 by the scenario's injected faults, 1
+/// planned after the wait ended, 0 unexplained`.
+pub fn lost_causes(lost: u64, injected: u64, late: u64) -> Option<String> {
+    (injected + late > 0).then(|| {
+        format!(
+            "{injected} by the scenario's injected faults, {late} planned after the wait ended, {} unexplained",
+            lost.saturating_sub(injected + late)
+        )
+    })
+}
+
 pub fn status_rows(r: &Results) -> Vec<StatusRow> {
     let mut rows = Vec::new();
     for (channel, per) in &r.statuses {
@@ -146,16 +157,7 @@ pub fn text(s: &Summary<'_>) -> String {
         ms(s.lateness_p99_ms),
         ms(s.lateness_max_ms)
     );
-    let injected = if s.lost_injected + s.lost_late > 0 {
-        format!(
-            " ({} by the scenario's injected faults, {} planned after the wait ended, {} unexplained)",
-            s.lost_injected,
-            s.lost_late,
-            s.lost.saturating_sub(s.lost_injected + s.lost_late)
-        )
-    } else {
-        String::new()
-    };
+    let injected = lost_causes(s.lost, s.lost_injected, s.lost_late).map(|c| format!(" ({c})")).unwrap_or_default();
     let _ =
         writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost{injected}", s.events, s.resolved, s.lost);
     if s.duplicate_acks > 0 {
