@@ -124,7 +124,14 @@ enum Command {
     },
     /// Check the configuration (file, environment and flags, as `run` would layer them) and its scenario,
     /// and print the effective settings, secrets hidden. Exit 2 on an error, as `run` would.
-    Check(Common),
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// Also reach Kafka (its brokers and the topics `run` needs) and the Postgres store; exit 1 if
+        /// either cannot be reached within 10 s.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Run only the embedded broker (tansu, memory storage), for other processes to use.
     Broker {
         /// Port on 127.0.0.1.
@@ -312,7 +319,7 @@ fn main() -> ExitCode {
             telemetry::init_tracing(&Default::default());
             report(broker(port))
         }
-        Command::Check(common) => {
+        Command::Check { common, connect } => {
             let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
@@ -323,7 +330,17 @@ fn main() -> ExitCode {
             };
             print!("{}", settings.effective());
             println!("# scenario {}: version {}", settings.scenario.path.display(), scenario.version());
-            ExitCode::SUCCESS
+            if !connect {
+                return ExitCode::SUCCESS;
+            }
+            let reached = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(reach(&settings)));
+            match reached {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run(common) => {
             let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
@@ -425,6 +442,70 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `check --connect`: reach Kafka and the store as `run` would, and print what was found.
+async fn reach(settings: &Settings) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let k = &settings.kafka;
+    match &k.brokers {
+        None => println!("# kafka: none configured; `run` starts the embedded broker"),
+        Some(brokers) => {
+            let config = understudy::kafka::client_config(k, brokers);
+            let brokers = brokers.clone();
+            let metadata = tokio::task::spawn_blocking(move || {
+                let client: BaseConsumer = config.create()?;
+                client.fetch_metadata(None, WAIT)
+            })
+            .await?
+            .with_context(|| format!("cannot reach Kafka at {brokers} within {WAIT:?}"))?;
+            println!("# kafka: {} broker(s) at {brokers}", metadata.brokers().len());
+            let topics = k.input_topics.iter().map(String::as_str).chain([k.ack_topic.as_str(), k.dlq_topic.as_str()]);
+            let mut missing = Vec::new();
+            for name in topics {
+                match metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()) {
+                    Some(t) => println!("#   topic {name}: {} partitions", t.partitions().len()),
+                    None if k.create_topics => println!("#   topic {name}: missing; `run` creates it"),
+                    None => {
+                        println!("#   topic {name}: missing");
+                        missing.push(name.to_owned());
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "topics missing and `kafka.create_topics` is off: {} (`run` would fail)",
+                    missing.join(", ")
+                );
+            }
+        }
+    }
+    let url = settings.store.url_or_default();
+    match Store::connect_lazy(&url, 1)? {
+        Store::Postgres(pool) => {
+            let version: Option<i64> = tokio::time::timeout(WAIT, async {
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool).await?;
+                // The store's schema version, if `run` has migrated it.
+                let v = sqlx::query_scalar::<_, i64>("SELECT max(version) FROM _sqlx_migrations").fetch_one(&pool).await;
+                Ok::<_, sqlx::Error>(v.ok())
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the store at {} did not answer within {WAIT:?}", redact(&url)))?
+            .with_context(|| format!("cannot reach the store at {}", redact(&url)))?;
+            match version {
+                Some(v) => println!("# store: Postgres at {}, schema version {v}", redact(&url)),
+                None => println!("# store: Postgres at {}, empty; `run` creates the tables", redact(&url)),
+            }
+            pool.close().await;
+        }
+        Store::Sqlite(_) => {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let state = if std::path::Path::new(path).exists() { "exists" } else { "missing; `run` creates it" };
+            println!("# store: SQLite file {path} ({state})");
+        }
+    }
+    Ok(())
 }
 
 async fn run(settings: Settings, scenario: Scenario) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! The `understudy` binary refuses bad scenarios and config with file, line and field, before it starts
 //! anything.
 
+mod common;
+
 use std::process::Command;
 
 fn understudy() -> Command {
@@ -261,4 +263,47 @@ fn check_prints_the_effective_settings_without_secrets() {
     let out = understudy().args(["check", "--config", &bad]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.yaml"));
+}
+
+/// `check --connect` reaches the real broker and Postgres and says what `run` would find there; a
+/// configuration that could not start (topics missing with creation off, no broker) exits 1 saying why.
+#[test]
+fn check_connect_reaches_kafka_and_the_store() {
+    let brokers = common::brokers();
+    let store = tokio::runtime::Runtime::new().unwrap().block_on(common::postgres_url());
+    let topic = format!("check-{}", common::suffix());
+    let check = |extra: &[&str]| {
+        understudy()
+            .args(["check", "--connect", "--brokers", &brokers, "--database-url", &store])
+            .args(extra)
+            .env("UNDERSTUDY__KAFKA__INPUT_TOPICS", &topic)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!(" broker(s) at {brokers}")), "{text}");
+    assert!(text.contains(&format!("#   topic {topic}: missing; `run` creates it")), "{text}");
+    assert!(text.contains("# store: Postgres at ") && text.contains("empty; `run` creates the tables"), "{text}");
+
+    let out = understudy()
+        .args(["check", "--connect", "--brokers", &brokers, "--database-url", &store])
+        .env("UNDERSTUDY__KAFKA__INPUT_TOPICS", &topic)
+        .env("UNDERSTUDY__KAFKA__CREATE_TOPICS", "false")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("topics missing and `kafka.create_topics` is off") && err.contains(&topic), "{err}");
+
+    let out = understudy()
+        .args(["check", "--connect", "--brokers", "127.0.0.1:1", "--database-url", &store])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Kafka at 127.0.0.1:1"));
 }
