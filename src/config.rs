@@ -67,6 +67,13 @@ pub struct KafkaSettings {
     pub librdkafka: BTreeMap<String, String>,
 }
 
+impl KafkaSettings {
+    /// The topics the service reads and writes: the input topics, the ack topic and the dead-letter topic.
+    pub fn service_topics(&self) -> Vec<&str> {
+        self.input_topics.iter().map(String::as_str).chain([self.ack_topic.as_str(), self.dlq_topic.as_str()]).collect()
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
@@ -404,7 +411,6 @@ impl Settings {
     }
 }
 
-/// Show a URL without its password.
 impl Settings {
     /// The settings as YAML, for `understudy check`: the store URL's password and every `kafka.librdkafka`
     /// value replaced by `***`.
@@ -418,6 +424,7 @@ impl Settings {
     }
 }
 
+/// Show a URL without its password.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {

@@ -320,13 +320,9 @@ fn main() -> ExitCode {
             report(broker(port))
         }
         Command::Check { common, connect } => {
-            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
-            };
-            let scenario = match Scenario::load(&settings.scenario.path) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
+            let (settings, scenario) = match settings_and_scenario(cli.config.as_deref(), &common) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             print!("{}", settings.effective());
             println!("# scenario {}: version {}", settings.scenario.path.display(), scenario.version());
@@ -343,15 +339,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(common) => {
-            let settings = match Settings::load(cli.config.as_deref(), &common.overrides()) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
+            let (settings, scenario) = match settings_and_scenario(cli.config.as_deref(), &common) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             telemetry::init_tracing(&settings.telemetry);
-            let scenario = match Scenario::load(&settings.scenario.path) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
-            };
             report(actix::System::new().block_on(run(settings, scenario)))
         }
         Command::Load { common, args } => {
@@ -399,6 +391,13 @@ fn main() -> ExitCode {
             report(actix::System::new().block_on(demo::run(settings, opts)))
         }
     }
+}
+
+/// The settings as `run` layers them, and their scenario; an error is printed and becomes exit 2.
+fn settings_and_scenario(config: Option<&std::path::Path>, common: &Common) -> Result<(Settings, Scenario), ExitCode> {
+    let settings = Settings::load(config, &common.overrides()).map_err(config_error)?;
+    let scenario = Scenario::load(&settings.scenario.path).map_err(config_error)?;
+    Ok((settings, scenario))
 }
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {
@@ -461,9 +460,8 @@ async fn reach(settings: &Settings) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("cannot reach Kafka at {brokers} within {WAIT:?}"))?;
             println!("# kafka: {} broker(s) at {brokers}", metadata.brokers().len());
-            let topics = k.input_topics.iter().map(String::as_str).chain([k.ack_topic.as_str(), k.dlq_topic.as_str()]);
             let mut missing = Vec::new();
-            for name in topics {
+            for name in k.service_topics() {
                 match metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()) {
                     Some(t) => println!("#   topic {name}: {} partitions", t.partitions().len()),
                     None if k.create_topics => println!("#   topic {name}: missing; `run` creates it"),
@@ -483,21 +481,16 @@ async fn reach(settings: &Settings) -> anyhow::Result<()> {
     }
     let url = settings.store.url_or_default();
     match Store::connect_lazy(&url, 1)? {
-        Store::Postgres(pool) => {
-            let version: Option<i64> = tokio::time::timeout(WAIT, async {
-                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool).await?;
-                // The store's schema version, if `run` has migrated it.
-                let v = sqlx::query_scalar::<_, i64>("SELECT max(version) FROM _sqlx_migrations").fetch_one(&pool).await;
-                Ok::<_, sqlx::Error>(v.ok())
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the store at {} did not answer within {WAIT:?}", redact(&url)))?
-            .with_context(|| format!("cannot reach the store at {}", redact(&url)))?;
+        store @ Store::Postgres(_) => {
+            let version = tokio::time::timeout(WAIT, store.schema_version())
+                .await
+                .map_err(|_| anyhow::anyhow!("the store at {} did not answer within {WAIT:?}", redact(&url)))?
+                .map_err(|e| anyhow::anyhow!("cannot reach the store at {}: {e}", redact(&url)))?;
             match version {
                 Some(v) => println!("# store: Postgres at {}, schema version {v}", redact(&url)),
                 None => println!("# store: Postgres at {}, empty; `run` creates the tables", redact(&url)),
             }
-            pool.close().await;
+            store.close().await;
         }
         Store::Sqlite(_) => {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");

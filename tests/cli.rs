@@ -272,38 +272,28 @@ fn check_connect_reaches_kafka_and_the_store() {
     let brokers = common::brokers();
     let store = tokio::runtime::Runtime::new().unwrap().block_on(common::postgres_url());
     let topic = format!("check-{}", common::suffix());
-    let check = |extra: &[&str]| {
+    let check = |brokers: &str, create_topics: &str| {
         understudy()
-            .args(["check", "--connect", "--brokers", &brokers, "--database-url", &store])
-            .args(extra)
+            .args(["check", "--connect", "--brokers", brokers, "--database-url", &store])
             .env("UNDERSTUDY__KAFKA__INPUT_TOPICS", &topic)
+            .env("UNDERSTUDY__KAFKA__CREATE_TOPICS", create_topics)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap()
     };
-    let out = check(&[]);
+    let out = check(&brokers, "true");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}{text}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(&format!(" broker(s) at {brokers}")), "{text}");
     assert!(text.contains(&format!("#   topic {topic}: missing; `run` creates it")), "{text}");
     assert!(text.contains("# store: Postgres at ") && text.contains("empty; `run` creates the tables"), "{text}");
 
-    let out = understudy()
-        .args(["check", "--connect", "--brokers", &brokers, "--database-url", &store])
-        .env("UNDERSTUDY__KAFKA__INPUT_TOPICS", &topic)
-        .env("UNDERSTUDY__KAFKA__CREATE_TOPICS", "false")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let out = check(&brokers, "false");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("topics missing and `kafka.create_topics` is off") && err.contains(&topic), "{err}");
 
-    let out = understudy()
-        .args(["check", "--connect", "--brokers", "127.0.0.1:1", "--database-url", &store])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let out = check("127.0.0.1:1", "true");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Kafka at 127.0.0.1:1"));
 }

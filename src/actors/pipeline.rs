@@ -54,10 +54,7 @@ impl Pipeline {
     pub async fn start(settings: &Settings, scenario: Arc<Scenario>, brokers: &str) -> Result<Self, PipelineError> {
         let k = &settings.kafka;
         if k.create_topics {
-            let mut topics: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
-            topics.push(&k.ack_topic);
-            topics.push(&k.dlq_topic);
-            admin::ensure_topics(k, brokers, &topics).await?;
+            admin::ensure_topics(k, brokers, &k.service_topics()).await?;
         }
         let tracker = Arc::new(OffsetTracker::default());
         let assignments = Arc::new(Assignments::default());

@@ -299,6 +299,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     }
     let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
     let outcome = load::run(&settings.kafka, &brokers, load_settings, template.0.clone(), &gates, progress).await;
+    let mocked = pipeline.as_ref().map(Pipeline::scenario);
     if let Some(p) = pipeline {
         p.shutdown().await;
     }
@@ -306,12 +307,8 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     // Lost payloads the scenario's own faults explain (a dropped or corrupted final ack), told apart from
     // real losses. The scenario is the one the mock ran, or the one the settings name.
     if outcome.results.lost > 0
-        && let Ok(scenario) = Scenario::load(&settings.scenario.path)
+        && let Some(scenario) = mocked.or_else(|| Scenario::load(&settings.scenario.path).ok().map(Arc::new))
     {
-        let scenario = match args.time_scale.filter(|_| args.mock) {
-            Some(t) => scenario.rescaled(t)?,
-            None => scenario,
-        };
         load::explain_lost(&mut outcome, template.0, &scenario, &settings.input, &gates)?;
     }
     if let Err(e) = load::save(&store, &outcome, scenario_text).await {

@@ -5,7 +5,8 @@
 //!   `max(S)`, `mean(S)`; the value is a duration (`250ms`, `5s`, `2m`);
 //! - `rate(S)`: the share of sent payloads with at least one S event (`0.05` or `5%`); `count(S)`: their number;
 //! - run figures: `lost`, `lost_injected` (lost by the scenario's injected faults), `lost_late` (final ack
-//!   planned after the wait ended), `lost_real` (the rest), `lost_rate`, `sent`, `send_errors`, `late`, `late_rate`, `throughput` (messages/s), `events`.
+//!   planned after the wait ended), `lost_real` (the rest), `lost_rate`, `sent`, `send_errors`, `late`,
+//!   `late_rate`, `throughput` (messages/s), `events`.
 //!
 //! `S` is a status (`DELIVERY`), optionally with a channel: `p99(DELIVERY, email)`. `OP` is one of
 //! `<`, `<=`, `>`, `>=`, `==`, `!=`. Unknown metrics, statuses and channels are errors, not passes; a

@@ -183,7 +183,6 @@ pub async fn run(
     progress: Progress,
 ) -> anyhow::Result<Outcome> {
     let profile: Profile = settings.profile.parse()?;
-    let mix: message::Mix = settings.mix.parse()?;
     let mut total = profile.total();
     if let Some(max) = settings.max_messages {
         total = total.min(max);
@@ -201,18 +200,7 @@ pub async fn run(
         gap_us: settings.batch_gap_ms * 1000,
         total,
     });
-    let factory = Arc::new(
-        MessageFactory::new(
-            &settings.run_id,
-            settings.generator,
-            &settings.tenant_id,
-            settings.batch_size,
-            mix,
-            template,
-            settings.payload_bytes,
-        )
-        .with_recipients(&settings.recipients),
-    );
+    let factory = Arc::new(message_factory(&settings, template)?);
 
     // The correlator starts reading where the ack topic ends now: this run's acks all come later.
     let consumer = ack_consumer(kafka, brokers, &settings.ack_topic)?;
@@ -362,13 +350,44 @@ pub async fn run(
     Ok(Outcome { settings, results, samples, verdicts })
 }
 
+/// The messages of a generator process, as its settings describe them.
+fn message_factory(settings: &LoadSettings, template: message::Template) -> anyhow::Result<MessageFactory> {
+    Ok(MessageFactory::new(
+        &settings.run_id,
+        settings.generator,
+        &settings.tenant_id,
+        settings.batch_size,
+        settings.mix.parse()?,
+        template,
+        settings.payload_bytes,
+    )
+    .with_recipients(&settings.recipients))
+}
+
+/// The headers of a load message: the generator sends them, and a lost message is rebuilt with them.
+fn message_headers<'a>(
+    factory: &'a MessageFactory,
+    payload_id: &'a str,
+    batch_id: &'a str,
+    intended_at_us: &'a str,
+) -> [(&'static str, &'a [u8]); 5] {
+    [
+        (RUN_ID_HEADER, factory.run_id.as_bytes()),
+        (INTENDED_AT_HEADER, intended_at_us.as_bytes()),
+        ("tenant-id", factory.tenant_id.as_bytes()),
+        ("correlation-id", payload_id.as_bytes()),
+        ("batch-id", batch_id.as_bytes()),
+    ]
+}
+
 /// With the scenario the mock ran (or the one the run names), tell the lost payloads of `outcome` apart:
 /// those whose final ack the scenario's injected faults never send readable (dropped, skipped, or
 /// corrupted with no readable duplicate), and those whose first readable final ack the scenario plans
-/// after the run stopped waiting, or less than a second before (a long delay tail, a short `--ack-timeout`). The rest are real losses.
-/// Then check `gates` again with those figures. Each lost message is rebuilt as it was
-/// sent, decoded with `input` as the service would, and planned without its receipt time (outage windows
-/// and throttles depend on when and how fast the service took it, which the run does not know).
+/// after the run stopped waiting, or less than a second before (a long delay tail, a short
+/// `--ack-timeout`). The rest are real losses. Then check `gates` again with those figures. Each lost
+/// message is rebuilt as it was sent, decoded with `input` as the service would, and planned without its
+/// receipt time (outage windows and throttles depend on when and how fast the service took it, which the
+/// run does not know).
 pub fn explain_lost(
     outcome: &mut Outcome,
     template: message::Template,
@@ -377,19 +396,9 @@ pub fn explain_lost(
     gates: &[Gate],
 ) -> anyhow::Result<()> {
     use crate::kafka::decode::{Decoder, RawRecord};
-    let s = &outcome.settings;
-    let factory = MessageFactory::new(
-        &s.run_id,
-        s.generator,
-        &s.tenant_id,
-        s.batch_size,
-        s.mix.parse()?,
-        template,
-        s.payload_bytes,
-    )
-    .with_recipients(&s.recipients);
+    let factory = message_factory(&outcome.settings, template)?;
     let decoder = Decoder::new(input.clone()).with_rule_headers(scenario.rule_headers());
-    let topic: Arc<str> = Arc::from(s.topic.as_str());
+    let topic: Arc<str> = Arc::from(outcome.settings.topic.as_str());
     let (mut id, mut batch, mut body) = (String::new(), String::new(), Vec::new());
     // An ack due this close to the end may still be on its way (consumed, woken, produced, read back).
     const LATE_MARGIN_US: i64 = 1_000_000;
@@ -401,17 +410,14 @@ pub fn explain_lost(
         batch.clear();
         factory.batch_id(seq, &mut batch);
         factory.body(seq, channel, &mut body);
+        let mut intended = itoa::Buffer::new();
+        let intended = intended.format(sample.intended_at_us);
         let raw = RawRecord {
             topic: topic.clone(),
             partition: 0,
             offset: seq as i64,
             payload: Some(&body),
-            headers: vec![
-                (RUN_ID_HEADER, Some(factory.run_id.as_bytes())),
-                ("tenant-id", Some(factory.tenant_id.as_bytes())),
-                ("correlation-id", Some(id.as_bytes())),
-                ("batch-id", Some(batch.as_bytes())),
-            ],
+            headers: message_headers(&factory, &id, &batch, intended).map(|(k, v)| (k, Some(v))).to_vec(),
         };
         let Ok(message) = decoder.decode(&raw, Utc::now()) else { continue };
         let mut view = crate::scenario::rules::MessageView::of(&message);
@@ -648,12 +654,10 @@ fn generate(
             factory.batch_id(seq, &mut batch_id);
             let mut intended = itoa::Buffer::new();
             let intended = intended.format(epoch_us + due as i64);
-            let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(Header { key: RUN_ID_HEADER, value: Some(&factory.run_id) })
-                .insert(Header { key: INTENDED_AT_HEADER, value: Some(intended) })
-                .insert(Header { key: "tenant-id", value: Some(&factory.tenant_id) })
-                .insert(Header { key: "correlation-id", value: Some(&id) })
-                .insert(Header { key: "batch-id", value: Some(&batch_id) });
+            let mut headers = OwnedHeaders::new_with_capacity(5);
+            for (key, value) in message_headers(factory, &id, &batch_id, intended) {
+                headers = headers.insert(Header { key, value: Some(value) });
+            }
             let mut record = BaseRecord::with_opaque_to(topic, seq as usize).key(&id).payload(&body).headers(headers);
             let mut abandoned = false;
             loop {

@@ -329,6 +329,27 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    /// The latest migration applied, or `None` when `run` has not set this store up yet (no tables). A
+    /// query, so it also tells whether the store answers.
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        let exists: bool = match self {
+            Store::Postgres(p) => {
+                sqlx::query_scalar(include_str!("sql/postgres/migrations_table_exists.sql")).fetch_one(p).await?
+            }
+            Store::Sqlite(p) => {
+                sqlx::query_scalar(include_str!("sql/sqlite/migrations_table_exists.sql")).fetch_one(p).await?
+            }
+        };
+        if !exists {
+            return Ok(None);
+        }
+        let q = include_str!("sql/schema_version.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await?,
+        })
+    }
+
     pub async fn status_counts(&self) -> Result<Vec<StatusCount>> {
         let q = include_str!("sql/status_counts.sql");
         Ok(match self {
