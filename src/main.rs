@@ -329,7 +329,9 @@ fn main() -> ExitCode {
             if !connect {
                 return ExitCode::SUCCESS;
             }
-            let reached = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(reach(&settings)));
+            let reached = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(reach(&settings)));
             match reached {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -464,7 +466,9 @@ async fn reach(settings: &Settings) -> anyhow::Result<()> {
             for name in k.service_topics() {
                 match metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()) {
                     Some(t) => println!("#   topic {name}: {} partitions", t.partitions().len()),
-                    None if k.create_topics => println!("#   topic {name}: missing; `run` creates it"),
+                    None if k.create_topics => {
+                        println!("#   topic {name}: missing; `run` creates it")
+                    }
                     None => {
                         println!("#   topic {name}: missing");
                         missing.push(name.to_owned());
@@ -518,11 +522,20 @@ async fn run(settings: Settings, scenario: Scenario) -> anyhow::Result<()> {
     let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
     tracing::info!(store = %redact(&url), brokers = %brokers, scenario = %scenario.name(), "starting");
     let pipeline = Pipeline::start(&settings, Arc::new(scenario), &brokers).await?;
-    shutdown_signal().await;
+    // A stage that stops on its own fails the service: what is left is shut down (its rows written, its
+    // offsets committed) and the process exits non-zero, for the orchestrator to restart it.
+    let health = pipeline.health().clone();
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = health.failed() => Some(reason),
+    };
     tracing::info!("shutting down");
     pipeline.shutdown().await;
     store.close().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(reason) => Err(anyhow::anyhow!("{reason}; exiting so that the service is restarted")),
+    }
 }
 
 #[cfg(test)]

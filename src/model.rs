@@ -129,10 +129,7 @@ impl Status {
 
     /// Statuses that report a failure and so carry an error code and reason.
     pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            Status::Deferred | Status::Bounce | Status::Reject | Status::Complaint | Status::Undelivered
-        )
+        matches!(self, Status::Deferred | Status::Bounce | Status::Reject | Status::Complaint | Status::Undelivered)
     }
 
     /// Statuses a lifecycle may end on.
@@ -151,10 +148,7 @@ impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let up = s.trim().to_ascii_uppercase();
-        Status::ALL
-            .into_iter()
-            .find(|st| st.as_str() == up)
-            .ok_or_else(|| format!("unknown status `{s}`"))
+        Status::ALL.into_iter().find(|st| st.as_str() == up).ok_or_else(|| format!("unknown status `{s}`"))
     }
 }
 
@@ -171,6 +165,11 @@ pub enum BounceType {
 pub struct SourcePosition {
     /// Shared by every message of the topic.
     pub topic: Arc<str>,
+    /// Which incarnation of the topic: `{cluster id}/{topic id}` as the broker reports them (see
+    /// [`crate::kafka::admin::topic_keys`]). A topic deleted and created again, or the embedded broker
+    /// started again, starts its offsets at 0 again under another key, so its messages are never taken for
+    /// ones already stored. Shared by every message of the topic.
+    pub topic_id: Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }

@@ -13,6 +13,9 @@ use crate::model::{Channel, Status};
 
 pub const MESSAGES_CONSUMED: &str = "understudy_messages_consumed_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "understudy_messages_dead_lettered_total";
+pub const DEAD_LETTER_COPIES: &str = "understudy_dead_letter_copies_total";
+pub const DEAD_LETTER_FAILED: &str = "understudy_dead_letter_failed_total";
+pub const STAGE_FAILURES: &str = "understudy_stage_failures_total";
 pub const MESSAGES_SKIPPED: &str = "understudy_messages_skipped_total";
 pub const SCENARIO_RELOADS: &str = "understudy_scenario_reloads_total";
 pub const EVENTS_EMITTED: &str = "understudy_events_emitted_total";
@@ -67,6 +70,21 @@ pub fn message_skipped(reason: &'static str) {
 
 pub fn message_dead_lettered(reason_kind: &'static str) {
     counter!(MESSAGES_DEAD_LETTERED, "reason" => reason_kind).increment(1);
+}
+
+/// A pipeline stage stopped while the pipeline was running (the service then exits non-zero).
+pub fn stage_failed() {
+    counter!(STAGE_FAILURES).increment(1);
+}
+
+/// A rejected record the DLQ would not take whole went as a copy (`body-cut` or `headers-only`).
+pub fn dead_letter_copy(form: &'static str) {
+    counter!(DEAD_LETTER_COPIES, "copy" => form).increment(1);
+}
+
+/// A rejected record of which the DLQ took nothing: skipped so that its partition moves on.
+pub fn dead_letter_failed(reason_kind: &'static str) {
+    counter!(DEAD_LETTER_FAILED, "reason" => reason_kind).increment(1);
 }
 
 pub fn event_emitted(channel: Channel, status: Status, lag: Duration) {
@@ -137,19 +155,43 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
     metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
-    metrics::describe_counter!(MESSAGES_SKIPPED, "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`).");
-    metrics::describe_counter!(SCENARIO_RELOADS, "Scenario file changes seen while running, by result (`loaded`, `rejected`: invalid, the running version stays).");
+    metrics::describe_counter!(
+        DEAD_LETTER_COPIES,
+        "Rejected records the dead-letter topic would not take whole, sent as a copy instead, by copy (`body-cut`, `headers-only`)."
+    );
+    metrics::describe_counter!(
+        DEAD_LETTER_FAILED,
+        "Rejected records of which the dead-letter topic took nothing, skipped so that their partition moves on, by reason."
+    );
+    metrics::describe_counter!(
+        STAGE_FAILURES,
+        "Pipeline stages that stopped while the pipeline was running; the service then exits non-zero."
+    );
+    metrics::describe_counter!(
+        MESSAGES_SKIPPED,
+        "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`)."
+    );
+    metrics::describe_counter!(
+        SCENARIO_RELOADS,
+        "Scenario file changes seen while running, by result (`loaded`, `rejected`: invalid, the running version stays)."
+    );
     metrics::describe_counter!(EVENTS_EMITTED, "Ack events delivered to the ack topic, by channel and status.");
     metrics::describe_counter!(EVENTS_FAILED, "Ack events the producer could not deliver.");
     metrics::describe_gauge!(LIFECYCLES_IN_FLIGHT, "Lifecycles not finished, running as actors or asleep.");
-    metrics::describe_gauge!(LIFECYCLES_ASLEEP, "Lifecycles asleep in their channel actor's queue until shortly before their next step.");
+    metrics::describe_gauge!(
+        LIFECYCLES_ASLEEP,
+        "Lifecycles asleep in their channel actor's queue until shortly before their next step."
+    );
     metrics::describe_counter!(LIFECYCLES_RESUMED, "Unfinished lifecycles resumed from the store.");
     metrics::describe_histogram!(PERSIST_BATCH_ROWS, "Rows per store write.");
     metrics::describe_histogram!(PERSIST_SECONDS, "Duration of one store write.");
     metrics::describe_counter!(PERSIST_ERRORS, "Failed store writes (retried).");
     metrics::describe_histogram!(EMISSION_LAG_SECONDS, "Emitted minus scheduled time of ack events.");
     metrics::describe_gauge!(CONSUMER_LAG, "High watermark minus consumed position, per partition.");
-    metrics::describe_counter!(BACKPRESSURE_SECONDS, "Microseconds spent waiting on a full stage downstream, by stage.");
+    metrics::describe_counter!(
+        BACKPRESSURE_SECONDS,
+        "Microseconds spent waiting on a full stage downstream, by stage."
+    );
     metrics::describe_counter!(OFFSETS_COMMITTED, "Partition offsets committed.");
     Ok(())
 }

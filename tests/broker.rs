@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -10,10 +12,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-#[actix::test]
-async fn a_fetch_from_inside_a_batch_starts_at_its_offset() {
-    let brokers = common::brokers();
-    let settings = common::settings("sqlite://unused", 1);
+async fn a_fetch_from_inside_a_batch_starts_at_its_offset(k: Kafka) {
+    let brokers = k.brokers();
+    let settings = common::settings(k, "sqlite://unused", 1);
     let topic = settings.kafka.input_topics[0].clone();
     understudy::kafka::admin::ensure_topics(&settings.kafka, &brokers, &[&topic]).await.unwrap();
     // Ten records in one produce request, so in one batch.
@@ -57,3 +58,5 @@ async fn a_fetch_from_inside_a_batch_starts_at_its_offset() {
     let want: Vec<(i64, String)> = (5..10).map(|i| (i, format!("r{i}"))).collect();
     assert_eq!(got, want, "records 5 to 9 of the batch");
 }
+
+crate::on_both_brokers!(actix::test, a_fetch_from_inside_a_batch_starts_at_its_offset);

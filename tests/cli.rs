@@ -5,6 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use common::Kafka;
+
 fn understudy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_understudy"))
 }
@@ -18,7 +20,13 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 #[test]
 fn scenario_check_summarises_shipped_scenarios() {
     let out = understudy()
-        .args(["scenario", "check", "scenarios/default.yaml", "scenarios/happy-path.yaml", "scenarios/failure-heavy.yaml"])
+        .args([
+            "scenario",
+            "check",
+            "scenarios/default.yaml",
+            "scenarios/happy-path.yaml",
+            "scenarios/failure-heavy.yaml",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -40,7 +48,10 @@ fn scenario_check_names_file_line_and_field() {
     let out = understudy().args(["scenario", "check", &bad]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{bad}:8: `channels.sms.paths[0].steps[1]`: OPEN cannot come after SEND on sms")), "{err}");
+    assert!(
+        err.contains(&format!("{bad}:8: `channels.sms.paths[0].steps[1]`: OPEN cannot come after SEND on sms")),
+        "{err}"
+    );
 }
 
 /// `scenario explain` prints the rule, the path and every ack with its due time and code; `scenario
@@ -53,15 +64,26 @@ fn scenario_explain_and_check_name_the_rule() {
         String::from_utf8(out.stdout).unwrap()
     };
     let at = "2026-11-25T10:00:00Z";
-    let text = run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/email-magic-bounce.json", "--at", at]);
+    let text =
+        run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/email-magic-bounce.json", "--at", at]);
     assert!(text.contains("decided by magic recipient `bounce@understudy.test`: hard bounce"), "{text}");
     assert!(text.contains("path       magic:bounce@understudy.test (SEND → BOUNCE)"), "{text}");
     assert!(text.contains("BOUNCE      550 5.1.1: recipient address rejected: user unknown (hard bounce)"), "{text}");
     assert!(text.contains("received at 2026-11-25 10:00:00.000 UTC"), "{text}");
     // Deterministic: the same command prints the same plan.
-    assert_eq!(text, run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/email-magic-bounce.json", "--at", at]));
+    assert_eq!(
+        text,
+        run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/email-magic-bounce.json", "--at", at])
+    );
 
-    let text = run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/whatsapp-gold.json", "--header", "x-priority=high"]);
+    let text = run(&[
+        "scenario",
+        "explain",
+        "scenarios/rules.yaml",
+        "scenarios/samples/whatsapp-gold.json",
+        "--header",
+        "x-priority=high",
+    ]);
     assert!(text.contains("decided by rule `gold-always-read` (rules[4]"), "{text}");
     let text = run(&["scenario", "explain", "scenarios/rules.yaml", "scenarios/samples/whatsapp-gold.json"]);
     assert!(text.contains("decided by no rule: the whatsapp channel's own paths"), "{text}");
@@ -146,28 +168,68 @@ fn every_kind_of_bad_file_names_file_line_and_field() {
         ("seed: 1\nchannels: {}\n", 2, "channels", "at least one channel"),
         ("seed: 1\nsede: 2\nchannels: {}\n", 2, "sede", "unknown field"),
         ("seed: x\nchannels: {}\n", 1, "seed", "invalid"),
-        (&SCENARIO.replace("steps: [SEND, DELIVERY]", "steps: [SEND, OPEN]"), 9, "channels.sms.paths[0].steps[1]", "OPEN"),
+        (
+            &SCENARIO.replace("steps: [SEND, DELIVERY]", "steps: [SEND, OPEN]"),
+            9,
+            "channels.sms.paths[0].steps[1]",
+            "OPEN",
+        ),
         (&SCENARIO.replace("weight: 1", "weight: -1"), 9, "channels.sms.paths[0].weight", "zero or more"),
         (&SCENARIO.replace("dist: lognormal", "dist: gamma"), 7, "channels.sms.delays.DELIVERY.dist", "gamma"),
         (&SCENARIO.replace(", p99: 5s", ""), 7, "channels.sms.delays.DELIVERY", "p99"),
         (&SCENARIO.replace("value: 1s", "value: soon"), 6, "channels.sms.delays.SEND", "soon"),
-        (&SCENARIO.replace("{ name: ok, weight: 1, steps: [SEND, DELIVERY] }", "{ name: ok, weight: 1, steps: [SEND, DELIVERY], bounce_type: hard }"), 9, "channels.sms.paths[0].bounce_type", "BOUNCE"),
+        (
+            &SCENARIO.replace(
+                "{ name: ok, weight: 1, steps: [SEND, DELIVERY] }",
+                "{ name: ok, weight: 1, steps: [SEND, DELIVERY], bounce_type: hard }",
+            ),
+            9,
+            "channels.sms.paths[0].bounce_type",
+            "BOUNCE",
+        ),
         (&SCENARIO.replace("  sms:", "  fax:"), 4, "channels.fax", "unknown channel"),
-        (&format!("{SCENARIO}      - {{ name: ok, weight: 1, steps: [SEND] }}\n"), 10, "channels.sms.paths[1].name", "used twice"),
+        (
+            &format!("{SCENARIO}      - {{ name: ok, weight: 1, steps: [SEND] }}\n"),
+            10,
+            "channels.sms.paths[1].name",
+            "used twice",
+        ),
         (&SCENARIO.replace("weight: 1", "weight: 0"), 8, "channels.sms.paths", "add up to zero"),
-        (&format!("{SCENARIO}rules:\n  - name: r\n    match: {{ recipient: {{ regex: '+1' }} }}\n    path: ok\n"), 12, "rules[0].match.recipient", "regular expression"),
-        (&format!("{SCENARIO}rules:\n  - name: r\n    match: {{ channels: [sms] }}\n    path: nope\n"), 13, "rules[0].path", "no path `nope`"),
-        (&format!("{SCENARIO}throttles:\n  - {{ name: t, rate: 5, per: sender }}\n"), 11, "throttles[0].per", "expected `channel`, `tenant` or `{ field: /json/pointer }`"),
+        (
+            &format!("{SCENARIO}rules:\n  - name: r\n    match: {{ recipient: {{ regex: '+1' }} }}\n    path: ok\n"),
+            12,
+            "rules[0].match.recipient",
+            "regular expression",
+        ),
+        (
+            &format!("{SCENARIO}rules:\n  - name: r\n    match: {{ channels: [sms] }}\n    path: nope\n"),
+            13,
+            "rules[0].path",
+            "no path `nope`",
+        ),
+        (
+            &format!("{SCENARIO}throttles:\n  - {{ name: t, rate: 5, per: sender }}\n"),
+            11,
+            "throttles[0].per",
+            "expected `channel`, `tenant` or `{ field: /json/pointer }`",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let scenario_ok = write(&dir, "ok.yaml", SCENARIO);
     let mut kinds = 0;
     for (i, (text, line, field, word)) in configs.iter().enumerate() {
         let file = write(&dir, &format!("config{i}.yaml"), text);
-        let out = understudy().args(["run", "--config", &file, "--scenario", &scenario_ok]).current_dir(dir.path()).output().unwrap();
+        let out = understudy()
+            .args(["run", "--config", &file, "--scenario", &scenario_ok])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file}: {err}");
-        assert!(err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word), "config {i}: {text}\n{err}");
+        assert!(
+            err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word),
+            "config {i}: {text}\n{err}"
+        );
         kinds += 1;
     }
     for (i, (text, line, field, word)) in scenarios.iter().enumerate() {
@@ -175,7 +237,10 @@ fn every_kind_of_bad_file_names_file_line_and_field() {
         let out = understudy().args(["run", "--scenario", &file]).current_dir(dir.path()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file}: {err}");
-        assert!(err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word), "scenario {i}: {text}\n{err}");
+        assert!(
+            err.contains(&format!("{file}:{line}: `{field}`: ")) && err.contains(word),
+            "scenario {i}: {text}\n{err}"
+        );
         kinds += 1;
     }
     assert!(kinds >= 15);
@@ -253,7 +318,13 @@ fn check_prints_the_effective_settings_without_secrets() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // File, environment and flag layered as `run` layers them.
-    for want in ["brokers: k:9092", "partitions: 12", "group_id: from-flag", "url: postgres://u:***@db/x", "sasl.password: '***'"] {
+    for want in [
+        "brokers: k:9092",
+        "partitions: 12",
+        "group_id: from-flag",
+        "url: postgres://u:***@db/x",
+        "sasl.password: '***'",
+    ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
     assert!(!text.contains("kafka-pass-1") && !text.contains("store-pass-2"), "{text}");
@@ -267,10 +338,9 @@ fn check_prints_the_effective_settings_without_secrets() {
 
 /// `check --connect` reaches the real broker and Postgres and says what `run` would find there; a
 /// configuration that could not start (topics missing with creation off, no broker) exits 1 saying why.
-#[test]
-fn check_connect_reaches_kafka_and_the_store() {
-    let brokers = common::brokers();
-    let store = tokio::runtime::Runtime::new().unwrap().block_on(common::postgres_url());
+async fn check_connect_reaches_kafka_and_the_store(k: Kafka) {
+    let brokers = k.brokers();
+    let store = common::postgres_url().await;
     let topic = format!("check-{}", common::suffix());
     let check = |brokers: &str, create_topics: &str| {
         understudy()
@@ -297,3 +367,5 @@ fn check_connect_reaches_kafka_and_the_store() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Kafka at 127.0.0.1:1"));
 }
+
+crate::on_both_brokers!(tokio::test, check_connect_reaches_kafka_and_the_store);

@@ -5,10 +5,13 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::faults::{Link, Service, check_nothing_lost, free_port, postgres_addr, scrape, via, wait_for_events};
+use common::kafka::ApacheKafka;
 use rand::{Rng, SeedableRng};
 use understudy::config::Settings;
 use understudy::demo::{SampleMessage, publish, sample_batch};
@@ -69,8 +72,7 @@ impl Setup {
         tune: impl FnOnce(&mut Settings),
     ) -> Self {
         let url = common::postgres_url().await;
-        let mut settings = common::settings(&service_url(&url), partitions);
-        settings.kafka.brokers = Some(brokers.clone());
+        let mut settings = common::settings_for(&brokers, &service_url(&url), partitions);
         tune(&mut settings);
         let dir = tempfile::tempdir().unwrap();
         let (scenario_path, scenario) = scaled_scenario(dir.path(), time_scale);
@@ -81,6 +83,43 @@ impl Setup {
     }
 }
 
+/// A broker of one test's own, to take away and bring back with its storage: the embedded broker off the
+/// network, or an Apache Kafka node killed (SIGKILL) and started again on its log directory.
+enum OwnBroker {
+    Tansu(EmbeddedBroker),
+    Apache(ApacheKafka),
+}
+
+impl OwnBroker {
+    fn start(k: Kafka) -> Self {
+        match k {
+            Kafka::Tansu => Self::Tansu(EmbeddedBroker::start(0).unwrap()),
+            Kafka::Apache => Self::Apache(ApacheKafka::start("outage", 1)),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Self::Tansu(b) => b.bootstrap(),
+            Self::Apache(b) => b.bootstrap(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Self::Tansu(b) => b.stop().unwrap(),
+            Self::Apache(b) => b.kill(1),
+        }
+    }
+
+    fn start_again(&mut self) {
+        match self {
+            Self::Tansu(b) => b.start_again().unwrap(),
+            Self::Apache(b) => b.restart(1),
+        }
+    }
+}
+
 /// Compressed so that a lifecycle spans seconds: faults land while many wait.
 const FAST: f64 = 0.00005;
 
@@ -88,12 +127,11 @@ const CONSUMED: &str = "understudy_messages_consumed_total";
 const EMITTED: &str = "understudy_events_emitted_total";
 const IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
 
-#[actix::test]
-async fn crash_loop_of_ten_kills_loses_nothing() {
+async fn crash_loop_of_ten_kills_loses_nothing(k: Kafka) {
     // Static membership, as for pods with stable names: the restarted instance takes its partitions back
     // at once instead of waiting for the killed one's session to time out.
     let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
-        Setup::new(common::brokers(), 4, FAST, str::to_owned, |s| {
+        Setup::new(k.brokers(), 4, FAST, str::to_owned, |s| {
             s.kafka.group_instance_id = Some(format!("crash-loop-{}", common::suffix()));
         })
         .await;
@@ -154,10 +192,9 @@ async fn crash_loop_of_ten_kills_loses_nothing() {
     );
 }
 
-#[actix::test]
-async fn broker_outage_of_thirty_seconds_loses_nothing() {
+async fn broker_outage_of_thirty_seconds_loses_nothing(k: Kafka) {
     // A broker of this test's own, stopped and started again with its storage kept.
-    let mut broker = EmbeddedBroker::start(0).unwrap();
+    let mut broker = OwnBroker::start(k);
     let mut metrics = None;
     let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } =
         Setup::new(broker.bootstrap(), 4, FAST, str::to_owned, |s| metrics = Some(metrics_on_free_port(s))).await;
@@ -176,7 +213,7 @@ async fn broker_outage_of_thirty_seconds_loses_nothing() {
 
     let outage = Duration::from_secs(30);
     let stored_before = store.totals().await.unwrap().events;
-    broker.stop().unwrap();
+    broker.stop();
     let t = Instant::now();
     let mut emitted_after_5s = None;
     while t.elapsed() < outage {
@@ -189,7 +226,7 @@ async fn broker_outage_of_thirty_seconds_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let emitted_during = scrape(metrics, EMITTED) - emitted_after_5s.unwrap();
-    broker.start_again().unwrap();
+    broker.start_again();
     let back = Instant::now();
     publish(&brokers, input, &batch[n / 2..], None).await.unwrap();
     wait_for_events(&store, expected, Duration::from_secs(300), &mut service).await;
@@ -212,19 +249,23 @@ async fn broker_outage_of_thirty_seconds_loses_nothing() {
     );
 }
 
-#[actix::test]
-async fn store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory() {
+async fn store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory(k: Kafka) {
     let link = Link::start(postgres_addr());
     // Slower lifecycles (seconds to a minute), so that many are in flight when the store goes away; small
     // batches, so that the bounded buffers fill well before the test's payloads run out.
     let mut metrics = None;
-    let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } =
-        Setup::new(common::brokers(), 4, 0.0002, |u| via(u, link.addr()), |s| {
+    let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } = Setup::new(
+        k.brokers(),
+        4,
+        0.0002,
+        |u| via(u, link.addr()),
+        |s| {
             s.store.batch_rows = 500;
             s.service.max_batch = 200;
             metrics = Some(metrics_on_free_port(s));
-        })
-        .await;
+        },
+    )
+    .await;
     let metrics = metrics.unwrap();
 
     let n = 40_000;
@@ -299,17 +340,21 @@ async fn store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory() {
     );
 }
 
-#[actix::test]
-async fn store_ten_times_slower_than_input_holds_memory_and_drops_nothing() {
+async fn store_ten_times_slower_than_input_holds_memory_and_drops_nothing(k: Kafka) {
     let link = Link::start(postgres_addr());
     let mut metrics = None;
-    let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } =
-        Setup::new(common::brokers(), 4, FAST, |u| via(u, link.addr()), |s| {
+    let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } = Setup::new(
+        k.brokers(),
+        4,
+        FAST,
+        |u| via(u, link.addr()),
+        |s| {
             s.store.batch_rows = 500;
             s.service.max_batch = 200;
             metrics = Some(metrics_on_free_port(s));
-        })
-        .await;
+        },
+    )
+    .await;
     let metrics = metrics.unwrap();
 
     let n = 30_000;
@@ -368,10 +413,9 @@ async fn store_ten_times_slower_than_input_holds_memory_and_drops_nothing() {
     );
 }
 
-#[actix::test]
-async fn rebalance_one_three_one_resumes_at_original_due_times() {
+async fn rebalance_one_three_one_resumes_at_original_due_times(k: Kafka) {
     let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
-        Setup::new(common::brokers(), 6, FAST, str::to_owned, |s| s.telemetry.metrics_addr = None).await;
+        Setup::new(k.brokers(), 6, FAST, str::to_owned, |s| s.telemetry.metrics_addr = None).await;
 
     let n = 30_000;
     let batch = sample_batch(&common::suffix(), n);
@@ -489,10 +533,9 @@ fn corrupted(kind: &str, i: usize, good: &SampleMessage) -> SampleMessage {
     SampleMessage { payload_id: id, channel: good.channel, body, headers }
 }
 
-#[actix::test]
-async fn bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed() {
+async fn bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed(k: Kafka) {
     let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } =
-        Setup::new(common::brokers(), 4, FAST, str::to_owned, |s| {
+        Setup::new(k.brokers(), 4, FAST, str::to_owned, |s| {
             s.input.max_message_bytes = 64 * 1024;
             s.telemetry.metrics_addr = None;
         })
@@ -633,3 +676,13 @@ async fn diagnose(url: &str, brokers: &str, settings: &Settings, batch: &[Sample
         eprintln!("DIAG missing {k} at {p}/{o}");
     }
 }
+
+crate::on_both_brokers!(
+    actix::test,
+    crash_loop_of_ten_kills_loses_nothing,
+    broker_outage_of_thirty_seconds_loses_nothing,
+    store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory,
+    store_ten_times_slower_than_input_holds_memory_and_drops_nothing,
+    rebalance_one_three_one_resumes_at_original_due_times,
+    bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed
+);

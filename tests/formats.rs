@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use understudy::actors::emitter::{ACK_HEADER, EVENT_ID_HEADER, EVENT_IDS_HEADER, STATUS_HEADER};
-use understudy::formats::sendgrid_event_name;
 use understudy::demo::{SampleMessage, publish, read_topic};
+use understudy::formats::sendgrid_event_name;
 use understudy::model::{Channel, Status};
 use understudy::scenario::Scenario;
 
@@ -20,8 +22,7 @@ fn msg(id: String, channel: Channel, tenant: &str, recipient: &str) -> SampleMes
     SampleMessage { payload_id: id, channel, body: serde_json::to_vec(&body).unwrap(), headers: vec![] }
 }
 
-#[actix::test]
-async fn vendor_formats_read_back_with_the_vendors_field_names() {
+async fn vendor_formats_read_back_with_the_vendors_field_names(k: Kafka) {
     let formats = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/formats");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("formats.yaml");
@@ -36,7 +37,7 @@ async fn vendor_formats_read_back_with_the_vendors_field_names() {
     }
     std::fs::write(&path, text).unwrap();
     let common::Running { settings, store, brokers, pipeline } =
-        common::start(Arc::new(Scenario::load(&path).unwrap())).await;
+        common::start(k, Arc::new(Scenario::load(&path).unwrap())).await;
 
     let run = common::suffix();
     let mut batch = Vec::new();
@@ -191,3 +192,5 @@ async fn vendor_formats_read_back_with_the_vendors_field_names() {
     assert_eq!(kind("template").count() + kind("native").count(), 80);
     store.close().await;
 }
+
+crate::on_both_brokers!(actix::test, vendor_formats_read_back_with_the_vendors_field_names);

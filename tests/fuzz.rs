@@ -23,8 +23,17 @@ fn decode(
     headers: &[(String, Vec<u8>)],
 ) -> Result<understudy::model::Outbound, understudy::kafka::decode::Rejection> {
     let headers = headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice()))).collect();
-    decoder()
-        .decode(&RawRecord { topic: Arc::from("t"), partition: 0, offset: 0, payload: Some(body), headers }, Utc::now())
+    decoder().decode(
+        &RawRecord {
+            topic: Arc::from("t"),
+            topic_id: Arc::from("c/t"),
+            partition: 0,
+            offset: 0,
+            payload: Some(body),
+            headers,
+        },
+        Utc::now(),
+    )
 }
 
 /// JSON values built from the fields the decoder looks at, with hostile contents.

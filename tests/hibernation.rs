@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,16 +32,15 @@ channels:
     paths: [ { name: read, weight: 1, steps: [SEND, DELIVERY, READ] } ]
 "#;
 
-#[actix::test]
-async fn sleeping_lifecycles_wake_in_time_and_finish() {
+async fn sleeping_lifecycles_wake_in_time_and_finish(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sleepy.yaml");
     std::fs::write(&path, SCENARIO).unwrap();
     let scenario = Arc::new(Scenario::load(&path).expect("valid scenario"));
     let url = common::postgres_url().await;
-    let mut settings = common::settings(&url, 2);
+    let mut settings = common::settings(k, &url, 2);
     settings.service.hibernate_after_ms = 1000;
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let store = Store::connect(&url, 2).await.unwrap();
     let pipeline = Pipeline::start(&settings, scenario.clone(), &brokers).await.expect("pipeline starts");
 
@@ -78,3 +79,5 @@ async fn sleeping_lifecycles_wake_in_time_and_finish() {
     assert!(median < 50, "median emission lag of woken lifecycles is {median} ms");
     store.close().await;
 }
+
+crate::on_both_brokers!(actix::test, sleeping_lifecycles_wake_in_time_and_finish);

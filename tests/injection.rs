@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,14 +74,13 @@ fn near(n: usize, total: usize, p: f64) -> bool {
     (n as f64 - total as f64 * p).abs() <= 5.0 * sd + 1.0
 }
 
-#[actix::test]
-async fn injected_faults_shape_the_acks_and_are_marked_in_the_store() {
+async fn injected_faults_shape_the_acks_and_are_marked_in_the_store(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("faults.yaml");
     std::fs::write(&path, SCENARIO).unwrap();
     let loaded = chrono::Utc::now();
     let scenario = Arc::new(Scenario::load(&path).unwrap());
-    let common::Running { settings, store, brokers, pipeline } = common::start(scenario.clone()).await;
+    let common::Running { settings, store, brokers, pipeline } = common::start(k, scenario.clone()).await;
 
     let run = common::suffix();
     let id = |kind: &str, i: usize| format!("{run}-{kind}-{i}");
@@ -240,3 +241,5 @@ async fn injected_faults_shape_the_acks_and_are_marked_in_the_store() {
     assert_eq!(event_faults["throttled"] as usize, throttled.len());
     store.close().await;
 }
+
+crate::on_both_brokers!(actix::test, injected_faults_shape_the_acks_and_are_marked_in_the_store);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,9 +38,9 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-async fn load_run_correlate_report_and_gate(store_url: String) {
+async fn load_run_correlate_report_and_gate(k: Kafka, store_url: String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::settings(&store_url, 3);
+    let mut settings = common::settings(k, &store_url, 3);
     settings.scenario.path = scenario_path("happy-path.yaml");
     let config = common::write_config(dir.path(), &settings);
     let config = config.to_str().unwrap();
@@ -78,8 +80,7 @@ async fn load_run_correlate_report_and_gate(store_url: String) {
     assert_eq!(delivered, 2000);
 
     // The outbound topic holds exactly the run's messages, with their ids and intended send times.
-    let records =
-        read_topic(&common::brokers(), &settings.kafka.input_topics[0], 2000, Duration::from_secs(5)).unwrap();
+    let records = read_topic(&k.brokers(), &settings.kafka.input_topics[0], 2000, Duration::from_secs(5)).unwrap();
     assert_eq!(records.len(), 2000);
     let sent: HashSet<String> = records.iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
     assert_eq!(sent, ids);
@@ -141,21 +142,18 @@ async fn load_run_correlate_report_and_gate(store_url: String) {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&run));
 }
 
-#[tokio::test]
-async fn load_run_on_postgres() {
-    load_run_correlate_report_and_gate(common::postgres_url().await).await;
+async fn load_run_on_postgres(k: Kafka) {
+    load_run_correlate_report_and_gate(k, common::postgres_url().await).await;
 }
 
-#[tokio::test]
-async fn load_run_on_sqlite() {
+async fn load_run_on_sqlite(k: Kafka) {
     let (url, _dir) = common::sqlite_url();
-    load_run_correlate_report_and_gate(url).await;
+    load_run_correlate_report_and_gate(k, url).await;
 }
 
 /// Acks in vendor formats (a SendGrid batch for email, Twilio callbacks for SMS, WhatsApp Cloud API
 /// webhooks) are correlated by the headers Understudy puts on them: every planned ack found, none lost.
-#[tokio::test]
-async fn load_run_correlates_vendor_formats() {
+async fn load_run_correlates_vendor_formats(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     let text = std::fs::read_to_string(scenario_path("happy-path.yaml")).unwrap();
@@ -166,7 +164,7 @@ async fn load_run_correlates_vendor_formats() {
     assert_eq!(text.matches("ack_format").count(), 3, "the shipped scenario changed shape");
     let scenario_file = dir.path().join("vendors.yaml");
     std::fs::write(&scenario_file, &text).unwrap();
-    let mut settings = common::settings(&url, 3);
+    let mut settings = common::settings(k, &url, 3);
     settings.scenario.path = scenario_file.clone();
     let config = common::write_config(dir.path(), &settings);
     let run = format!("v-{}", common::suffix());
@@ -194,8 +192,7 @@ async fn load_run_correlates_vendor_formats() {
 /// Lost payloads told apart with the scenario: email's acks are all dropped (injected), SMS's DELIVERY is
 /// due a minute after the send (after the wait ends), WhatsApp's arrive. Nothing is lost for real, so a
 /// `lost_real == 0` gate passes where `lost == 0` fails.
-#[tokio::test]
-async fn lost_payloads_are_told_apart_by_the_scenario() {
+async fn lost_payloads_are_told_apart_by_the_scenario(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     let fixed = |v: &str| format!("{{ dist: fixed, value: {v} }}");
@@ -214,7 +211,7 @@ async fn lost_payloads_are_told_apart_by_the_scenario() {
     );
     let scenario_file = dir.path().join("lost.yaml");
     std::fs::write(&scenario_file, text).unwrap();
-    let mut settings = common::settings(&url, 3);
+    let mut settings = common::settings(k, &url, 3);
     settings.scenario.path = scenario_file;
     let config = common::write_config(dir.path(), &settings);
     let run = format!("l-{}", common::suffix());
@@ -239,12 +236,11 @@ async fn lost_payloads_are_told_apart_by_the_scenario() {
 
 /// The mock stops part way through: the payloads sent after it stopped get no outcome and are lost,
 /// listed by id, and a `lost == 0` gate fails by their number.
-#[actix::test]
-async fn payloads_without_an_outcome_are_lost() {
+async fn payloads_without_an_outcome_are_lost(k: Kafka) {
     let (url, _dir) = common::sqlite_url();
-    let settings = common::settings(&url, 3);
+    let settings = common::settings(k, &url, 3);
     let scenario = Arc::new(common::scenario("happy-path.yaml", 0.0001));
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let _store = Store::connect(&url, 2).await.unwrap(); // migrated before the mock starts
     let pipeline = Pipeline::start(&settings, scenario, &brokers).await.unwrap();
     common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
@@ -361,8 +357,7 @@ fn sms_scenario(dir: &Path, name: &str, seed: u64, delivery: &str) -> PathBuf {
 
 /// `compare` finds the real difference between a fast and a slow vendor, and none between two runs of the
 /// same slow vendor with different seeds.
-#[tokio::test]
-async fn compare_tells_a_real_difference_from_noise() {
+async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     // Two seconds of vendor time: well above what the mock itself adds, which varies with the machine's load.
@@ -376,7 +371,7 @@ async fn compare_tells_a_real_difference_from_noise() {
     let mut ids = Vec::new();
     for (name, scenario) in &runs {
         // Each run its own topics and group, one store.
-        let mut settings = common::settings(&url, 3);
+        let mut settings = common::settings(k, &url, 3);
         settings.scenario.path = scenario.clone();
         let run_dir = dir.path().join(name);
         std::fs::create_dir_all(&run_dir).unwrap();
@@ -453,16 +448,13 @@ async fn compare_tells_a_real_difference_from_noise() {
 
 /// Two generator processes join one run: each sends its share under its own payload ids, and `report`
 /// merges their counts and histograms.
-#[actix::test]
-async fn generator_processes_of_one_run_merge() {
+async fn generator_processes_of_one_run_merge(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let url = common::postgres_url().await;
-    let settings = common::settings(&url, 3);
+    let settings = common::settings(k, &url, 3);
     let _store = Store::connect(&url, 2).await.unwrap();
     let pipeline =
-        Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &common::brokers())
-            .await
-            .unwrap();
+        Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &k.brokers()).await.unwrap();
     common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
         (pipeline.owned_partitions() == 3).then_some(())
     })
@@ -537,3 +529,14 @@ fn repeated_mock_runs_on_the_embedded_broker_share_a_store() {
         assert_eq!((summary["sent"].as_u64(), summary["resolved"].as_u64()), (Some(1000), Some(1000)));
     }
 }
+
+crate::on_both_brokers!(
+    actix::test,
+    load_run_on_postgres,
+    load_run_on_sqlite,
+    load_run_correlates_vendor_formats,
+    lost_payloads_are_told_apart_by_the_scenario,
+    payloads_without_an_outcome_are_lost,
+    compare_tells_a_real_difference_from_noise,
+    generator_processes_of_one_run_merge
+);

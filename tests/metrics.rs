@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -19,13 +21,13 @@ fn scrape(port: u16) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
-#[actix::test]
-async fn exporter_serves_every_metric() {
+async fn exporter_serves_every_metric(k: Kafka) {
     let (url, dir) = common::sqlite_url();
-    let mut settings = common::settings(&url, 2);
+    let mut settings = common::settings(k, &url, 2);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     settings.telemetry.metrics_addr = Some(([127, 0, 0, 1], port).into());
     let config = common::write_config(dir.path(), &settings);
+    let brokers = k.brokers();
     let k = &settings.kafka;
     let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/zero-delay.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
@@ -38,12 +40,18 @@ async fn exporter_serves_every_metric() {
         .spawn()
         .unwrap();
     let mut batch = sample_batch(&common::suffix(), 300);
-    batch.push(SampleMessage { payload_id: "bad".into(), channel: Channel::Sms, body: b"not json".to_vec(), headers: vec![] });
-    publish(&common::brokers(), &k.input_topics[0], &batch, None).await.unwrap();
+    batch.push(SampleMessage {
+        payload_id: "bad".into(),
+        channel: Channel::Sms,
+        body: b"not json".to_vec(),
+        headers: vec![],
+    });
+    publish(&brokers, &k.input_topics[0], &batch, None).await.unwrap();
 
     let body = common::eventually(Duration::from_secs(60), "acks and the dead letter counted", || async {
         let b = scrape(port)?;
-        (b.contains("understudy_events_emitted_total") && b.contains("understudy_messages_dead_lettered_total")
+        (b.contains("understudy_events_emitted_total")
+            && b.contains("understudy_messages_dead_lettered_total")
             && b.contains("understudy_offsets_committed_total"))
         .then_some(b)
     })
@@ -71,7 +79,12 @@ async fn exporter_serves_every_metric() {
     assert!(body.contains(r#"understudy_messages_dead_lettered_total{reason="not_json"} 1"#), "{body}");
     assert!(!body.contains("example.com") && !body.contains("+1555"), "no recipients in metrics");
     let run = batch[0].payload_id.split('-').next().unwrap();
-    assert!(!body.contains(run) && !body.contains("Ada") && !body.contains("welcome"), "no payload ids or content in metrics");
+    assert!(
+        !body.contains(run) && !body.contains("Ada") && !body.contains("welcome"),
+        "no payload ids or content in metrics"
+    );
     // Kept for `promtool check metrics` in CI.
     std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics.txt"), &body).unwrap();
 }
+
+crate::on_both_brokers!(actix::test, exporter_serves_every_metric);

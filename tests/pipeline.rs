@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Kafka;
 use understudy::actors::consumer::{DLQ_KIND_HEADER, DLQ_REASON_HEADER};
 use understudy::actors::pipeline::Pipeline;
 use understudy::demo::{SampleMessage, publish, read_topic, sample_batch};
@@ -25,19 +26,35 @@ fn bad_messages() -> Vec<(SampleMessage, &'static str)> {
     vec![
         (msg("bad-json", b"{\"payload_id\": \"x\", ".to_vec()), "not_json"),
         (msg("bad-missing", br#"{"batch_id":"b","channel":"sms","recipient":"+1"}"#.to_vec()), "missing_field"),
-        (msg("bad-channel", br#"{"payload_id":"p","batch_id":"b","channel":"fax","recipient":"r"}"#.to_vec()), "unknown_channel"),
+        (
+            msg("bad-channel", br#"{"payload_id":"p","batch_id":"b","channel":"fax","recipient":"r"}"#.to_vec()),
+            "unknown_channel",
+        ),
         (msg("bad-utf8", vec![b'{', 0xff, 0xfe, b'}']), "not_utf8"),
-        (msg("bad-large", format!(r#"{{"payload_id":"big","batch_id":"b","channel":"sms","recipient":"r","pad":"{}"}}"#, "x".repeat(5000)).into_bytes()), "too_large"),
-        (msg("bad-type", br#"{"payload_id":["a"],"batch_id":"b","channel":"sms","recipient":"r"}"#.to_vec()), "wrong_type"),
+        (
+            msg(
+                "bad-large",
+                format!(
+                    r#"{{"payload_id":"big","batch_id":"b","channel":"sms","recipient":"r","pad":"{}"}}"#,
+                    "x".repeat(5000)
+                )
+                .into_bytes(),
+            ),
+            "too_large",
+        ),
+        (
+            msg("bad-type", br#"{"payload_id":["a"],"batch_id":"b","channel":"sms","recipient":"r"}"#.to_vec()),
+            "wrong_type",
+        ),
     ]
 }
 
-async fn end_to_end(store_url: String) {
-    let mut settings = common::settings(&store_url, 3);
+async fn end_to_end(k: Kafka, store_url: String) {
+    let mut settings = common::settings(k, &store_url, 3);
     settings.input.max_message_bytes = 4096;
     let scenario = Arc::new(common::scenario("default.yaml", 0.00002));
     let store = Store::connect(&store_url, 2).await.expect("store");
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let pipeline = Pipeline::start(&settings, scenario.clone(), &brokers).await.expect("pipeline starts");
 
     let run = common::suffix();
@@ -133,7 +150,8 @@ async fn end_to_end(store_url: String) {
     for (m, kind) in &bad {
         let rec = dlq.iter().find(|r| r.key.as_deref() == Some(m.payload_id.as_bytes())).expect("in DLQ");
         assert_eq!(rec.payload, m.body, "original bytes untouched");
-        let header = |k: &str| rec.headers.iter().find(|(h, _)| h == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let header =
+            |k: &str| rec.headers.iter().find(|(h, _)| h == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(header(DLQ_KIND_HEADER).as_deref(), Some(*kind));
         assert!(!header(DLQ_REASON_HEADER).unwrap_or_default().is_empty());
         assert_eq!(header("x-origin").as_deref(), Some("platform"), "original headers kept");
@@ -141,30 +159,28 @@ async fn end_to_end(store_url: String) {
     store.close().await;
 }
 
-#[actix::test]
-async fn end_to_end_on_postgres() {
-    end_to_end(common::postgres_url().await).await;
+async fn end_to_end_on_postgres(k: Kafka) {
+    end_to_end(k, common::postgres_url().await).await;
 }
 
-#[actix::test]
-async fn end_to_end_on_sqlite() {
+async fn end_to_end_on_sqlite(k: Kafka) {
     let (url, _dir) = common::sqlite_url();
-    end_to_end(url).await;
+    end_to_end(k, url).await;
 }
 
 /// Two instances in one consumer group split the partitions and together store every event once.
-#[actix::test]
-async fn two_instances_share_the_work_exactly_once() {
+async fn two_instances_share_the_work_exactly_once(k: Kafka) {
     let url = common::postgres_url().await;
-    let settings = common::settings(&url, 6);
+    let settings = common::settings(k, &url, 6);
     let scenario = Arc::new(common::scenario("default.yaml", 0.00002));
     let store = Store::connect(&url, 2).await.unwrap();
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let a = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
     let b = Pipeline::start(&settings, scenario.clone(), &brokers).await.unwrap();
     // Let the group settle so both members own partitions before the batch arrives.
     common::eventually(Duration::from_secs(30), "both instances own partitions", || async {
-        (a.owned_partitions() > 0 && b.owned_partitions() > 0 && a.owned_partitions() + b.owned_partitions() == 6).then_some(())
+        (a.owned_partitions() > 0 && b.owned_partitions() > 0 && a.owned_partitions() + b.owned_partitions() == 6)
+            .then_some(())
     })
     .await;
 
@@ -187,6 +203,16 @@ async fn two_instances_share_the_work_exactly_once() {
     assert_eq!(totals.events as usize, expected, "every event stored exactly once");
     assert_eq!(store.unfinished_count().await.unwrap(), 0);
     let acks = read_topic(&brokers, &settings.kafka.ack_topic, expected, Duration::from_secs(10)).unwrap();
-    let ids: HashSet<Vec<u8>> = acks.iter().filter_map(|r| r.headers.iter().find(|(k, _)| k == "understudy-event-id").map(|(_, v)| v.clone())).collect();
+    let ids: HashSet<Vec<u8>> = acks
+        .iter()
+        .filter_map(|r| r.headers.iter().find(|(k, _)| k == "understudy-event-id").map(|(_, v)| v.clone()))
+        .collect();
     assert_eq!(ids.len(), expected);
 }
+
+crate::on_both_brokers!(
+    actix::test,
+    end_to_end_on_postgres,
+    end_to_end_on_sqlite,
+    two_instances_share_the_work_exactly_once
+);

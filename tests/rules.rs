@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Kafka;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,10 +160,9 @@ fn messages(run: &str) -> Vec<(SampleMessage, Want)> {
     out
 }
 
-#[actix::test]
-async fn rules_and_magic_recipients_shape_the_acks() {
+async fn rules_and_magic_recipients_shape_the_acks(k: Kafka) {
     let scenario = Arc::new(common::scenario("rules.yaml", 0.0002));
-    let common::Running { settings, store, brokers, pipeline } = common::start(scenario.clone()).await;
+    let common::Running { settings, store, brokers, pipeline } = common::start(k, scenario.clone()).await;
 
     let run = common::suffix();
     let cases = messages(&run);
@@ -270,17 +271,16 @@ fn tenant_msg(id: String, channel: Channel, tenant: Option<&str>, by_header: boo
 /// store: each payload is acked by the instance that serves its tenant, by that tenant's scenario file
 /// (`scenario:` rules of `scenarios/tenants.yaml`), with the tenant on the ack; the others are skipped and
 /// committed by each instance, not left behind.
-#[actix::test]
-async fn tenants_share_one_kafka_without_seeing_each_other() {
+async fn tenants_share_one_kafka_without_seeing_each_other(k: Kafka) {
     let (url_a, url_b) = (common::postgres_url().await, common::postgres_url().await);
-    let mut a = common::settings(&url_a, 3);
+    let mut a = common::settings(k, &url_a, 3);
     a.input.tenants = vec!["payments".into(), "marketing-*".into()];
     let mut b = a.clone();
     b.store.url = Some(url_b.clone());
     b.kafka.group_id = format!("{}-b", a.kafka.group_id);
     b.input.tenants = vec!["shop".into()];
     let scenario = Arc::new(common::scenario("tenants.yaml", 0.0002));
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let (store_a, store_b) = (Store::connect(&url_a, 2).await.unwrap(), Store::connect(&url_b, 2).await.unwrap());
     let pa = Pipeline::start(&a, scenario.clone(), &brokers).await.unwrap();
     let pb = Pipeline::start(&b, scenario.clone(), &brokers).await.unwrap();
@@ -375,19 +375,7 @@ async fn tenants_share_one_kafka_without_seeing_each_other() {
 
 /// Sum of the group's committed offsets over the topic's partitions.
 fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    committed.elements().iter().map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+    common::committed_offsets(brokers, group, topic, partitions).iter().sum()
 }
 
 /// Replace a file at once, the way a ConfigMap mount changes (write aside, then rename).
@@ -400,20 +388,19 @@ fn replace_file(path: &std::path::Path, text: &str) {
 /// The scenario file is edited during a run: a valid new version plans the messages that come after it
 /// (and is stored with them), lifecycles planned before keep their plan, and an invalid version is
 /// rejected while the running one stays.
-#[actix::test]
-async fn scenario_file_edited_during_a_run() {
+async fn scenario_file_edited_during_a_run(k: Kafka) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("live.yaml");
     let v1_text = "name: live\nseed: 5\nchannels:\n  email:\n    delays:\n      SEND: { dist: fixed, value: 10ms }\n      DELIVERY: { dist: fixed, value: 4s }\n    paths:\n      - { name: delivered, weight: 1, steps: [SEND, DELIVERY] }\n";
     let v2_text = "name: live\nseed: 5\nchannels:\n  email:\n    delays:\n      REJECT: { dist: fixed, value: 10ms }\n    paths:\n      - { name: rejected, weight: 1, steps: [REJECT] }\n";
     std::fs::write(&path, v1_text).unwrap();
     let url = common::postgres_url().await;
-    let mut settings = common::settings(&url, 3);
+    let mut settings = common::settings(k, &url, 3);
     settings.scenario.reload_interval_ms = 100;
     let v1 = understudy::scenario::Scenario::load(&path).unwrap();
     let v1_version = v1.version().to_string();
     let store = Store::connect(&url, 2).await.unwrap();
-    let brokers = common::brokers();
+    let brokers = k.brokers();
     let pipeline = Pipeline::start(&settings, Arc::new(v1), &brokers).await.unwrap();
     let topic = &settings.kafka.input_topics[0];
     let run = common::suffix();
@@ -489,3 +476,10 @@ async fn pipeline_reloads(store: &Store) -> Vec<(String, String)> {
         .await
         .unwrap()
 }
+
+crate::on_both_brokers!(
+    actix::test,
+    rules_and_magic_recipients_shape_the_acks,
+    tenants_share_one_kafka_without_seeing_each_other,
+    scenario_file_edited_during_a_run
+);

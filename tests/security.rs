@@ -58,7 +58,8 @@ fn kafka_sasl_and_ssl_settings_reach_librdkafka() {
 async fn secrets_stay_out_of_logs_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     // A store that refuses the password, and Kafka credentials: neither secret may be printed.
-    let mut settings = common::settings("postgres://understudy:Pa55-store-secret@127.0.0.1:5432/nope", 1);
+    let mut settings =
+        common::settings(common::Kafka::Tansu, "postgres://understudy:Pa55-store-secret@127.0.0.1:5432/nope", 1);
     settings.kafka.librdkafka.insert("sasl.password".into(), "Pa55-kafka-secret".into());
     settings.kafka.librdkafka.insert("sasl.username".into(), "understudy".into());
     let config = common::write_config(dir.path(), &settings);

@@ -17,13 +17,21 @@ fn message(i: usize, channel: Channel) -> PlannedMessage {
     let plan = scenario.plan(channel, &payload_id).expect("channel in scenario");
     PlannedMessage {
         outbound: Outbound {
-            source: SourcePosition { topic: "store.outbound".into(), partition: (i % 3) as i32, offset: i as i64 },
+            source: SourcePosition {
+                topic: "store.outbound".into(),
+                topic_id: "cluster/topic".into(),
+                partition: (i % 3) as i32,
+                offset: i as i64,
+            },
             payload_id: payload_id.into(),
             batch_id: format!("batch-{}", i % 2).into(),
             channel,
             recipient: format!("user{i}@example.com").into(),
             tenant_id: (i % 2 == 0).then(|| "acme".into()),
-            headers: vec![("traceparent".into(), format!("00-{i:032x}-{i:016x}-01").into_bytes()), ("bin".into(), vec![0xff, i as u8])],
+            headers: vec![
+                ("traceparent".into(), format!("00-{i:032x}-{i:016x}-01").into_bytes()),
+                ("bin".into(), vec![0xff, i as u8]),
+            ],
             rule_headers: Vec::new(),
             body: format!(r#"{{"payload_id":"pay-{i}","n":{i}}}"#).into_bytes(),
             received_at: Utc.timestamp_micros(1_700_000_000_000_000 + i as i64 * 1_001).unwrap(),
@@ -68,7 +76,8 @@ async fn exactly_once_and_faithful(store: Store) {
     store.migrate().await.unwrap();
     let scenario_name: Arc<str> = "failure-heavy".into();
     let planned: Vec<PlannedMessage> = (0..300).map(|i| message(i, Channel::ALL[i % 3])).collect();
-    let rows: Vec<MessageRow> = planned.iter().map(|m| MessageRow::new(&mut m.clone(), &scenario_name, &"v1".into())).collect();
+    let rows: Vec<MessageRow> =
+        planned.iter().map(|m| MessageRow::new(&mut m.clone(), &scenario_name, &"v1".into())).collect();
     // All but the last step of every lifecycle: every message is unfinished.
     let all_events: Vec<Vec<EventRow>> = planned.iter().map(events).collect();
     let first: Vec<EventRow> = all_events.iter().flat_map(|e| e[..e.len() - 1].to_vec()).collect();
@@ -82,8 +91,12 @@ async fn exactly_once_and_faithful(store: Store) {
     assert_eq!(ids, first.iter().map(|e| e.event.event_id.to_string()).collect::<HashSet<_>>());
 
     // Every message of partition 1 reads back as it was planned, minus what lifecycles do not need.
-    let pending = store.pending("store.outbound", 1).await.unwrap();
+    let pending = store.pending("store.outbound", "cluster/topic", 1).await.unwrap();
     assert_eq!(pending.len(), 100);
+    // Another incarnation of the topic (created again, offsets from 0) has none of them.
+    assert!(store.pending("store.outbound", "cluster/other", 1).await.unwrap().is_empty());
+    assert!(store.stored_offsets("store.outbound", "cluster/other", 1, 0).await.unwrap().is_empty());
+    assert_eq!(store.stored_offsets("store.outbound", "cluster/topic", 1, 0).await.unwrap().len(), 100);
     for p in &pending {
         let original = &planned[p.message.outbound.source.offset as usize];
         let (a, b) = (&p.message.outbound, &original.outbound);

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
 use super::persister::{PersistMessages, Persister};
+use super::supervisor::{StageGuard, StopStage};
 use crate::kafka::offsets::Claim;
 use crate::model::{Channel, Outbound, PlannedMessage};
 use crate::scenario::{MessageView, Scenario};
@@ -50,6 +51,7 @@ pub struct ChannelActor {
     persister: Addr<Persister>,
     stats: Arc<ChannelStats>,
     sleepers: Rc<Sleepers>,
+    _guard: StageGuard,
 }
 
 impl ChannelActor {
@@ -58,9 +60,10 @@ impl ChannelActor {
         persister: Addr<Persister>,
         shared: Arc<LifecycleShared>,
         stats: Arc<ChannelStats>,
+        guard: StageGuard,
     ) -> Self {
         let sleepers = Sleepers::new(shared);
-        Self { channel, persister, stats, sleepers }
+        Self { channel, persister, stats, sleepers, _guard: guard }
     }
 
     fn start_lifecycle(&mut self, message: PlannedMessage, skip: Option<HashSet<Uuid>>, claim: Claim) {
@@ -92,7 +95,9 @@ impl Handler<Dispatch> for ChannelActor {
         // Lifecycles already planned keep their plans, whatever version runs now.
         let scenario = msg.scenario;
         for (claim, outbound) in msg.batch {
-            let Some(plan) = scenario.plan_for(&MessageView::of(&outbound)) else { continue };
+            let Some(plan) = scenario.plan_for(&MessageView::of(&outbound)) else {
+                continue;
+            };
             let mut pm = PlannedMessage { outbound, plan };
             rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));
             planned.push((claim, pm));
@@ -114,6 +119,13 @@ impl Handler<Dispatch> for ChannelActor {
                 }
             }),
         ))
+    }
+}
+
+impl Handler<StopStage> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: StopStage, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 

@@ -303,7 +303,9 @@ impl Emitter {
     /// Produce one event now if the producer has room; otherwise hand the event back (then
     /// [`Emitter::emit`] waits for room). The caller has set `emitted_at`.
     pub fn try_emit(&self, event: AckEvent, envelope: &Envelope) -> Result<(), AckEvent> {
-        let Ok(permit) = self.room.try_acquire() else { return Err(event) };
+        let Ok(permit) = self.room.try_acquire() else {
+            return Err(event);
+        };
         if let Some(b) = envelope.format.batching() {
             permit.forget();
             self.add_to_batch(event, envelope, b);
@@ -451,7 +453,9 @@ pub async fn forward_deliveries(
     batch: usize,
     unforwarded: Arc<AtomicI64>,
     room: Arc<Semaphore>,
+    guard: super::supervisor::StageGuard,
 ) {
+    let _guard = guard;
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         let rows = std::mem::replace(&mut buf, Vec::with_capacity(batch));

@@ -7,3 +7,4 @@ pub mod emitter;
 pub mod lifecycle;
 pub mod persister;
 pub mod pipeline;
+pub mod supervisor;

@@ -1,9 +1,18 @@
 //! The persister: buffers message and event rows and writes them in batches, on size or on time.
 //!
-//! Up to three writes (one on SQLite) run at once. While all of them are under way the actor takes no new
-//! rows (`ctx.wait`), so a slow or unavailable store fills its mailbox and slows everything upstream
-//! instead of growing memory. A failed write is retried
-//! until it succeeds; nothing is dropped. Offsets of messages become committable only after their write.
+//! # Durability contract
+//! - Every row handed over ([`PersistMessages`], [`PersistEvents`]) is written exactly once as far as the
+//!   store can tell (a repeated row is skipped by the store's keys), in a batch that starts when the
+//!   buffer holds `batch_rows` rows or at the next `flush_interval`, whichever comes first.
+//! - A failed write is retried until it succeeds; nothing is dropped while the store is away.
+//! - The offsets of a batch's messages become committable ([`OffsetTracker::done_many`]) only after the
+//!   batch's transaction committed.
+//! - [`Flush`] answers only when every row handed over before it is durable: it writes what is buffered
+//!   and awaits that write itself, then waits until every earlier write has finished. By construction,
+//!   not by the order in which actix polls its waiting futures.
+//! - Up to three writes (one on SQLite) run at once. While all of them are under way the actor takes no
+//!   new rows, so a slow or unavailable store fills its mailbox and slows everything upstream instead of
+//!   growing memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::supervisor::{StageGuard, StopStage};
 use crate::kafka::offsets::OffsetTracker;
 use crate::store::{EventRow, MessageRow, Store};
 use crate::telemetry;
@@ -50,6 +60,8 @@ pub struct Persister {
     /// One permit per concurrent write.
     slots: Arc<tokio::sync::Semaphore>,
     concurrency: usize,
+    /// Fails the pipeline when the persister stops while it runs.
+    _guard: Option<StageGuard>,
 }
 
 impl Persister {
@@ -69,7 +81,14 @@ impl Persister {
             batch_rows,
             flush_interval,
             stats: Arc::default(),
+            _guard: None,
         }
+    }
+
+    /// Supervised: stopping outside a shutdown fails the pipeline.
+    pub fn supervised(mut self, guard: StageGuard) -> Self {
+        self._guard = Some(guard);
+        self
     }
 
     pub fn stats(&self) -> Arc<PersisterStats> {
@@ -80,28 +99,44 @@ impl Persister {
         self.messages.len() + self.events.len()
     }
 
+    /// The buffered rows, handed out whole; the next batch gets buffers of full size at once rather than
+    /// growing (and copying) its way there.
+    fn take_buffers(&mut self) -> (Vec<MessageRow>, Vec<EventRow>) {
+        (
+            std::mem::replace(&mut self.messages, Vec::with_capacity(self.batch_rows)),
+            std::mem::replace(&mut self.events, Vec::with_capacity(self.batch_rows)),
+        )
+    }
+
+    /// One batch's write, to run holding a write slot: written (retried until it succeeds), then its
+    /// messages' offsets released.
+    fn write_batch(&self, messages: Vec<MessageRow>, events: Vec<EventRow>) -> impl Future<Output = ()> + 'static {
+        let (store, stats, tracker) = (self.store.clone(), self.stats.clone(), self.tracker.clone());
+        async move {
+            write_until_done(&store, &stats, &messages, &events).await;
+            tracker.done_many(messages.iter().map(|m| (&*m.topic, m.partition, m.offset)));
+        }
+    }
+
     /// Hand the buffers to a writer. Up to `concurrency` writes run at once; when all are busy the actor
     /// waits for a free one and takes no new rows meanwhile (backpressure).
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.buffered() == 0 {
             return;
         }
-        // The next batch gets buffers of full size at once rather than growing (and copying) its way there.
-        let messages = std::mem::replace(&mut self.messages, Vec::with_capacity(self.batch_rows));
-        let events = std::mem::replace(&mut self.events, Vec::with_capacity(self.batch_rows));
+        let (messages, events) = self.take_buffers();
+        let write = self.write_batch(messages, events);
         let slots = self.slots.clone();
         let wait_started = Instant::now();
         ctx.wait(async move { slots.acquire_owned().await.expect("never closed") }.into_actor(self).map(
-            move |slot, act, _| {
+            move |slot, _, _| {
                 if wait_started.elapsed() > Duration::from_millis(1) {
                     telemetry::backpressure("store", wait_started.elapsed());
                 }
-                let (store, stats, tracker) = (act.store.clone(), act.stats.clone(), act.tracker.clone());
                 // A task of its own, not an actor item: items are not polled while the actor waits for
                 // a slot, and the slot is freed by this very write.
                 actix::spawn(async move {
-                    write_until_done(&store, &stats, &messages, &events).await;
-                    tracker.done_many(messages.iter().map(|m| (&*m.topic, m.partition, m.offset)));
+                    write.await;
                     drop(slot);
                 });
             },
@@ -172,17 +207,147 @@ impl Handler<PersistEvents> for Persister {
     }
 }
 
+impl Handler<StopStage> for Persister {
+    type Result = ();
+    fn handle(&mut self, _: StopStage, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Flush> for Persister {
     type Result = AtomicResponse<Self, ()>;
-    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
-        self.flush(ctx);
-        // Answered once every write, this one included, is durable: all slots free again.
-        let (slots, n) = (self.slots.clone(), self.concurrency);
+    /// Writes what is buffered and answers once it, and every write before it, is durable. Atomic: no
+    /// other message is handled meanwhile.
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        let write = (self.buffered() > 0).then(|| {
+            let (messages, events) = self.take_buffers();
+            self.write_batch(messages, events)
+        });
+        let (slots, n) = (self.slots.clone(), self.concurrency as u32);
         AtomicResponse::new(Box::pin(
             async move {
-                let _all = slots.acquire_many(n as u32).await;
+                if let Some(write) = write {
+                    let _slot = slots.acquire().await.expect("never closed");
+                    write.await;
+                }
+                // Every earlier write holds a slot until it is durable: all slots free = all done.
+                let _all = slots.acquire_many(n).await.expect("never closed");
             }
             .into_actor(self),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The contract against a real SQLite store in a temp dir.
+
+    use super::*;
+    use crate::model::{Outbound, PlannedMessage, SourcePosition};
+
+    fn row(i: i64) -> MessageRow {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/default.yaml");
+        let scenario = crate::scenario::Scenario::load(&path).unwrap();
+        let payload_id: Arc<str> = format!("p-{i}").into();
+        let plan = scenario.plan(crate::model::Channel::Sms, &payload_id).unwrap();
+        let mut pm = PlannedMessage {
+            outbound: Outbound {
+                source: SourcePosition { topic: "in".into(), topic_id: "c/in".into(), partition: 0, offset: i },
+                payload_id,
+                batch_id: "b".into(),
+                channel: crate::model::Channel::Sms,
+                recipient: "+15550000".into(),
+                tenant_id: None,
+                headers: Vec::new(),
+                rule_headers: Vec::new(),
+                body: b"{}".to_vec(),
+                received_at: chrono::Utc::now(),
+            },
+            plan,
+        };
+        MessageRow::new(&mut pm, scenario.name_arc(), scenario.version())
+    }
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        (Store::connect(&url, 1).await.unwrap(), dir)
+    }
+
+    fn tracker(n: i64) -> Arc<OffsetTracker> {
+        let t = Arc::new(OffsetTracker::default());
+        t.assign("in", 0);
+        for i in 0..n {
+            t.track("in", 0, i);
+        }
+        t
+    }
+
+    /// A `Flush` right after rows arrive answers only once they are in the store and committable:
+    /// repeated many times, with writes already under way, so that an answer overtaking its write would
+    /// show.
+    #[actix::test]
+    async fn flush_answers_after_the_rows_are_durable() {
+        let (store, _dir) = store().await;
+        let n = 400;
+        let tracker = tracker(n);
+        // Large batch and long interval: only `Flush` (and the size trigger, every 7 rows) writes.
+        let persister = Persister::new(store.clone(), tracker.clone(), 7, Duration::from_secs(3600)).start();
+        for i in 0..n {
+            persister.send(PersistMessages(vec![row(i)])).await.unwrap();
+            if i % 5 == 0 {
+                persister.send(Flush).await.unwrap();
+                assert_eq!(store.totals().await.unwrap().messages, i + 1, "every row before the Flush is stored");
+                let pos = tracker.commitable();
+                assert_eq!(pos, vec![("in".to_owned(), 0, i + 1)], "and its offset committable");
+            }
+        }
+        persister.send(Flush).await.unwrap();
+        assert_eq!(store.totals().await.unwrap().messages, n);
+    }
+
+    /// Without a `Flush`, rows are written on size and on time; offsets follow their write.
+    #[actix::test]
+    async fn rows_are_written_on_size_and_on_time() {
+        let (store, _dir) = store().await;
+        let tracker = tracker(10);
+        let persister = Persister::new(store.clone(), tracker.clone(), 4, Duration::from_millis(50)).start();
+        persister.send(PersistMessages((0..4).map(row).collect())).await.unwrap();
+        persister.send(PersistMessages((4..6).map(row).collect())).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.totals().await.unwrap().messages < 6 {
+            assert!(Instant::now() < deadline, "rows under the batch size are written at the interval");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tracker.pending() > 4 {
+            assert!(Instant::now() < deadline, "offsets released after the write");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A store that is away: the write is retried until it succeeds and `Flush` waits for it.
+    #[actix::test]
+    async fn a_failed_write_is_retried_and_flush_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.db");
+        // A store whose tables do not exist yet: writes fail until the migration runs.
+        let lazy = Store::connect_lazy(&format!("sqlite://{}", path.display()), 1).unwrap();
+        let tracker = tracker(3);
+        let persister = Persister::new(lazy.clone(), tracker.clone(), 100, Duration::from_secs(3600));
+        let stats = persister.stats();
+        let persister = persister.start();
+        persister.send(PersistMessages((0..3).map(row).collect())).await.unwrap();
+        let flushed = tokio::spawn(persister.send(Flush));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.failed_writes.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the write failed at least once");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tracker.pending(), 3, "no offset released by a failed write");
+        lazy.migrate().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), flushed).await.expect("flush answers").unwrap().unwrap();
+        assert_eq!(lazy.totals().await.unwrap().messages, 3);
+        assert_eq!(tracker.pending(), 0, "offsets released after the write");
     }
 }

@@ -15,6 +15,7 @@ use super::consumer::{self, ConsumerActor, ConsumerLoop, ConsumerStats, KafkaCon
 use super::emitter::{Emitter, forward_deliveries};
 use super::lifecycle::LifecycleShared;
 use super::persister::{Flush, Persister, PersisterStats};
+use super::supervisor::{Health, StopStage};
 use crate::config::Settings;
 use crate::kafka::decode::Decoder;
 use crate::kafka::offsets::{Assignments, OffsetTracker};
@@ -27,6 +28,9 @@ use crate::store::Store;
 /// A running pipeline.
 pub struct Pipeline {
     shutdown: CancellationToken,
+    health: Health,
+    channels: [Addr<ChannelActor>; 3],
+    consumer_actor: Addr<ConsumerActor>,
     consumer_done: Option<tokio::sync::oneshot::Receiver<()>>,
     consumer: Arc<KafkaConsumer>,
     tracker: Arc<OffsetTracker>,
@@ -39,6 +43,14 @@ pub struct Pipeline {
     pub channel_stats: Arc<ChannelStats>,
     live: LiveScenario,
     pub reload_stats: Arc<ReloadStats>,
+}
+
+/// A stage [`Pipeline::stop_stage`] can stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Persister,
+    Channel(Channel),
+    Consumer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +70,7 @@ impl Pipeline {
         }
         let tracker = Arc::new(OffsetTracker::default());
         let assignments = Arc::new(Assignments::default());
+        let health = Health::default();
         let store_url = settings.store.url_or_default();
         // Fail early on a bad URL.
         Store::connect_lazy(&store_url, 1)?;
@@ -68,9 +81,10 @@ impl Pipeline {
             (settings.store.batch_rows, Duration::from_millis(settings.store.flush_interval_ms));
         let (url, max_conn, t) = (store_url.clone(), settings.store.max_connections, tracker.clone());
         let (stats_tx, stats_rx) = std::sync::mpsc::channel();
+        let guard = health.stage("persister");
         let persister = Persister::start_in_arbiter(&persister_arbiter.handle(), move |_| {
             let store = Store::connect_lazy(&url, max_conn).expect("checked above");
-            let p = Persister::new(store, t, batch_rows, flush_interval);
+            let p = Persister::new(store, t, batch_rows, flush_interval).supervised(guard);
             let _ = stats_tx.send(p.stats());
             p
         });
@@ -83,6 +97,7 @@ impl Pipeline {
             batch_rows,
             emitter.unforwarded_counter(),
             emitter.room(),
+            health.stage("ack hand-off"),
         ));
 
         let shared = Arc::new(LifecycleShared {
@@ -101,8 +116,10 @@ impl Pipeline {
         for ch in Channel::ALL {
             let arbiter = Arbiter::new();
             let (p, sh, st) = (persister.clone(), shared.clone(), channel_stats.clone());
-            channels[ch.index()] =
-                Some(ChannelActor::start_in_arbiter(&arbiter.handle(), move |_| ChannelActor::new(ch, p, sh, st)));
+            let guard = health.stage(format!("{ch} channel"));
+            channels[ch.index()] = Some(ChannelActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                ChannelActor::new(ch, p, sh, st, guard)
+            }));
             arbiters.push(arbiter);
         }
 
@@ -113,13 +130,15 @@ impl Pipeline {
             tracker.clone(),
             assignments.clone(),
             persister.clone(),
+            shared.emitter.clone(),
         )
         .map_err(kafka::KafkaError::from)?;
         let kafka_consumer = Arc::new(kafka_consumer);
-        let dlq = kafka::producer_config(k, brokers).create().map_err(kafka::KafkaError::from)?;
+        let dlq = kafka::dlq_producer_config(k, brokers).create().map_err(kafka::KafkaError::from)?;
         let shutdown = CancellationToken::new();
         let consumer_stats = Arc::new(ConsumerStats::default());
         let in_flight_shared = shared.clone();
+        let channel_addrs = channels.clone().map(|c| c.expect("every channel has its actor"));
         let run = ConsumerLoop {
             consumer: kafka_consumer.clone(),
             assigned,
@@ -131,6 +150,8 @@ impl Pipeline {
             channels,
             dlq,
             dlq_topic: k.dlq_topic.clone(),
+            dlq_room: Arc::new(tokio::sync::Semaphore::new(consumer::DLQ_IN_FLIGHT)),
+            cluster_id: Arc::default(),
             tracker: tracker.clone(),
             assignments,
             persister: persister.clone(),
@@ -143,11 +164,16 @@ impl Pipeline {
         };
         let consumer_arbiter = Arbiter::new();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        ConsumerActor::start_in_arbiter(&consumer_arbiter.handle(), move |_| ConsumerActor::new(run, done_tx));
+        let guard = health.stage("consumer");
+        let consumer_actor = ConsumerActor::start_in_arbiter(&consumer_arbiter.handle(), move |_| {
+            ConsumerActor::new(run, done_tx, guard)
+        });
         // Periodic commits of what the store has made durable.
         let (c, tr, every, stop) =
             (kafka_consumer.clone(), tracker.clone(), Duration::from_millis(k.commit_interval_ms), shutdown.clone());
+        let guard = health.stage("offset commit");
         consumer_arbiter.spawn(async move {
+            let _guard = guard;
             let mut tick = tokio::time::interval(every);
             let mut lag_at = Instant::now();
             loop {
@@ -171,6 +197,9 @@ impl Pipeline {
 
         Ok(Self {
             shutdown,
+            health,
+            channels: channel_addrs,
+            consumer_actor,
             consumer_done: Some(done_rx),
             consumer: kafka_consumer,
             tracker,
@@ -184,6 +213,20 @@ impl Pipeline {
             live,
             reload_stats,
         })
+    }
+
+    /// The pipeline's health: [`Health::failed`] resolves when a stage stopped while it ran.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Stop one stage as if it had died (for operators and tests): the pipeline is then marked failed.
+    pub fn stop_stage(&self, stage: Stage) {
+        match stage {
+            Stage::Persister => self.persister.do_send(StopStage),
+            Stage::Channel(ch) => self.channels[ch.index()].do_send(StopStage),
+            Stage::Consumer => self.consumer_actor.do_send(StopStage),
+        }
     }
 
     /// The scenario running now.
@@ -213,6 +256,7 @@ impl Pipeline {
 
     /// The one shutdown path.
     pub async fn shutdown(mut self) {
+        self.health.stopping();
         self.shutdown.cancel();
         if let Some(done) = self.consumer_done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
@@ -250,14 +294,9 @@ impl Pipeline {
         while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Twice: the answer to a `Flush` can come before the write it started has taken its slot (the
-        // handler's wait for all slots may run first); the second `Flush` is handled only after that write
-        // has started, and waits for it.
-        for _ in 0..2 {
-            if tokio::time::timeout(Duration::from_secs(30), self.persister.send(Flush)).await.is_err() {
-                tracing::error!("the store did not take the last rows within 30 s; their lifecycles resume on restart");
-                break;
-            }
+        // `Flush` answers once every row handed over is durable (the persister's contract).
+        if tokio::time::timeout(Duration::from_secs(30), self.persister.send(Flush)).await.is_err() {
+            tracing::error!("the store did not take the last rows within 30 s; their lifecycles resume on restart");
         }
         let (c, t) = (self.consumer.clone(), self.tracker.clone());
         let _ = tokio::task::spawn_blocking(move || {

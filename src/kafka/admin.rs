@@ -22,8 +22,106 @@ pub async fn ensure_topics(settings: &KafkaSettings, brokers: &str, topics: &[&s
         match result {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, reason: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic { topic, reason: code.to_string() });
+            }
         }
     }
     Ok(())
+}
+
+/// The cluster's id (Metadata), within `timeout`. Blocking.
+pub fn cluster_id<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>, timeout: Duration) -> Result<String> {
+    use rdkafka::bindings as rd;
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: the string librdkafka returns is ours to free, with `rd_kafka_mem_free`, once copied (rdkafka's
+    // own `fetch_cluster_id` does not free it).
+    unsafe {
+        let rk = client.native_ptr();
+        let id = rd::rd_kafka_clusterid(rk, ms);
+        if id.is_null() {
+            return Err(KafkaError::Describe(format!("no cluster id within {timeout:?}")));
+        }
+        let out = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+        rd::rd_kafka_mem_free(rk, id.cast());
+        Ok(out)
+    }
+}
+
+/// The incarnation key of each of `topics`: `{cluster}/{topic id}` (`cluster` from [`cluster_id`]), the
+/// topic id in standard base64. A topic deleted and created again gets a new topic id; a broker started
+/// afresh (the embedded one) a new cluster id. Topics the broker does not know are left out; a broker that
+/// reports no topic id (all zeros) gives `{cluster}/`.
+///
+/// Blocking: describes the topics (DescribeTopics) within `timeout`. Works on any client; the consumer's
+/// own is used so that no connection is added.
+pub fn topic_keys<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    cluster: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<String, String>> {
+    use std::ffi::{CStr, CString};
+
+    use rdkafka::bindings as rd;
+
+    let names: Vec<CString> = topics
+        .iter()
+        .map(|t| CString::new(*t).map_err(|_| KafkaError::Describe(format!("topic name `{t}` holds a NUL byte"))))
+        .collect::<Result<_>>()?;
+    let mut ptrs: Vec<*const std::ffi::c_char> = names.iter().map(|c| c.as_ptr()).collect();
+    let mut out = std::collections::HashMap::new();
+    // SAFETY: every object created here is destroyed here, after the last read of what it owns; the
+    // strings read from the result are copied before the event that owns them is destroyed.
+    unsafe {
+        let rk = client.native_ptr();
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(ptrs.as_mut_ptr(), ptrs.len());
+        let options = rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS);
+        let mut errstr = [0 as std::ffi::c_char; 256];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        rd::rd_kafka_AdminOptions_set_request_timeout(options, ms, errstr.as_mut_ptr(), errstr.len());
+        let queue = rd::rd_kafka_queue_new(rk);
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, ms.saturating_add(1000));
+        let result = if event.is_null() {
+            Err(KafkaError::Describe(format!("no answer to DescribeTopics within {timeout:?}")))
+        } else if rd::rd_kafka_event_error(event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            let msg = CStr::from_ptr(rd::rd_kafka_event_error_string(event)).to_string_lossy().into_owned();
+            Err(KafkaError::Describe(msg))
+        } else {
+            let res = rd::rd_kafka_event_DescribeTopics_result(event);
+            let mut n = 0usize;
+            let descs = if res.is_null() {
+                std::ptr::null_mut()
+            } else {
+                rd::rd_kafka_DescribeTopics_result_topics(res, &mut n)
+            };
+            for i in 0..n {
+                let d = *descs.add(i);
+                let err = rd::rd_kafka_TopicDescription_error(d);
+                if !err.is_null() && rd::rd_kafka_error_code(err) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                {
+                    continue;
+                }
+                let name = CStr::from_ptr(rd::rd_kafka_TopicDescription_name(d)).to_string_lossy().into_owned();
+                let id = rd::rd_kafka_TopicDescription_topic_id(d);
+                let zero = id.is_null()
+                    || (rd::rd_kafka_Uuid_most_significant_bits(id) == 0
+                        && rd::rd_kafka_Uuid_least_significant_bits(id) == 0);
+                let text = if zero { std::ptr::null() } else { rd::rd_kafka_Uuid_base64str(id) };
+                let id =
+                    if text.is_null() { String::new() } else { CStr::from_ptr(text).to_string_lossy().into_owned() };
+                out.insert(name, format!("{cluster}/{id}"));
+            }
+            Ok(())
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        result?;
+    }
+    Ok(out)
 }

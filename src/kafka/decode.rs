@@ -26,6 +26,8 @@ impl Rejection {
 pub struct RawRecord<'a> {
     /// Shared by every record of the topic.
     pub topic: Arc<str>,
+    /// The topic's incarnation ([`crate::model::SourcePosition::topic_id`]).
+    pub topic_id: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub payload: Option<&'a [u8]>,
@@ -103,18 +105,24 @@ impl Decoder {
         if body.len() > self.settings.max_message_bytes {
             return Err(Rejection::new(
                 "too_large",
-                format!("the message is {} bytes, above `input.max_message_bytes` ({})", body.len(), self.settings.max_message_bytes),
+                format!(
+                    "the message is {} bytes, above `input.max_message_bytes` ({})",
+                    body.len(),
+                    self.settings.max_message_bytes
+                ),
             ));
         }
         let mut captured: [Captured; FIELDS] = Default::default();
         let mut de = serde_json::Deserializer::from_slice(body);
-        let read = de
-            .deserialize_any(Capture { node: &self.fields, slots: &mut captured })
-            .and_then(|()| de.end());
+        let read = de.deserialize_any(Capture { node: &self.fields, slots: &mut captured }).and_then(|()| de.end());
         match read {
             Ok(()) => {}
-            Err(_) if std::str::from_utf8(body).is_err() => return Err(Rejection::new("not_utf8", "the message is not valid UTF-8")),
-            Err(e) => return Err(Rejection::new("not_json", format!("the message is not JSON: {e}"))),
+            Err(_) if std::str::from_utf8(body).is_err() => {
+                return Err(Rejection::new("not_utf8", "the message is not valid UTF-8"));
+            }
+            Err(e) => {
+                return Err(Rejection::new("not_json", format!("the message is not JSON: {e}")));
+            }
         }
         let [payload_id, batch_id, recipient, channel_field, tenant_field, root] = captured;
         if !matches!(root, Captured::Missing) {
@@ -134,12 +142,14 @@ impl Decoder {
                 .and_then(|(_, v)| *v)
                 .map(|v| Arc::from(String::from_utf8_lossy(v)))
         };
-        let tenant_header = match rec.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&self.settings.tenant_header)) {
+        let tenant_header = match rec.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&self.settings.tenant_header))
+        {
             Some((_, Some(v))) => {
                 let name = &self.settings.tenant_header;
                 let text = std::str::from_utf8(v)
                     .map_err(|_| Rejection::new("bad_header", format!("header `{name}` (the tenant) is not UTF-8")))?;
-                check_id(text, &format!("header {name}"), MAX_TENANT_BYTES).map_err(|e| Rejection::new("bad_header", e))?;
+                check_id(text, &format!("header {name}"), MAX_TENANT_BYTES)
+                    .map_err(|e| Rejection::new("bad_header", e))?;
                 Some(Arc::from(text))
             }
             _ => None,
@@ -147,11 +157,16 @@ impl Decoder {
         let channel_text = match self.settings.channel_source {
             ChannelSource::Field => channel_field.required(&f.channel, "channel")?,
             ChannelSource::Header => header(&self.settings.channel_header).ok_or_else(|| {
-                Rejection::new("missing_field", format!("header `{}` (the channel) is missing", self.settings.channel_header))
+                Rejection::new(
+                    "missing_field",
+                    format!("header `{}` (the channel) is missing", self.settings.channel_header),
+                )
             })?,
             ChannelSource::Topic => match self.settings.topic_channels.get(&*rec.topic) {
                 Some(c) => Arc::from(c.as_str()),
-                None => return Err(Rejection::new("unknown_channel", format!("topic `{}` has no channel", rec.topic))),
+                None => {
+                    return Err(Rejection::new("unknown_channel", format!("topic `{}` has no channel", rec.topic)));
+                }
             },
         };
         let channel: Channel = channel_text.parse().map_err(|e: String| Rejection::new("unknown_channel", e))?;
@@ -170,7 +185,8 @@ impl Decoder {
         for (k, v) in &rec.headers {
             let Some(v) = v else { continue };
             if !self.propagate.iter().any(|p| p.eq_ignore_ascii_case(k)) {
-                if self.rule_headers.iter().any(|p| p.eq_ignore_ascii_case(k)) && v.len() <= MAX_PROPAGATED_HEADER_BYTES {
+                if self.rule_headers.iter().any(|p| p.eq_ignore_ascii_case(k)) && v.len() <= MAX_PROPAGATED_HEADER_BYTES
+                {
                     rule_headers.push(((*k).to_owned(), v.to_vec()));
                 }
                 continue;
@@ -178,13 +194,21 @@ impl Decoder {
             if v.len() > MAX_PROPAGATED_HEADER_BYTES {
                 return Err(Rejection::new(
                     "bad_header",
-                    format!("header `{k}` is {} bytes; headers copied onto acks are at most {MAX_PROPAGATED_HEADER_BYTES}", v.len()),
+                    format!(
+                        "header `{k}` is {} bytes; headers copied onto acks are at most {MAX_PROPAGATED_HEADER_BYTES}",
+                        v.len()
+                    ),
                 ));
             }
             headers.push(((*k).to_owned(), v.to_vec()));
         }
         Ok(Outbound {
-            source: SourcePosition { topic: rec.topic.clone(), partition: rec.partition, offset: rec.offset },
+            source: SourcePosition {
+                topic: rec.topic.clone(),
+                topic_id: rec.topic_id.clone(),
+                partition: rec.partition,
+                offset: rec.offset,
+            },
             payload_id,
             batch_id,
             channel,
@@ -328,7 +352,9 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
     scalar_number!(visit_i64, i64);
 
     fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
-        self.set(serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string().into())));
+        self.set(
+            serde_json::Number::from_f64(v).map_or(Captured::WrongType, |n| Captured::Scalar(n.to_string().into())),
+        );
         Ok(())
     }
 
@@ -346,7 +372,8 @@ impl<'de> Visitor<'de> for Capture<'_, '_> {
         self.set(Captured::WrongType);
         let mut index = 0usize;
         loop {
-            let child = if self.node.children.is_empty() { None } else { self.node.child(itoa::Buffer::new().format(index)) };
+            let child =
+                if self.node.children.is_empty() { None } else { self.node.child(itoa::Buffer::new().format(index)) };
             let more = match child {
                 Some(node) => seq.next_element_seed(Capture { node, slots: &mut *self.slots })?.is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
@@ -378,7 +405,14 @@ mod tests {
     use super::*;
 
     fn rec<'a>(payload: &'a [u8], headers: Vec<(&'a str, Option<&'a [u8]>)>) -> RawRecord<'a> {
-        RawRecord { topic: "t".into(), partition: 0, offset: 7, payload: Some(payload), headers }
+        RawRecord {
+            topic: "t".into(),
+            topic_id: "c/t".into(),
+            partition: 0,
+            offset: 7,
+            payload: Some(payload),
+            headers,
+        }
     }
 
     fn decode(body: &str) -> Result<Outbound, Rejection> {
@@ -411,7 +445,10 @@ mod tests {
         }
         let e = decode(r#"{"payload_id":null,"batch_id":"b","channel":"sms","recipient":"r"}"#).unwrap_err();
         assert_eq!(e.kind, "missing_field");
-        assert_eq!(decode(r#"{"payload_id":"p","batch_id":"b","channel":"sms","recipient":"r"} x"#).unwrap_err().kind, "not_json");
+        assert_eq!(
+            decode(r#"{"payload_id":"p","batch_id":"b","channel":"sms","recipient":"r"} x"#).unwrap_err().kind,
+            "not_json"
+        );
         assert_eq!(decode(r#""text""#).unwrap_err().kind, "not_object");
         let bad = Decoder::new(InputSettings::default()).decode(&rec(&[0xff, 0xfe], vec![]), Utc::now());
         assert_eq!(bad.unwrap_err().kind, "not_utf8");
@@ -420,7 +457,8 @@ mod tests {
     #[test]
     fn hostile_ids_and_headers_are_rejected() {
         let long = "x".repeat(MAX_ID_BYTES + 1);
-        let e = decode(&format!(r#"{{"payload_id":"{long}","batch_id":"b","channel":"sms","recipient":"r"}}"#)).unwrap_err();
+        let e = decode(&format!(r#"{{"payload_id":"{long}","batch_id":"b","channel":"sms","recipient":"r"}}"#))
+            .unwrap_err();
         assert_eq!(e.kind, "bad_field");
         let e = decode(r#"{"payload_id":"p\n1","batch_id":"b","channel":"sms","recipient":"r"}"#).unwrap_err();
         assert_eq!((e.kind, e.reason.as_str()), ("bad_field", "`payload_id` contains control characters"));
@@ -469,7 +507,11 @@ mod tests {
         // Two fields may share a pointer; `""` (the whole document, an object) is never a valid field.
         let shared = |payload_id: &str| {
             Decoder::new(InputSettings {
-                fields: crate::config::FieldPointers { payload_id: payload_id.into(), batch_id: "/id".into(), ..Default::default() },
+                fields: crate::config::FieldPointers {
+                    payload_id: payload_id.into(),
+                    batch_id: "/id".into(),
+                    ..Default::default()
+                },
                 ..Default::default()
             })
         };

@@ -52,7 +52,9 @@ impl EmbeddedBroker {
         runtime.spawn(async move {
             let built = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
                 .node_id(tansu_broker::NODE_ID)
-                .cluster_id("understudy")
+                // A cluster of its own at each start: its memory storage starts empty, so the store must not
+                // take its offsets for those of an earlier start (messages are keyed by cluster and topic id).
+                .cluster_id(format!("understudy-{}", uuid::Uuid::new_v4().simple()))
                 .incarnation_id(uuid::Uuid::new_v4())
                 .advertised_listener(listener.clone())
                 .storage(Url::parse("memory://tansu/").expect("valid url"))
@@ -90,7 +92,10 @@ impl EmbeddedBroker {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
             if Instant::now() > deadline {
-                return Err(KafkaError::Embedded(format!("broker on {} still accepts connections after stop", self.addr)));
+                return Err(KafkaError::Embedded(format!(
+                    "broker on {} still accepts connections after stop",
+                    self.addr
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

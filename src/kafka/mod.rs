@@ -16,6 +16,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("kafka: cannot create topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("kafka: cannot describe the input topics: {0}")]
+    Describe(String),
     #[error("embedded broker: {0}")]
     Embedded(String),
     #[error("kafka: no brokers configured and no embedded broker started")]
@@ -58,6 +60,15 @@ pub fn consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig 
     for (k, v) in &settings.librdkafka {
         cfg.set(k, v);
     }
+    cfg
+}
+
+/// The dead-letter producer: as [`producer_config`], with one record per batch. A broker refuses a whole
+/// batch that is over the topic's `max.message.bytes`, and librdkafka does not split it: a record too
+/// large for the DLQ must not take the records batched with it down too. (Set after the passthrough.)
+pub fn dlq_producer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
+    let mut cfg = producer_config(settings, brokers);
+    cfg.set("batch.num.messages", "1");
     cfg
 }
 

@@ -67,6 +67,8 @@ struct PartitionOffsets {
     next: Option<i64>,
     /// Last position handed out for commit.
     committed: i64,
+    /// Which tracking of the partition this is: a new one at every [`OffsetTracker::assign`].
+    epoch: u64,
 }
 
 impl PartitionOffsets {
@@ -79,12 +81,14 @@ impl PartitionOffsets {
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     parts: Mutex<PartitionMap<PartitionOffsets>>,
+    epochs: std::sync::atomic::AtomicU64,
 }
 
 impl OffsetTracker {
     /// Start tracking an assigned partition (anew: what an earlier assignment left is forgotten).
     pub fn assign(&self, topic: &str, partition: i32) {
-        let fresh = PartitionOffsets { pending: BTreeSet::new(), next: None, committed: -1 };
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        let fresh = PartitionOffsets { pending: BTreeSet::new(), next: None, committed: -1, epoch };
         self.parts.lock().expect("offset lock").insert(topic, partition, fresh);
     }
 
@@ -92,7 +96,9 @@ impl OffsetTracker {
     /// positions are the new owner's to commit.
     pub fn track(&self, topic: &str, partition: i32, offset: i64) -> bool {
         let mut parts = self.parts.lock().expect("offset lock");
-        let Some(p) = parts.get_mut(topic, partition) else { return false };
+        let Some(p) = parts.get_mut(topic, partition) else {
+            return false;
+        };
         p.pending.insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         true
@@ -102,6 +108,22 @@ impl OffsetTracker {
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
         let mut parts = self.parts.lock().expect("offset lock");
         if let Some(p) = parts.get_mut(topic, partition) {
+            p.pending.remove(&offset);
+        }
+    }
+
+    /// Which tracking of the partition is current ([`OffsetTracker::done_in`]); `None` when it is not tracked.
+    pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.parts.lock().expect("offset lock").get(topic, partition).map(|p| p.epoch)
+    }
+
+    /// As [`OffsetTracker::done`], for an offset tracked in `epoch`: ignored once the partition is tracked
+    /// anew (another assignment, or a new log whose offsets reuse the numbers).
+    pub fn done_in(&self, topic: &str, partition: i32, epoch: u64, offset: i64) {
+        let mut parts = self.parts.lock().expect("offset lock");
+        if let Some(p) = parts.get_mut(topic, partition)
+            && p.epoch == epoch
+        {
             p.pending.remove(&offset);
         }
     }
@@ -166,6 +188,11 @@ impl Claim {
     /// Whether the partition is still owned under the assignment this claim was made in.
     pub fn holds(&self) -> bool {
         self.slot.load(Ordering::Acquire) == self.generation
+    }
+
+    /// The assignment generation this claim was made under.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether a record read when [`Assignments::current`] was `read_at` was fetched before this

@@ -414,15 +414,20 @@ pub fn explain_lost(
         let intended = intended.format(sample.intended_at_us);
         let raw = RawRecord {
             topic: topic.clone(),
+            topic_id: topic.clone(),
             partition: 0,
             offset: seq as i64,
             payload: Some(&body),
             headers: message_headers(&factory, &id, &batch, intended).map(|(k, v)| (k, Some(v))).to_vec(),
         };
-        let Ok(message) = decoder.decode(&raw, Utc::now()) else { continue };
+        let Ok(message) = decoder.decode(&raw, Utc::now()) else {
+            continue;
+        };
         let mut view = crate::scenario::rules::MessageView::of(&message);
         view.received_us = None;
-        let Some(plan) = scenario.plan_for(&view) else { continue };
+        let Some(plan) = scenario.plan_for(&view) else {
+            continue;
+        };
         // The first final ack the platform could read, by its due time after the intended send.
         let first_final = plan
             .steps
@@ -759,7 +764,9 @@ fn correlate(
 ) -> Correlated {
     let mut c = Correlator::new(shared, schedule, factory, pointers);
     while !shared.stop_correlating.load(Ordering::Relaxed) {
-        let Some(m) = consumer.poll(Duration::from_millis(50)) else { continue };
+        let Some(m) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
         match m {
             Ok(m) => c.observe_record(&m, shared.t0.elapsed().as_micros() as u64),
             Err(e) => tracing::debug!(error = %e, "ack consumer"),
@@ -822,7 +829,8 @@ impl<'a> Correlator<'a> {
             }
         }
         if let Some(status) = status_header {
-            let (Some(id), Ok(status)) = (m.key().and_then(|k| std::str::from_utf8(k).ok()), std::str::from_utf8(status))
+            let (Some(id), Ok(status)) =
+                (m.key().and_then(|k| std::str::from_utf8(k).ok()), std::str::from_utf8(status))
             else {
                 self.out.undecodable += 1;
                 return;

@@ -30,6 +30,7 @@ pub fn explain(
     let decoder = Decoder::new(input.clone()).with_rule_headers(scenario.rule_headers());
     let raw = RawRecord {
         topic: Arc::from(topic),
+        topic_id: Arc::from(""),
         partition: 0,
         offset: 0,
         payload: Some(body),
@@ -102,7 +103,14 @@ impl Explained {
             out.push('\n');
         }
         for n in &self.plan.not_sent {
-            out.push_str(&format!("  {:>12}  {:<12}  {:<11} attempt {} [injected: {}]\n", "not sent", "", n.status.as_str(), n.attempt, n.fault.as_str()));
+            out.push_str(&format!(
+                "  {:>12}  {:<12}  {:<11} attempt {} [injected: {}]\n",
+                "not sent",
+                "",
+                n.status.as_str(),
+                n.attempt,
+                n.fault.as_str()
+            ));
         }
         out
     }

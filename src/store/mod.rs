@@ -31,6 +31,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct MessageRow {
     pub topic: Arc<str>,
+    /// The topic's incarnation ([`SourcePosition::topic_id`]); part of the key with topic, partition, offset.
+    pub topic_id: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub payload_id: Arc<str>,
@@ -63,6 +65,7 @@ impl MessageRow {
         let o = &m.outbound;
         Self {
             topic: o.source.topic.clone(),
+            topic_id: o.source.topic_id.clone(),
             partition: o.source.partition,
             offset: o.source.offset,
             payload_id: o.payload_id.clone(),
@@ -149,6 +152,7 @@ fn decode_headers(text: &str) -> Vec<(String, Vec<u8>)> {
 #[derive(sqlx::FromRow)]
 struct PendingRow {
     src_topic: String,
+    src_topic_id: String,
     src_partition: i32,
     src_offset: i64,
     payload_id: String,
@@ -168,7 +172,12 @@ impl PendingRow {
         let channel = Channel::from_str(&self.channel).map_err(corrupt)?;
         Ok(PlannedMessage {
             outbound: Outbound {
-                source: SourcePosition { topic: self.src_topic.into(), partition: self.src_partition, offset: self.src_offset },
+                source: SourcePosition {
+                    topic: self.src_topic.into(),
+                    topic_id: self.src_topic_id.into(),
+                    partition: self.src_partition,
+                    offset: self.src_offset,
+                },
                 payload_id: self.payload_id.into(),
                 batch_id: self.batch_id.into(),
                 channel,
@@ -286,11 +295,11 @@ impl Store {
         }
     }
 
-    /// Unfinished lifecycles of one partition.
-    pub async fn pending(&self, topic: &str, partition: i32) -> Result<Vec<PendingLifecycle>> {
+    /// Unfinished lifecycles of one partition of one incarnation of a topic.
+    pub async fn pending(&self, topic: &str, topic_id: &str, partition: i32) -> Result<Vec<PendingLifecycle>> {
         let rows = match self {
-            Store::Postgres(p) => postgres::pending(p, topic, partition).await?,
-            Store::Sqlite(p) => sqlite::pending(p, topic, partition).await?,
+            Store::Postgres(p) => postgres::pending(p, topic, topic_id, partition).await?,
+            Store::Sqlite(p) => sqlite::pending(p, topic, topic_id, partition).await?,
         };
         let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
@@ -316,15 +325,19 @@ impl Store {
             .collect())
     }
 
-    /// Offsets of stored messages of one partition at or after `from`.
-    pub async fn stored_offsets(&self, topic: &str, partition: i32, from: i64) -> Result<HashSet<i64>> {
+    /// Offsets of stored messages of one partition of one incarnation of a topic, at or after `from`.
+    pub async fn stored_offsets(&self, topic: &str, topic_id: &str, partition: i32, from: i64) -> Result<HashSet<i64>> {
         let q = match self {
             Store::Postgres(_) => include_str!("sql/postgres/message_offsets_from.sql"),
             Store::Sqlite(_) => include_str!("sql/sqlite/message_offsets_from.sql"),
         };
         let rows: Vec<(i64,)> = match self {
-            Store::Postgres(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(from).fetch_all(p).await?,
-            Store::Sqlite(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(from).fetch_all(p).await?,
+            Store::Postgres(p) => {
+                sqlx::query_as(q).bind(topic).bind(partition).bind(from).bind(topic_id).fetch_all(p).await?
+            }
+            Store::Sqlite(p) => {
+                sqlx::query_as(q).bind(topic).bind(partition).bind(from).bind(topic_id).fetch_all(p).await?
+            }
         };
         Ok(rows.into_iter().map(|r| r.0).collect())
     }

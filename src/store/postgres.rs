@@ -41,7 +41,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
         let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
         b.header();
         for r in messages {
-            b.row(18)
+            b.row(19)
                 .text(&r.topic)
                 .int4(r.partition)
                 .int8(r.offset)
@@ -59,7 +59,8 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .bytes(&r.body)
                 .text(&r.scenario_version)
                 .opt_text(r.rule.as_deref())
-                .opt_text(r.faults.as_deref());
+                .opt_text(r.faults.as_deref())
+                .text(&r.topic_id);
             b.send_if_full(&mut c).await?;
         }
         b.finish(c).await?;
@@ -185,6 +186,7 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
             .bind(m.iter().map(|r| &*r.scenario_version).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.rule.as_deref()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.faults.as_deref()).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.topic_id).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
     }
@@ -214,10 +216,11 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
     Ok(())
 }
 
-pub(super) async fn pending(pool: &PgPool, topic: &str, partition: i32) -> Result<Vec<PendingRow>> {
+pub(super) async fn pending(pool: &PgPool, topic: &str, topic_id: &str, partition: i32) -> Result<Vec<PendingRow>> {
     Ok(sqlx::query_as(include_str!("sql/postgres/lifecycle_pending_by_partition.sql"))
         .bind(topic)
         .bind(partition)
+        .bind(topic_id)
         .fetch_all(pool)
         .await?)
 }

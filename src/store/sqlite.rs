@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{EventRow, MessageRow, PendingRow, Result};
 
 /// At most 18 columns a row (messages); SQLite allows 32,766 parameters.
-const ROWS_PER_INSERT: usize = 1800;
+const ROWS_PER_INSERT: usize = 1600;
 
 pub(super) fn connect_lazy(url: &str) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
@@ -27,7 +27,8 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
     for chunk in messages.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
-             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule, faults) ",
+             tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule, faults, \
+             src_topic_id) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(&*r.topic)
@@ -47,7 +48,8 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(&r.body)
                 .push_bind(&*r.scenario_version)
                 .push_bind(r.rule.as_deref())
-                .push_bind(r.faults.as_deref());
+                .push_bind(r.faults.as_deref())
+                .push_bind(&*r.topic_id);
         });
         q.push(" ON CONFLICT DO NOTHING");
         q.build().execute(&mut *tx).await?;
@@ -83,10 +85,11 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
     Ok(())
 }
 
-pub(super) async fn pending(pool: &SqlitePool, topic: &str, partition: i32) -> Result<Vec<PendingRow>> {
+pub(super) async fn pending(pool: &SqlitePool, topic: &str, topic_id: &str, partition: i32) -> Result<Vec<PendingRow>> {
     Ok(sqlx::query_as(include_str!("sql/sqlite/lifecycle_pending_by_partition.sql"))
         .bind(topic)
         .bind(partition)
+        .bind(topic_id)
         .fetch_all(pool)
         .await?)
 }

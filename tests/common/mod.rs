@@ -1,26 +1,18 @@
-//! Shared helpers: a real broker (embedded tansu, or `KAFKA_BROKERS`), a fresh Postgres database or
-//! SQLite file per test, unique topics per test, and polling with a deadline.
+//! Shared helpers: a real broker (the embedded tansu or Apache Kafka, see [`kafka`]), a fresh Postgres
+//! database or SQLite file per test, unique topics per test, and polling with a deadline.
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod kafka;
+
+pub use kafka::Kafka;
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use understudy::config::Settings;
-use understudy::kafka::embedded::EmbeddedBroker;
 use understudy::scenario::Scenario;
-
-/// Bootstrap servers of the broker every test in this binary shares.
-pub fn brokers() -> String {
-    if let Ok(b) = std::env::var("KAFKA_BROKERS") {
-        return b;
-    }
-    static BROKER: OnceLock<EmbeddedBroker> = OnceLock::new();
-    BROKER.get_or_init(|| EmbeddedBroker::start(0).expect("embedded broker starts")).bootstrap()
-}
 
 pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
@@ -33,7 +25,10 @@ pub async fn postgres_url() -> String {
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("Postgres at {base} is needed for this test (set DATABASE_URL): {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
     url.set_path(&name);
     url.to_string()
@@ -46,11 +41,16 @@ pub fn sqlite_url() -> (String, tempfile::TempDir) {
     (url, dir)
 }
 
-/// Settings with this test's own topics and group.
-pub fn settings(store_url: &str, partitions: i32) -> Settings {
+/// Settings with this test's own topics and group on broker `k`.
+pub fn settings(k: Kafka, store_url: &str, partitions: i32) -> Settings {
+    settings_for(&k.brokers(), store_url, partitions)
+}
+
+/// Settings with this test's own topics and group on the brokers at `brokers`.
+pub fn settings_for(brokers: &str, store_url: &str, partitions: i32) -> Settings {
     let s = suffix();
     let mut settings = Settings::default();
-    settings.kafka.brokers = Some(brokers());
+    settings.kafka.brokers = Some(brokers.to_owned());
     settings.kafka.input_topics = vec![format!("t.{s}.outbound")];
     settings.kafka.ack_topic = format!("t.{s}.acks");
     settings.kafka.dlq_topic = format!("t.{s}.dlq");
@@ -100,12 +100,12 @@ pub struct Running {
     pub pipeline: understudy::actors::pipeline::Pipeline,
 }
 
-/// Start a pipeline running `scenario` (3 partitions).
-pub async fn start(scenario: std::sync::Arc<Scenario>) -> Running {
+/// Start a pipeline on broker `k` running `scenario` (3 partitions).
+pub async fn start(k: Kafka, scenario: std::sync::Arc<Scenario>) -> Running {
     let url = postgres_url().await;
-    let settings = settings(&url, 3);
+    let settings = settings(k, &url, 3);
     let store = understudy::store::Store::connect(&url, 2).await.expect("store");
-    let brokers = brokers();
+    let brokers = k.brokers();
     let pipeline =
         understudy::actors::pipeline::Pipeline::start(&settings, scenario, &brokers).await.expect("pipeline starts");
     Running { settings, store, brokers, pipeline }
@@ -118,4 +118,21 @@ pub async fn all_finished(store: &understudy::store::Store, messages: i64, withi
         (t.messages == messages && store.unfinished_count().await.unwrap() == 0).then_some(())
     })
     .await;
+}
+
+/// Committed offsets of `group` on each of `topic`'s partitions (0 where none is committed).
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { o } else { 0 }).collect()
 }

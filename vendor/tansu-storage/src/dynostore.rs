@@ -1516,8 +1516,14 @@ impl Storage for DynoStore {
                                 .topic_authorized_operations(Some(-2147483648))
                         }
 
+                        // Understudy patch: an unknown topic id is `UNKNOWN_TOPIC_ID`, as Kafka answers
+                        // (upstream said `UNKNOWN_TOPIC_OR_PARTITION` with no name, which makes librdkafka
+                        // look the nameless topic up by name and crash).
                         Ok(None) => MetadataResponseTopic::default()
-                            .error_code(ErrorCode::UnknownTopicOrPartition.into())
+                            .error_code(match topic {
+                                TopicId::Name(_) => ErrorCode::UnknownTopicOrPartition.into(),
+                                TopicId::Id(_) => ErrorCode::UnknownTopicId.into(),
+                            })
                             .name(match topic {
                                 TopicId::Name(name) => Some(name.into()),
                                 TopicId::Id(_) => None,
