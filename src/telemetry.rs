@@ -68,6 +68,10 @@ pub fn message_skipped(reason: &'static str) {
     counter!(MESSAGES_SKIPPED, "reason" => reason).increment(1);
 }
 
+pub fn messages_skipped(reason: &'static str, n: u64) {
+    counter!(MESSAGES_SKIPPED, "reason" => reason).increment(n);
+}
+
 pub fn message_dead_lettered(reason_kind: &'static str) {
     counter!(MESSAGES_DEAD_LETTERED, "reason" => reason_kind).increment(1);
 }
@@ -169,7 +173,7 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     );
     metrics::describe_counter!(
         MESSAGES_SKIPPED,
-        "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`)."
+        "Outbound messages taken and committed without a lifecycle, by reason (`other_tenant`: not one of `input.tenants`; `redelivered`: a record of the current assignment the broker delivered again)."
     );
     metrics::describe_counter!(
         SCENARIO_RELOADS,

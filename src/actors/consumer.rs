@@ -159,6 +159,8 @@ pub struct ConsumerStats {
     /// Rejected records of which the DLQ took nothing, not even a headers-only copy: skipped, logged.
     pub dead_letter_failed: AtomicU64,
     pub skipped_already_stored: AtomicU64,
+    /// Records of the current assignment the broker delivered a second time, left out.
+    pub redelivered_skipped: AtomicU64,
     /// Messages of tenants this instance does not serve (`input.tenants`).
     pub skipped_other_tenant: AtomicU64,
 }
@@ -272,21 +274,42 @@ impl ConsumerLoop {
                 let names = self.scenario.borrow_and_update().rule_headers();
                 self.decoder = self.decoder.clone().with_rule_headers(names);
             }
-            // Offsets only grow within an assignment of a partition. When they go back, the topic was
-            // deleted and created again (or its log truncated): what came before is written, the partition
-            // is tracked anew and, for a new topic id, its messages are keyed by the new incarnation.
+            // Offsets only grow within an assignment of a partition. When they go back, either the topic was
+            // deleted and created again (a new topic id: its messages are keyed by the new incarnation, its
+            // partitions read from the new log's start), or the broker delivered records again.
             let mut chunk = chunk;
-            while let Some((i, topic, partition, from, to)) = self.offsets_went_back(&chunk, &mut next_offsets) {
+            while let Some((i, topic, partition, generation, from, to)) =
+                self.offsets_went_back(&chunk, &mut next_offsets)
+            {
                 let mut rest = chunk.split_off(i);
                 if !chunk.is_empty() {
                     self.handle(chunk, &mut already, &mut topics, &mut seen).await;
                 }
-                let sought =
-                    self.track_anew(&topic, partition, from, to, &mut already, &mut topics, &mut next_offsets).await;
-                // Records of the partitions read again from the new log's start that this chunk still
-                // holds were fetched before the seek: left out (librdkafka drops those it still holds).
-                if !sought.is_empty() {
-                    rest.retain(|(m, _)| !matches!(m, Ok(m) if m.topic() == topic && sought.contains(&m.partition())));
+                match self.track_anew(&topic, partition, from, to, &mut already, &mut topics, &mut next_offsets).await {
+                    // Records of the partitions read again from the new log's start that this chunk still
+                    // holds were fetched before the seek: left out (librdkafka drops those it still holds).
+                    Some(sought) => rest
+                        .retain(|(m, _)| !matches!(m, Ok(m) if m.topic() == topic && sought.contains(&m.partition()))),
+                    // The same log: records this assignment already delivered, delivered again (tansu 0.6
+                    // does so now and then). Processing them again would plan their lifecycles twice.
+                    None => {
+                        let before = rest.len();
+                        rest.retain(|(m, _)| {
+                            !matches!(m, Ok(m) if m.topic() == topic && m.partition() == partition && m.offset() < from)
+                        });
+                        let again = (before - rest.len()) as u64;
+                        self.stats.redelivered_skipped.fetch_add(again, Ordering::Relaxed);
+                        telemetry::messages_skipped("redelivered", again);
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            expected = from,
+                            got = to,
+                            records = again,
+                            "the broker delivered records of this assignment again; left out"
+                        );
+                        next_offsets.insert(&topic, partition, (generation, from));
+                    }
                 }
                 chunk = rest;
             }
@@ -393,7 +416,7 @@ impl ConsumerLoop {
         &self,
         chunk: &[(rdkafka::error::KafkaResult<BorrowedMessage<'_>>, u64)],
         next_offsets: &mut PartitionMap<(u64, i64)>,
-    ) -> Option<(usize, String, i32, i64, i64)> {
+    ) -> Option<(usize, String, i32, u64, i64, i64)> {
         // Claims of this chunk's partitions: one lookup per partition, not per record.
         let mut claims: Vec<(i32, &str, Option<Claim>)> = Vec::new();
         for (i, (m, read_at)) in chunk.iter().enumerate() {
@@ -414,7 +437,7 @@ impl ConsumerLoop {
             match next_offsets.get(topic, partition) {
                 Some(&(g, next)) if g == generation && offset < next => {
                     next_offsets.remove(topic, partition);
-                    return Some((i, topic.to_owned(), partition, next, offset));
+                    return Some((i, topic.to_owned(), partition, g, next, offset));
                 }
                 _ => next_offsets.insert(topic, partition, (generation, offset + 1)),
             }
@@ -423,9 +446,9 @@ impl ConsumerLoop {
     }
 
     /// After offsets went back on a partition: learn the topic's incarnation again. A new one is adopted
-    /// for the whole topic ([`Self::adopt_incarnation`]); the same one, or none learnt (the broker did not
-    /// answer), means a truncated log: this partition is tracked from scratch, after what this instance
-    /// holds is written. Returns the partitions sought to the new log's start.
+    /// for the whole topic ([`Self::adopt_incarnation`]): `Some` of the partitions sought to the new log's
+    /// start. The same one (or none learnt: the broker did not answer) means the broker delivered records of
+    /// this assignment again: `None`, and the caller leaves them out.
     #[allow(clippy::too_many_arguments)]
     async fn track_anew(
         &self,
@@ -436,7 +459,7 @@ impl ConsumerLoop {
         already: &mut PartitionMap<HashSet<i64>>,
         topics: &mut TopicKeys,
         next_offsets: &mut PartitionMap<(u64, i64)>,
-    ) -> Vec<i32> {
+    ) -> Option<Vec<i32>> {
         let keys = self.topic_keys(&[topic.to_owned()]).await;
         let before = topics.iter().find(|(t, _)| &**t == topic).map(|(_, k)| k.clone());
         match keys.get(topic) {
@@ -444,21 +467,9 @@ impl ConsumerLoop {
                 tracing::warn!(topic, partition, expected = from, got = to, from = ?before, to = %key,
                     "offsets went back: the topic was created again; its messages are keyed by its new id");
                 let key = key.clone();
-                self.adopt_incarnation(topic, &key, Some((partition, to)), already, topics, next_offsets).await
+                Some(self.adopt_incarnation(topic, &key, Some((partition, to)), already, topics, next_offsets).await)
             }
-            _ => {
-                tracing::warn!(
-                    topic,
-                    partition,
-                    expected = from,
-                    got = to,
-                    "offsets went back on the same topic (its log was truncated); tracking the partition anew"
-                );
-                let _ = self.persister.send(Flush).await;
-                self.tracker.assign(topic, partition);
-                already.remove(topic, partition);
-                Vec::new()
-            }
+            _ => None,
         }
     }
 
