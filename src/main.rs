@@ -447,39 +447,18 @@ async fn shutdown_signal() {
 
 /// `check --connect`: reach Kafka and the store as `run` would, and print what was found.
 async fn reach(settings: &Settings) -> anyhow::Result<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
     let k = &settings.kafka;
     match &k.brokers {
         None => println!("# kafka: none configured; `run` starts the embedded broker"),
         Some(brokers) => {
-            let config = understudy::kafka::client_config(k, brokers);
-            let brokers = brokers.clone();
-            let metadata = tokio::task::spawn_blocking(move || {
-                let client: BaseConsumer = config.create()?;
-                client.fetch_metadata(None, WAIT)
-            })
-            .await?
-            .with_context(|| format!("cannot reach Kafka at {brokers} within {WAIT:?}"))?;
-            println!("# kafka: {} broker(s) at {brokers}", metadata.brokers().len());
-            let mut missing = Vec::new();
-            for name in k.service_topics() {
-                match metadata.topics().iter().find(|t| t.name() == name && t.error().is_none()) {
-                    Some(t) => println!("#   topic {name}: {} partitions", t.partitions().len()),
-                    None if k.create_topics => {
-                        println!("#   topic {name}: missing; `run` creates it")
-                    }
-                    None => {
-                        println!("#   topic {name}: missing");
-                        missing.push(name.to_owned());
-                    }
+            let found = understudy::kafka::admin::preflight(k, brokers, WAIT).await?;
+            println!("# kafka: {} broker(s) at {brokers}", found.brokers);
+            for (name, partitions) in &found.topics {
+                match partitions {
+                    Some(p) => println!("#   topic {name}: {p} partitions"),
+                    None => println!("#   topic {name}: missing; `run` creates it"),
                 }
-            }
-            if !missing.is_empty() {
-                anyhow::bail!(
-                    "topics missing and `kafka.create_topics` is off: {} (`run` would fail)",
-                    missing.join(", ")
-                );
             }
         }
     }
@@ -506,6 +485,10 @@ async fn reach(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn run(settings: Settings, scenario: Scenario) -> anyhow::Result<()> {
+    // Nothing starts on a cluster `run` could not work with: each refusal names the setting to fix.
+    if let Some(brokers) = &settings.kafka.brokers {
+        understudy::kafka::admin::preflight(&settings.kafka, brokers, std::time::Duration::from_secs(10)).await?;
+    }
     if let Some(addr) = settings.telemetry.metrics_addr {
         telemetry::init_metrics(addr)?;
         tracing::info!(%addr, "metrics exporter listening");

@@ -365,7 +365,47 @@ async fn check_connect_reaches_kafka_and_the_store(k: Kafka) {
 
     let out = check("127.0.0.1:1", "true");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Kafka at 127.0.0.1:1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach Kafka at `127.0.0.1:1`"));
 }
 
-crate::on_both_brokers!(tokio::test, check_connect_reaches_kafka_and_the_store);
+/// `run` refuses, before it starts anything (the SQLite store is not even created), a cluster it could not
+/// work with, naming the setting: Kafka unreachable, topics missing with `kafka.create_topics` off, and a
+/// replication factor above the cluster's broker count.
+async fn run_refuses_a_cluster_it_cannot_work_with(k: Kafka) {
+    let brokers = k.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("refuse-{}", common::suffix());
+    let run = |brokers: &str, env: &[(&str, &str)]| {
+        let db = dir.path().join(format!("{}.db", common::suffix()));
+        let mut cmd = understudy();
+        cmd.args(["run", "--brokers", brokers, "--database-url"])
+            .arg(format!("sqlite://{}", db.display()))
+            .env("UNDERSTUDY__KAFKA__INPUT_TOPICS", &topic)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let t = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(40), "refused in {:?}", t.elapsed());
+        assert!(!db.exists(), "nothing started: no store created");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("127.0.0.1:1", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach Kafka at `127.0.0.1:1`") && err.contains("`kafka.brokers`"), "{err}");
+
+    let (code, err) = run(&brokers, &[("UNDERSTUDY__KAFKA__CREATE_TOPICS", "false")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("topics missing and `kafka.create_topics` is off") && err.contains(&topic), "{err}");
+
+    let (code, err) = run(&brokers, &[("UNDERSTUDY__KAFKA__REPLICATION_FACTOR", "3")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`kafka.replication_factor` is 3 but the cluster has 1 broker(s)"), "{err}");
+}
+
+crate::on_both_brokers!(
+    tokio::test,
+    check_connect_reaches_kafka_and_the_store,
+    run_refuses_a_cluster_it_cannot_work_with
+);

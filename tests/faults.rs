@@ -128,11 +128,25 @@ const EMITTED: &str = "understudy_events_emitted_total";
 const IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
 
 async fn crash_loop_of_ten_kills_loses_nothing(k: Kafka) {
+    crash_loop(k, true).await;
+}
+
+/// Dynamic membership: each restarted instance joins as a new member, and the killed one's partitions
+/// move only when its session times out (10 s). Apache Kafka only: tansu 0.6 sometimes never rebalanced
+/// after a `kill -9` of a dynamic member (see the notes below the figures in docs/reliability.md).
+#[actix::test]
+async fn crash_loop_with_dynamic_membership_loses_nothing() {
+    crash_loop(Kafka::Apache, false).await;
+}
+
+async fn crash_loop(k: Kafka, static_membership: bool) {
     // Static membership, as for pods with stable names: the restarted instance takes its partitions back
     // at once instead of waiting for the killed one's session to time out.
     let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
         Setup::new(k.brokers(), 4, FAST, str::to_owned, |s| {
-            s.kafka.group_instance_id = Some(format!("crash-loop-{}", common::suffix()));
+            if static_membership {
+                s.kafka.group_instance_id = Some(format!("crash-loop-{}", common::suffix()));
+            }
         })
         .await;
 
@@ -179,9 +193,11 @@ async fn crash_loop_of_ten_kills_loses_nothing(k: Kafka) {
     let logs = service.log_text();
     assert!(logs.contains("resuming unfinished lifecycles"), "restarts resumed lifecycles");
     eprintln!(
-        "FIGURES crash loop: {n} payloads, {} kills (seed {seed}) at {kills:?} of {expected} events; \
+        "FIGURES crash loop ({} membership, {}): {n} payloads, {} kills (seed {seed}) at {kills:?} of {expected} events; \
          {} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, {} duplicates, \
          all with known event ids; peak RSS {:.0} MiB; {:.0} s",
+        if static_membership { "static" } else { "dynamic" },
+        k.name(),
         kills.len(),
         out.messages,
         out.events,
@@ -236,9 +252,10 @@ async fn broker_outage_of_thirty_seconds_loses_nothing(k: Kafka) {
     let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, n, expected).await;
     assert_eq!(emitted_during, 0.0, "no ack delivered while the broker is down (it really is down)");
     eprintln!(
-        "FIGURES broker outage: {n} payloads, broker down {:.0} s at {stored_before} of {expected} events, service \
+        "FIGURES broker outage [{}]: {n} payloads, broker down {:.0} s at {stored_before} of {expected} events, service \
          stayed up; finished {:.0} s after the broker came back; {} messages and {} events stored, 0 missing, \
          0 duplicate rows; {} acks in Kafka, {} duplicates; peak RSS {:.0} MiB",
+        k.name(),
         outage.as_secs_f64(),
         recovered.as_secs_f64(),
         out.messages,
@@ -320,11 +337,12 @@ async fn store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory(k: Kafka)
     let growth_mib = (rss_end as f64 - rss_at_half as f64) / 1024.0;
     assert!(growth_mib < 16.0, "memory grew {growth_mib:.1} MiB in the outage's second half");
     eprintln!(
-        "FIGURES store outage: {n} payloads, store unreachable {:.0} s; during it {:.0} acks emitted \
+        "FIGURES store outage [{}]: {n} payloads, store unreachable {:.0} s; during it {:.0} acks emitted \
          (lifecycles in flight {in_flight_at_cut:.0} → {in_flight_end:.0}) and {:.0} messages taken (then none: \
          {:.0} of {n} taken at the end), RSS {:.0} → {:.0} MiB over the second half; \
          finished {:.0} s after the store came back; {} messages and {} events stored, 0 missing, 0 duplicate \
          rows; {} acks in Kafka, {} duplicates; peak RSS {:.0} MiB",
+        k.name(),
         outage.as_secs_f64(),
         emitted_end - emitted_at_cut,
         consumed_end - consumed_at_cut,
@@ -399,9 +417,10 @@ async fn store_ten_times_slower_than_input_holds_memory_and_drops_nothing(k: Kaf
     let growth_mib = (rss_end as f64 - rss10 as f64) / 1024.0;
     assert!(growth_mib < 16.0, "memory grew {growth_mib:.1} MiB while the store was slow");
     eprintln!(
-        "FIGURES slow store: {n} payloads in at {input_rate:.0}/s, stored at {store_rate:.0} messages/s \
+        "FIGURES slow store [{}]: {n} payloads in at {input_rate:.0}/s, stored at {store_rate:.0} messages/s \
          ({:.0}× slower); {consumed_end:.0} taken after {:.0} s, RSS {:.0} → {:.0} MiB; {} messages and {} \
          events stored, 0 missing, 0 duplicate rows; {} duplicates in Kafka; peak RSS {:.0} MiB",
+        k.name(),
         input_rate / store_rate.max(1.0),
         slow_for.as_secs_f64(),
         rss10 as f64 / 1024.0,
@@ -483,10 +502,11 @@ async fn rebalance_one_three_one_resumes_at_original_due_times(k: Kafka) {
     lateness_ms.sort_by(f64::total_cmp);
     let q = |p: f64| lateness_ms[((lateness_ms.len() - 1) as f64 * p) as usize];
     eprintln!(
-        "FIGURES rebalance: {n} payloads, instances 1 → 3 → 1 in one group over 6 partitions, {handovers} \
+        "FIGURES rebalance [{}]: {n} payloads, instances 1 → 3 → 1 in one group over 6 partitions, {handovers} \
          partition resumes with lifecycles in flight; every event at its original due time (lateness p50 \
          {:.1} ms, p99 {:.1} ms, max {:.1} ms); {} messages and {} events stored, 0 missing, 0 duplicate rows; \
          {} duplicates in Kafka",
+        k.name(),
         q(0.5),
         q(0.99),
         q(1.0),
@@ -622,8 +642,9 @@ async fn bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed(k
     let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, good.len(), expected).await;
     assert!(!service.log_text().contains("panicked"), "no panic");
     eprintln!(
-        "FIGURES bad input: {} good and {corrupted_total} corrupted messages of {} kinds; DLQ {by_kind:?}; \
+        "FIGURES bad input [{}]: {} good and {corrupted_total} corrupted messages of {} kinds; DLQ {by_kind:?}; \
          {} messages and {} events stored for the good ones, 0 missing; 0 crashes",
+        k.name(),
         good.len(),
         by_kind.len(),
         out.messages,
@@ -686,3 +707,118 @@ crate::on_both_brokers!(
     rebalance_one_three_one_resumes_at_original_due_times,
     bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed
 );
+
+/// Wait until the store holds more than `events` events (the service alive meanwhile).
+async fn progress_past(store: &Store, events: usize, service: &mut Service, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while (store.totals().await.unwrap().events as usize) <= events {
+        service.assert_alive(what);
+        if Instant::now() > deadline {
+            let log = service.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "no progress past {events} events {what}; the service's last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster of three Apache Kafka brokers with replication factor 3, `min.insync.replicas` 2 and
+/// `acks=all`: the service's topics on it, and its store.
+async fn cluster_setup(name: &str, n_partitions: i32) -> (ApacheKafka, Setup) {
+    let cluster = ApacheKafka::start(name, 3);
+    let setup = Setup::new(cluster.bootstrap(), n_partitions, FAST, str::to_owned, |s| {
+        s.kafka.replication_factor = 3;
+        s.telemetry.metrics_addr = None;
+    })
+    .await;
+    (cluster, setup)
+}
+
+/// The leader of an input partition is killed (SIGKILL) mid-run, then, once it is back, the leader of an
+/// ack partition: producers and the consumer move to the new leaders; nothing is lost.
+///
+/// Ignored for now: it passed 2 of 4 runs on 2026-12-01 (nothing lost, no duplicate); in the other 2 the
+/// service stopped making progress after a kill (of the node that was the group coordinator in one) and
+/// logged nothing more. Run it with `cargo test --test faults -- --ignored killing_the_leaders`.
+#[actix::test]
+#[ignore = "stalls in 2 of 4 runs after a leader kill: under investigation (issue 14)"]
+async fn killing_the_leaders_of_input_and_ack_partitions_loses_nothing() {
+    let (mut cluster, Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. }) =
+        cluster_setup("leaders", 4).await;
+    let n = 30_000;
+    let batch = sample_batch(&common::suffix(), n);
+    let expected = planned_events(&scenario, &batch);
+    let mut service = Service::spawn(&config, &scenario_path, &dir.path().join("service.log"));
+    let input = settings.kafka.input_topics[0].clone();
+    let publishing = {
+        let (brokers, batch, input) = (brokers.clone(), batch.clone(), input.clone());
+        tokio::spawn(async move { publish(&brokers, &input, &batch, None).await.unwrap() })
+    };
+    let started = Instant::now();
+    let mut killed = Vec::new();
+    for (share, topic) in [(4, input.as_str()), (8, settings.kafka.ack_topic.as_str())] {
+        progress_past(&store, expected * share / 16, &mut service, "before a leader is killed").await;
+        let leader = cluster.leader_of(topic, 0);
+        let at = store.totals().await.unwrap().events;
+        cluster.kill(leader);
+        killed.push((topic.to_owned(), leader, at));
+        progress_past(&store, at as usize + expected / 16, &mut service, "with a leader dead").await;
+        cluster.restart(leader);
+    }
+    publishing.await.unwrap();
+    wait_for_events(&store, expected, Duration::from_secs(300), &mut service).await;
+    assert_eq!(service.terminate(), Some(0), "graceful shutdown exits 0");
+    let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, n, expected).await;
+    eprintln!(
+        "FIGURES leader kill (3 Apache Kafka brokers, rf 3, min ISR 2): {n} payloads; killed {killed:?} \
+         (topic, node, events stored then); {} messages and {} events stored, 0 missing, 0 duplicate rows; {} \
+         acks in Kafka, {} duplicates, all with known event ids; {:.0} s",
+        out.messages,
+        out.events,
+        out.acks_in_kafka,
+        out.kafka_duplicates,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Each of the three brokers in turn is shut down (SIGTERM: controlled shutdown) and started again while
+/// the service runs, as a rolling upgrade of the cluster does; nothing is lost.
+#[actix::test]
+async fn a_rolling_restart_of_the_three_brokers_loses_nothing() {
+    let (mut cluster, Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. }) =
+        cluster_setup("rolling", 4).await;
+    let n = 30_000;
+    let batch = sample_batch(&common::suffix(), n);
+    let expected = planned_events(&scenario, &batch);
+    let mut service = Service::spawn(&config, &scenario_path, &dir.path().join("service.log"));
+    let publishing = {
+        let (brokers, batch, input) = (brokers.clone(), batch.clone(), settings.kafka.input_topics[0].clone());
+        tokio::spawn(async move { publish(&brokers, &input, &batch, None).await.unwrap() })
+    };
+    let started = Instant::now();
+    let mut restarts = Vec::new();
+    for (i, node) in cluster.node_ids().into_iter().enumerate() {
+        progress_past(&store, expected * (i + 1) / 5, &mut service, "before a broker restart").await;
+        let t = Instant::now();
+        cluster.stop(node);
+        cluster.restart(node);
+        restarts.push((node, t.elapsed().as_secs_f64().round() as u64));
+    }
+    publishing.await.unwrap();
+    wait_for_events(&store, expected, Duration::from_secs(300), &mut service).await;
+    assert_eq!(service.terminate(), Some(0), "graceful shutdown exits 0");
+    let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, n, expected).await;
+    eprintln!(
+        "FIGURES rolling restart (3 Apache Kafka brokers, rf 3, min ISR 2): {n} payloads; restarts {restarts:?} \
+         (node, seconds down); {} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, \
+         {} duplicates, all with known event ids; {:.0} s",
+        out.messages,
+        out.events,
+        out.acks_in_kafka,
+        out.kafka_duplicates,
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -125,3 +125,44 @@ pub fn topic_keys<C: rdkafka::ClientContext>(
     }
     Ok(out)
 }
+
+/// What `run` finds on the cluster before it starts anything.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    pub brokers: usize,
+    /// Each topic the service needs, with its partition count, or `None` when missing (`run` creates it
+    /// when `kafka.create_topics` is on).
+    pub topics: Vec<(String, Option<usize>)>,
+}
+
+/// Reach the cluster as `run` would and check that it can start there: Kafka answers within `timeout`,
+/// the topics it needs exist (or `kafka.create_topics` is on), and `kafka.replication_factor` is not above
+/// the number of brokers. Each failure names the setting to fix.
+pub async fn preflight(settings: &KafkaSettings, brokers: &str, timeout: Duration) -> Result<Preflight> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let config = super::client_config(settings, brokers);
+    let metadata = tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create()?;
+        client.fetch_metadata(None, timeout)
+    })
+    .await
+    .map_err(|e| KafkaError::Embedded(e.to_string()))?
+    .map_err(|e| KafkaError::Unreachable { brokers: brokers.to_owned(), timeout, reason: e.to_string() })?;
+    let topics: Vec<(String, Option<usize>)> = settings
+        .service_topics()
+        .iter()
+        .map(|name| {
+            let found = metadata.topics().iter().find(|t| t.name() == *name && t.error().is_none());
+            (name.to_string(), found.map(|t| t.partitions().len()))
+        })
+        .collect();
+    let n = metadata.brokers().len();
+    let missing: Vec<String> = topics.iter().filter(|(_, p)| p.is_none()).map(|(t, _)| t.clone()).collect();
+    if !missing.is_empty() && !settings.create_topics {
+        return Err(KafkaError::MissingTopics { topics: missing.join(", ") });
+    }
+    if !missing.is_empty() && settings.replication_factor as usize > n {
+        return Err(KafkaError::ReplicationFactor { replicas: settings.replication_factor, brokers: n });
+    }
+    Ok(Preflight { brokers: n, topics })
+}

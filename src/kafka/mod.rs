@@ -16,6 +16,21 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("kafka: cannot create topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error(
+        "kafka: cannot reach Kafka at `{brokers}` within {timeout:?}: {reason} (check `kafka.brokers`, and \
+         `kafka.librdkafka` `security.protocol`, `sasl.mechanisms`, `sasl.username` and `sasl.password` if the \
+         cluster needs TLS or SASL)"
+    )]
+    Unreachable { brokers: String, timeout: std::time::Duration, reason: String },
+    #[error(
+        "kafka: topics missing and `kafka.create_topics` is off: {topics} (create them, or turn `kafka.create_topics` on)"
+    )]
+    MissingTopics { topics: String },
+    #[error(
+        "kafka: `kafka.replication_factor` is {replicas} but the cluster has {brokers} broker(s); topics cannot be \
+         created with more replicas than brokers (lower `kafka.replication_factor`)"
+    )]
+    ReplicationFactor { replicas: i32, brokers: usize },
     #[error("kafka: cannot describe the input topics: {0}")]
     Describe(String),
     #[error("embedded broker: {0}")]

@@ -229,7 +229,13 @@ impl ApacheKafka {
                 .arg("-cp")
                 .arg(format!("{}/*", libs.display()))
                 .arg(format!("-Dlog4j2.configurationFile={}", node_dir.join("log4j2.properties").display()))
-                .args(["kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", &cluster_id, "-c"])
+                .args([
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    &format!("--cluster-id={cluster_id}"),
+                    "-c",
+                ])
                 .arg(node_dir.join("server.properties"))
                 .output()
                 .expect("java starts");
@@ -418,8 +424,18 @@ fn wait_closed(port: u16) {
     }
 }
 
-/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as `kafka-storage random-uuid`).
+/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, not starting with `-` (as
+/// `kafka-storage random-uuid`: such an id would read as an option on a command line).
 fn uuid_base64() -> String {
+    loop {
+        let id = uuid_base64_once();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn uuid_base64_once() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let mut bits = 0u32;
