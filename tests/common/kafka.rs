@@ -296,6 +296,27 @@ impl ApacheKafka {
         self.wait_until_up(Duration::from_secs(90));
     }
 
+    /// Wait until every replica of every partition is in sync again (no under-replicated partition), as
+    /// an operator waits between the steps of a rolling operation.
+    pub fn wait_in_sync(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(md) = self.try_metadata(None) {
+                let lagging: usize = md
+                    .topics()
+                    .iter()
+                    .flat_map(|t| t.partitions())
+                    .filter(|p| p.isr().len() < p.replicas().len())
+                    .count();
+                if lagging == 0 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "partitions still under-replicated after {within:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The node leading `topic`'s `partition`.
     pub fn leader_of(&self, topic: &str, partition: i32) -> u32 {
         let md = self.metadata(Some(topic));
