@@ -87,7 +87,7 @@ async fn a_topic_created_again_mid_life_is_a_new_topic(k: Kafka) {
 }
 
 /// Apache Kafka only: on tansu 0.6, deleting a topic that a librdkafka consumer is subscribed to crashes
-/// that client (a SIGSEGV in librdkafka's metadata cache, with or without Understudy's own requests). The
+/// that client (a SIGSEGV in librdkafka's metadata cache; not yet narrowed down to the request that causes it). The
 /// store outliving its broker is tested on both below.
 #[actix::test]
 async fn a_topic_deleted_and_created_again_mid_life_is_a_new_topic() {
