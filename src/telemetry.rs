@@ -65,7 +65,7 @@ pub fn scenario_reload(result: &'static str) {
 }
 
 pub fn message_skipped(reason: &'static str) {
-    counter!(MESSAGES_SKIPPED, "reason" => reason).increment(1);
+    messages_skipped(reason, 1);
 }
 
 pub fn messages_skipped(reason: &'static str, n: u64) {

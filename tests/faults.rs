@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::faults::{Link, Service, check_nothing_lost, free_port, postgres_addr, scrape, via, wait_for_events};
-use common::kafka::ApacheKafka;
+use common::kafka::{ApacheKafka, OwnBroker};
 use rand::{Rng, SeedableRng};
 use understudy::config::Settings;
 use understudy::demo::{SampleMessage, publish, sample_batch};
 use understudy::kafka::admin::ensure_topics;
-use understudy::kafka::embedded::EmbeddedBroker;
 use understudy::scenario::Scenario;
 use understudy::store::Store;
 
@@ -80,43 +79,6 @@ impl Setup {
         create_topics(&settings, &brokers).await;
         let store = Store::connect(&url, 2).await.unwrap();
         Self { url, settings, dir, scenario_path, scenario, config, brokers, store }
-    }
-}
-
-/// A broker of one test's own, to take away and bring back with its storage: the embedded broker off the
-/// network, or an Apache Kafka node killed (SIGKILL) and started again on its log directory.
-enum OwnBroker {
-    Tansu(EmbeddedBroker),
-    Apache(ApacheKafka),
-}
-
-impl OwnBroker {
-    fn start(k: Kafka) -> Self {
-        match k {
-            Kafka::Tansu => Self::Tansu(EmbeddedBroker::start(0).unwrap()),
-            Kafka::Apache => Self::Apache(ApacheKafka::start("outage", 1)),
-        }
-    }
-
-    fn bootstrap(&self) -> String {
-        match self {
-            Self::Tansu(b) => b.bootstrap(),
-            Self::Apache(b) => b.bootstrap(),
-        }
-    }
-
-    fn stop(&mut self) {
-        match self {
-            Self::Tansu(b) => b.stop().unwrap(),
-            Self::Apache(b) => b.kill(1),
-        }
-    }
-
-    fn start_again(&mut self) {
-        match self {
-            Self::Tansu(b) => b.start_again().unwrap(),
-            Self::Apache(b) => b.restart(1),
-        }
     }
 }
 
@@ -210,7 +172,7 @@ async fn crash_loop(k: Kafka, static_membership: bool) {
 
 async fn broker_outage_of_thirty_seconds_loses_nothing(k: Kafka) {
     // A broker of this test's own, stopped and started again with its storage kept.
-    let mut broker = OwnBroker::start(k);
+    let mut broker = OwnBroker::start(k, "outage");
     let mut metrics = None;
     let Setup { settings, dir, scenario_path, scenario, config, brokers, store, .. } =
         Setup::new(broker.bootstrap(), 4, FAST, str::to_owned, |s| metrics = Some(metrics_on_free_port(s))).await;

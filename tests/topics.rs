@@ -94,28 +94,6 @@ async fn a_topic_deleted_and_created_again_mid_life_is_a_new_topic() {
     a_topic_created_again_mid_life_is_a_new_topic(Kafka::Apache).await;
 }
 
-/// A broker of the test's own that can be replaced by a new one (a new cluster, empty).
-enum Fresh {
-    Tansu(understudy::kafka::embedded::EmbeddedBroker),
-    Apache(common::kafka::ApacheKafka),
-}
-
-impl Fresh {
-    fn start(k: Kafka) -> Self {
-        match k {
-            Kafka::Tansu => Self::Tansu(understudy::kafka::embedded::EmbeddedBroker::start(0).unwrap()),
-            Kafka::Apache => Self::Apache(common::kafka::ApacheKafka::start("fresh", 1)),
-        }
-    }
-
-    fn bootstrap(&self) -> String {
-        match self {
-            Self::Tansu(b) => b.bootstrap(),
-            Self::Apache(b) => b.bootstrap(),
-        }
-    }
-}
-
 /// The store outlives its broker: the broker is replaced by a new, empty one (the embedded broker started
 /// again over an old `understudy.db`, or a test environment's Kafka recreated) with the same topic names.
 /// Offsets start at 0 again; the new messages are all processed, none taken for a stored one.
@@ -125,7 +103,7 @@ async fn a_new_broker_over_an_old_store_is_a_new_topic(k: Kafka) {
     let scenario = Arc::new(common::scenario("happy-path.yaml", 0.0001));
     let mut settings = None;
     for (round, total) in [(0, N as i64), (1, 2 * N as i64)] {
-        let broker = Fresh::start(k);
+        let broker = common::kafka::OwnBroker::start(k, "fresh");
         let brokers = broker.bootstrap();
         let s = settings.get_or_insert_with(|| common::settings_for(&brokers, &url, 3));
         s.kafka.brokers = Some(brokers.clone());

@@ -109,6 +109,14 @@ impl ConsumerContext for RebalanceContext {
 
 pub type KafkaConsumer = StreamConsumer<RebalanceContext>;
 
+/// Set `topic`'s incarnation key, adding the topic when it is new.
+fn set_topic_key(topics: &mut TopicKeys, topic: &str, key: Arc<str>) {
+    match topics.iter_mut().find(|(t, _)| &**t == topic) {
+        Some(entry) => entry.1 = key,
+        None => topics.push((Arc::from(topic), key)),
+    }
+}
+
 /// Source topic names, each with its incarnation key ([`crate::model::SourcePosition::topic_id`]).
 type TopicKeys = Vec<(Arc<str>, Arc<str>)>;
 
@@ -371,10 +379,7 @@ impl ConsumerLoop {
         next_offsets: &mut PartitionMap<(u64, i64)>,
     ) -> Vec<i32> {
         let _ = self.persister.send(Flush).await;
-        match topics.iter_mut().find(|(t, _)| &**t == topic) {
-            Some(entry) => entry.1 = Arc::from(key),
-            None => topics.push((Arc::from(topic), Arc::from(key))),
-        }
+        set_topic_key(topics, topic, Arc::from(key));
         let partitions: Vec<i32> =
             self.assignments.owned().into_iter().filter(|(t, _)| t == topic).map(|(_, p)| p).collect();
         let mut sought = Vec::new();
@@ -504,15 +509,12 @@ impl ConsumerLoop {
         let keys = self.topic_keys(&names).await;
         for name in names {
             let key: Arc<str> = keys.get(&name).map(|k| Arc::from(k.as_str())).unwrap_or_else(|| Arc::from(""));
-            match topics.iter_mut().find(|(t, _)| **t == *name) {
-                Some(entry) => {
-                    if entry.1 != key {
-                        tracing::info!(topic = %name, from = %entry.1, to = %key, "the topic is a new incarnation (created again)");
-                    }
-                    entry.1 = key;
-                }
-                None => topics.push((Arc::from(name.as_str()), key)),
+            if let Some((_, before)) = topics.iter().find(|(t, _)| **t == *name)
+                && *before != key
+            {
+                tracing::info!(topic = %name, from = %before, to = %key, "the topic is a new incarnation (created again)");
             }
+            set_topic_key(topics, &name, key);
         }
         for (topic, partition) in parts {
             let key =

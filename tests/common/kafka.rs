@@ -71,6 +71,44 @@ impl Kafka {
     }
 }
 
+/// A broker of one test's own (not the binary's shared one): to replace by a new, empty one, or to take
+/// away and bring back with its storage — the embedded broker off the network, or an Apache Kafka node
+/// killed (SIGKILL) and started again on its log directory.
+pub enum OwnBroker {
+    Tansu(understudy::kafka::embedded::EmbeddedBroker),
+    Apache(ApacheKafka),
+}
+
+impl OwnBroker {
+    pub fn start(k: Kafka, name: &str) -> Self {
+        match k {
+            Kafka::Tansu => Self::Tansu(understudy::kafka::embedded::EmbeddedBroker::start(0).unwrap()),
+            Kafka::Apache => Self::Apache(ApacheKafka::start(name, 1)),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Self::Tansu(b) => b.bootstrap(),
+            Self::Apache(b) => b.bootstrap(),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        match self {
+            Self::Tansu(b) => b.stop().unwrap(),
+            Self::Apache(b) => b.kill(1),
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        match self {
+            Self::Tansu(b) => b.start_again().unwrap(),
+            Self::Apache(b) => b.restart(1),
+        }
+    }
+}
+
 /// Run an async test body once per broker: `on_both_brokers!(actix::test, body);` makes the tests
 /// `body::tansu` and `body::apache`, each calling `body(Kafka::…)`.
 #[macro_export]
