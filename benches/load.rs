@@ -1,25 +1,35 @@
-//! Load-run benchmarks: generator throughput into the embedded broker, rate accuracy, correlation.
+//! Load-run benchmarks: generator throughput beside Apache Kafka's own producer perf tool, rate accuracy,
+//! correlation; on the embedded broker or Apache Kafka.
 //!
 //! ```text
-//! cargo bench --bench load                          # every part
-//! cargo bench --bench load generator                # or: rate, correlation
+//! cargo bench --bench load                          # every part, on tansu
+//! cargo bench --bench load -- --broker apache       # on Apache Kafka (or `--broker both`)
+//! cargo bench --bench load -- generator             # or: rate, correlation
 //! BENCH_MESSAGES=500000 BENCH_RATE_SECONDS=60 cargo bench --bench load
 //! ```
 //!
 //! Parts:
 //! - `generator`: one `understudy load` process (this one) sends `BENCH_MESSAGES` (default 1,000,000)
-//!   messages as fast as it can to the embedded broker, which runs in the same process; messages/s over the
-//!   sending span, and the process's CPU per message (generator and broker together).
+//!   messages of 512 bytes as fast as it can; messages/s over the sending span, and the process's CPU per
+//!   message (on tansu the broker runs in this process and its CPU is in the figure). Then, in the same
+//!   run, Apache Kafka's `kafka-producer-perf-test` (`ProducerPerformance`, from the broker's jars) sends
+//!   as many records of the same size with the same acks (all), linger (5 ms), batch size (1 MB) and no
+//!   compression, to a topic of as many partitions; the ratio of the two.
 //! - `rate`: 20,000 messages/s for `BENCH_RATE_SECONDS` (default 60) s; the achieved rate over the run,
 //!   the worst full second, and how late sends were.
 //! - `correlation`: acks matched to their payloads and recorded (HdrHistogram, per-message record) per
 //!   second on one thread, from the ack bytes (the Kafka consumer's own cost is not in it).
 
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
 use std::time::{Duration, Instant};
 
+use common::kafka::Kafka;
 use understudy::config::KafkaSettings;
 use understudy::kafka::admin::ensure_topics;
-use understudy::kafka::embedded::EmbeddedBroker;
 use understudy::load::message::{PayloadId, Template};
 use understudy::load::{self, LoadSettings, Progress};
 
@@ -40,7 +50,7 @@ fn settings(tag: &str, profile: &str, max: Option<u64>) -> LoadSettings {
         batch_gap_ms: 0,
         mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
         tenant_id: "bench".into(),
-        payload_bytes: 0,
+        payload_bytes: 512,
         template: None,
         recipients: Default::default(),
         topic: format!("bench.{tag}.outbound"),
@@ -53,19 +63,59 @@ fn settings(tag: &str, profile: &str, max: Option<u64>) -> LoadSettings {
     }
 }
 
-async fn generator(brokers: &str, kafka: &KafkaSettings, n: u64) {
+/// CPU seconds (user + system) of this process's children that have exited and been waited for.
+fn children_cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+async fn generator(k: Kafka, brokers: &str, kafka: &KafkaSettings, n: u64) {
     let s = settings("gen", "100000000@1h", Some(n));
-    ensure_topics(kafka, brokers, &[&s.topic, &s.ack_topic]).await.unwrap();
+    ensure_topics(kafka, brokers, &[&s.topic, &s.ack_topic, "bench.java.perf"]).await.unwrap();
     let cpu0 = cpu_seconds();
     let t = Instant::now();
     let outcome = load::run(kafka, brokers, s, Template::default(), &[], Progress::Quiet).await.unwrap();
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let r = &outcome.results;
     assert_eq!(r.sent_total(), n, "every message delivered");
-    println!("  generator: {n} messages to the embedded broker (same process), as fast as it goes");
-    println!("    throughput        {:>10.0} messages/s over the sending span", r.throughput());
+    let ours = r.throughput();
+    let whose = match k {
+        Kafka::Tansu => "generator and broker",
+        Kafka::Apache => "generator alone",
+    };
+    println!("  generator: {n} messages of 512 bytes (a key and 5 headers too), as fast as it goes");
+    println!("    throughput        {:>10.0} messages/s over the sending span", ours);
     println!("    whole run         {:>10.2} s (including the final flush)", secs);
-    println!("    process CPU       {:>10.2} µs per message (generator and broker)", cpu * 1e6 / n as f64);
+    println!("    process CPU       {:>10.2} µs per message ({whose})", cpu * 1e6 / n as f64);
+
+    // The same records' worth with Apache Kafka's own producer, in a process of its own.
+    let cpu0 = children_cpu();
+    let out = common::kafka::kafka_java("org.apache.kafka.tools.ProducerPerformance")
+        .args(["--topic", "bench.java.perf", "--num-records", &n.to_string(), "--record-size", "512"])
+        .args(["--throughput", "-1", "--producer-props"])
+        .arg(format!("bootstrap.servers={brokers}"))
+        .args(["acks=all", "linger.ms=5", "batch.size=1048576", "compression.type=none", "enable.idempotence=false"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("kafka-producer-perf-test runs (Java 17 and the Apache Kafka jars)");
+    let cpu = children_cpu() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kafka-producer-perf-test failed: {text}");
+    // The last line: "N records sent, R records/sec (M MB/sec), A ms avg latency, …".
+    let last = text.lines().rev().find(|l| l.contains("records sent")).unwrap_or_else(|| panic!("`{text}`"));
+    let java: f64 = last
+        .split(", ")
+        .nth(1)
+        .and_then(|f| f.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read `{last}`"));
+    println!(
+        "    kafka-producer-perf-test {java:>5.0} records/s (JVM process CPU {:.2} µs per record, start-up included)",
+        cpu * 1e6 / n as f64
+    );
+    println!("    ratio             {:>10.2} (understudy load / kafka-producer-perf-test)", ours / java);
 }
 
 async fn rate(brokers: &str, kafka: &KafkaSettings, seconds: u64) {
@@ -131,29 +181,33 @@ fn correlation(n: u64) {
     let secs = t.elapsed().as_secs_f64();
     assert_eq!((events as usize, resolved), (acks.len(), n));
     println!("  correlation: {} acks of {n} messages, one thread, from bytes", acks.len());
-    println!("    throughput        {:>10.0} acks/s ({:.2} µs per ack)", events as f64 / secs, secs * 1e6 / events as f64);
+    println!(
+        "    throughput        {:>10.0} acks/s ({:.2} µs per ack)",
+        events as f64 / secs,
+        secs * 1e6 / events as f64
+    );
 }
 
 fn main() {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let want = |part: &str| filter.as_deref().is_none_or(|f| part.contains(f));
     let n: u64 = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let seconds: u64 = std::env::var("BENCH_RATE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let broker = EmbeddedBroker::start(0).unwrap();
-        let brokers = broker.bootstrap();
-        let kafka = KafkaSettings { partitions: 6, ..KafkaSettings::default() };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        println!("understudy load benchmarks (embedded broker {brokers})");
-        if want("generator") {
-            generator(&brokers, &kafka, n).await;
-        }
-        if want("rate") {
-            rate(&brokers, &kafka, seconds).await;
-        }
-        if want("correlation") {
-            correlation(n / 2);
-        }
-    });
+    for k in support::brokers() {
+        rt.block_on(async {
+            let broker = support::start(k);
+            let brokers = broker.bootstrap();
+            let kafka = KafkaSettings { partitions: 6, ..KafkaSettings::default() };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            println!("understudy load benchmarks ({}, {brokers})", support::describe(k));
+            if support::wanted("generator") {
+                generator(k, &brokers, &kafka, n).await;
+            }
+            if support::wanted("rate") {
+                rate(&brokers, &kafka, seconds).await;
+            }
+            if support::wanted("correlation") {
+                correlation(n / 2);
+            }
+        });
+    }
 }

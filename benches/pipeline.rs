@@ -1,14 +1,28 @@
-//! Service benchmarks on the embedded broker with Postgres, printing the figures the README quotes.
+//! Service benchmarks with Postgres, on the embedded broker or Apache Kafka, printing the figures the
+//! README quotes.
 //!
-//! The service runs as the real binary in a child process, so its CPU time and memory are its own; the
-//! broker runs in this process. Input is loaded into the topic before the service starts, so the
-//! throughput figure is the service's, not the publisher's.
+//! The service runs as the real binary in a child process, so its CPU time and memory are its own; tansu
+//! runs in this process, Apache Kafka in its own. Input is loaded into the topic before the service
+//! starts, so the throughput figure is the service's, not the publisher's.
 //!
-//! Parts: `throughput` (end to end, zero delays), `floor` (librdkafka alone with the same traffic: the
-//! floor under the service's CPU figure), `memory` (pending lifecycles, asleep and as actors).
+//! Parts:
+//! - `throughput`: end to end, zero delays.
+//! - `floor`: librdkafka alone with the same traffic (the floor under the service's CPU figure).
+//! - `consumer`: consuming alone, librdkafka with the service's consumer settings beside Apache Kafka's own
+//!   `kafka-consumer-perf-test` (`ConsumerPerformance`, from the same jars as the broker), same records.
+//! - `latency`: the pipeline's own overhead: `understudy load` at 2,000 messages/s into a running service
+//!   with every step due at once; from each message's intended send to its SEND ack's arrival.
+//! - `memory`: pending lifecycles, asleep and as actors.
 //!
-//!     cargo bench --bench pipeline              # 200,000 messages each part
-//!     BENCH_MESSAGES=50000 cargo bench --bench pipeline floor
+//!     cargo bench --bench pipeline                          # every part on tansu, 200,000 messages
+//!     cargo bench --bench pipeline -- --broker apache       # on Apache Kafka (or `--broker both`)
+//!     BENCH_MESSAGES=50000 cargo bench --bench pipeline -- floor
+//!     BENCH_RATE=2000 BENCH_RATE_SECONDS=30 cargo bench --bench pipeline -- --broker both latency
+
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use understudy::demo::{publish, sample_batch};
-use understudy::kafka::embedded::EmbeddedBroker;
+use understudy::load::{self, LoadSettings, Progress};
+use understudy::model::Status;
 use understudy::scenario::Scenario;
 use understudy::store::Store;
 
@@ -61,7 +76,10 @@ async fn drop_database(url: &str) {
     let base = base_url();
     let name = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
     let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 async fn fresh_database() -> String {
@@ -156,7 +174,11 @@ async fn throughput(dir: &Path, brokers: &str, n: usize) {
     let cpu = cpu1 - cpu0;
     stop(svc);
     println!("  end to end, zero delays: {n} messages, {events} acks in {secs:.2} s");
-    println!("    throughput        {:>10.0} outbound messages/s ({:.0} acks/s)", n as f64 / secs, events as f64 / secs);
+    println!(
+        "    throughput        {:>10.0} outbound messages/s ({:.0} acks/s)",
+        n as f64 / secs,
+        events as f64 / secs
+    );
     println!("    service CPU       {:>10.2} µs per outbound message ({cpu:.2} s CPU)", cpu * 1e6 / n as f64);
     println!("    service RSS       {:>10.1} MiB at the end", rss as f64 / 1048576.0);
     store.close().await;
@@ -186,7 +208,9 @@ async fn floor(brokers: &str, n: usize) {
     let text = String::from_utf8_lossy(&out.stdout);
     let figures: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     let [cpu, secs] = figures[..] else { panic!("floor child printed `{text}`") };
-    println!("  librdkafka alone, the same traffic: {n} records consumed, {events} produced with delivery reports in {secs:.2} s");
+    println!(
+        "  librdkafka alone, the same traffic: {n} records consumed, {events} produced with delivery reports in {secs:.2} s"
+    );
     println!("    client CPU        {:>10.2} µs per outbound message ({cpu:.2} s CPU)", cpu * 1e6 / n as f64);
 }
 
@@ -262,6 +286,190 @@ fn floor_child(spec: &str) {
     println!("{} {}", proc_usage(std::process::id()).0 - cpu0, t0.elapsed().as_secs_f64());
 }
 
+/// CPU seconds (user + system) of this process's children that have exited and been waited for.
+fn children_cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Consuming alone, the same records two ways: librdkafka with the service's consumer settings (this
+/// binary again, as a child), and Apache Kafka's `kafka-consumer-perf-test` (`ConsumerPerformance`, from
+/// the broker's jars, its default consumer settings). Both from the assignment to the last record; each
+/// in a process of its own, its CPU from `getrusage` (the JVM's start-up included).
+async fn consumer(brokers: &str, n: usize) {
+    let batch = sample_batch("co", n);
+    create_topics(brokers, "co").await;
+    publish(brokers, "bench.co.outbound", &batch, None).await.unwrap();
+    let bytes: usize = batch.iter().map(|m| m.body.len() + m.payload_id.len()).sum();
+    println!("  consuming alone: {n} records of {} bytes on average (key and value), 6 partitions", bytes / n);
+
+    let cpu0 = children_cpu();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_CONSUME", format!("{brokers} {n}"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("consumer child runs");
+    let cpu = children_cpu() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text.trim().parse().unwrap_or_else(|_| panic!("consumer child printed `{text}`"));
+    let ours = n as f64 / secs;
+    println!(
+        "    librdkafka        {:>10.0} records/s from the assignment ({:.2} µs CPU per record; the service's consumer settings)",
+        ours,
+        cpu * 1e6 / n as f64
+    );
+
+    let cpu0 = children_cpu();
+    let out = common::kafka::kafka_java("org.apache.kafka.tools.ConsumerPerformance")
+        .args(["--bootstrap-server", brokers, "--topic", "bench.co.outbound", "--group", "bench-co-java"])
+        .args(["--messages", &n.to_string(), "--timeout", "120000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("kafka-consumer-perf-test runs (Java 17 and the Apache Kafka jars)");
+    let cpu = children_cpu() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kafka-consumer-perf-test failed: {text}");
+    // A header line and a line of figures, comma separated.
+    let mut lines = text.lines().filter(|l| l.contains(','));
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').map(str::trim).collect();
+    let values: Vec<&str> = lines.next().unwrap_or_default().split(',').map(str::trim).collect();
+    let field = |name: &str| -> f64 {
+        let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no `{name}` in `{text}`"));
+        values[i].parse().unwrap()
+    };
+    assert_eq!(field("data.consumed.in.nMsg") as usize, n, "kafka-consumer-perf-test consumed every record");
+    let java = field("fetch.nMsg.sec");
+    println!(
+        "    kafka-consumer-perf-test {:>5.0} records/s from the assignment (fetch.nMsg.sec; {:.2} µs CPU per record, JVM start-up included)",
+        java,
+        cpu * 1e6 / n as f64
+    );
+    println!("    ratio             {:>10.2} (librdkafka / kafka-consumer-perf-test)", ours / java);
+}
+
+/// The consumer child: consume `n` records; prints the seconds from the assignment (the end of the group
+/// join, where `kafka-consumer-perf-test`'s fetch time starts too) to the last record.
+fn consume_child(spec: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Assigned(Mutex<Option<Instant>>);
+    impl rdkafka::ClientContext for Assigned {}
+    impl ConsumerContext for Assigned {
+        fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+            if matches!(r, Rebalance::Assign(_)) {
+                self.0.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    let mut it = spec.split(' ');
+    let brokers = it.next().unwrap();
+    let n: usize = it.next().unwrap().parse().unwrap();
+    let mut k = understudy::config::KafkaSettings::default();
+    k.group_id = "bench-co-librdkafka".into();
+    if let Ok(m) = std::env::var("BENCH_LIBRDKAFKA") {
+        k.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LIBRDKAFKA is a YAML map");
+    }
+    let consumer: BaseConsumer<Assigned> =
+        understudy::kafka::consumer_config(&k, brokers).create_with_context(Assigned::default()).unwrap();
+    consumer.subscribe(&["bench.co.outbound"]).unwrap();
+    let mut consumed = 0usize;
+    while consumed < n {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        m.unwrap();
+        consumed += 1;
+    }
+    let assigned = consumer.context().0.lock().unwrap().expect("assigned before the first record");
+    println!("{}", assigned.elapsed().as_secs_f64());
+}
+
+fn load_settings(run_id: &str, tag: &str, profile: &str) -> LoadSettings {
+    LoadSettings {
+        run_id: run_id.into(),
+        generator: 0,
+        profile: profile.into(),
+        max_messages: None,
+        batch_size: 1000,
+        batch_gap_ms: 0,
+        mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
+        tenant_id: "bench".into(),
+        payload_bytes: 0,
+        template: None,
+        recipients: Default::default(),
+        topic: format!("bench.{tag}.outbound"),
+        ack_topic: format!("bench.{tag}.acks"),
+        ack_payload_id: "/payload_id".into(),
+        ack_status: "/status".into(),
+        ack_timeout_ms: 30_000,
+        linger_ms: 200,
+        late_after_ms: 10.0,
+    }
+}
+
+/// The pipeline's own overhead: `understudy load` (in this process) sends at `rate` messages/s for
+/// `seconds` s to the service (a child process) running a scenario with every step due at once; latency
+/// is from each message's intended send time to its ack's arrival at the generator's consumer. A warm-up
+/// run first, so that the group has settled and the figures hold no assignment.
+async fn latency(dir: &Path, brokers: &str, rate: u64, seconds: u64) {
+    use understudy::load::results::Hist;
+    let url = fresh_database().await;
+    let scenario_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/zero-delay.yaml");
+    create_topics(brokers, "lat").await;
+    let svc = start_service(dir, brokers, &url, &scenario_path, "lat", "");
+    let mut kafka = understudy::config::KafkaSettings { partitions: 6, ..Default::default() };
+    // Extra librdkafka settings for the generator's clients, for experiments.
+    if let Ok(m) = std::env::var("BENCH_LOAD_LIBRDKAFKA") {
+        kafka.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LOAD_LIBRDKAFKA is a YAML map");
+    }
+    let template = understudy::load::message::Template::default();
+    let warm =
+        load::run(&kafka, brokers, load_settings("lat-warm", "lat", "500@2s"), template.clone(), &[], Progress::Quiet)
+            .await
+            .unwrap();
+    assert_eq!(warm.results.lost, 0, "the warm-up's payloads all have their outcome");
+    let profile = format!("{rate}@{seconds}s");
+    let out = load::run(&kafka, brokers, load_settings("lat", "lat", &profile), template, &[], Progress::Quiet)
+        .await
+        .unwrap();
+    let (_, rss) = proc_usage(svc.child.id());
+    stop(svc);
+    let r = &out.results;
+    let of = |status: Status| {
+        let mut h = Hist::default();
+        for by in r.statuses.values() {
+            if let Some(f) = by.get(&status) {
+                h.merge(&f.latency_us);
+            }
+        }
+        h
+    };
+    let (send, delivery) = (of(Status::Send), of(Status::Delivery));
+    println!("  latency floor: {rate} messages/s for {seconds} s into the running service, every step due at once");
+    for (name, h) in [("SEND", &send), ("DELIVERY", &delivery)] {
+        println!(
+            "    {name:<9} ack     p50 {:>6.1} ms, p90 {:>6.1} ms, p99 {:>6.1} ms, max {:>7.1} ms ({} acks)",
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.9),
+            h.quantile_ms(0.99),
+            h.max_ms(),
+            h.len()
+        );
+    }
+    println!(
+        "    generator         {:.0} messages/s achieved; sends p99 {:.2} ms behind schedule; {} lost; service RSS {:.0} MiB",
+        r.throughput(),
+        r.lateness_us.quantile_ms(0.99),
+        r.lost,
+        rss as f64 / 1048576.0
+    );
+    assert_eq!(r.lost, 0, "every payload has its outcome");
+    assert_eq!(send.len(), r.sent_total(), "one SEND per message");
+    drop_database(&url).await;
+}
+
 /// Memory per pending lifecycle: asleep (the default for waits over `hibernate_after_ms`) or, with
 /// hibernation off, each one an actor with its timer.
 async fn pending_memory(dir: &Path, brokers: &str, n: usize, asleep: bool) {
@@ -307,24 +515,37 @@ fn main() {
     if let Ok(spec) = std::env::var("BENCH_FLOOR") {
         return floor_child(&spec);
     }
-    // `cargo bench` passes `--bench`; a filter argument selects a part.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if let Ok(spec) = std::env::var("BENCH_CONSUME") {
+        return consume_child(&spec);
+    }
     let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let broker = EmbeddedBroker::start(0).expect("embedded broker");
-    let brokers = broker.bootstrap();
+    let rate: u64 = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let seconds: u64 = std::env::var("BENCH_RATE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("understudy benchmarks ({} cores), embedded tansu broker, Postgres", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    rt.block_on(async {
-        if filter.as_deref().is_none_or(|f| "throughput".contains(f)) {
-            throughput(dir.path(), &brokers, n).await;
-        }
-        if filter.as_deref().is_none_or(|f| "floor".contains(f)) {
-            floor(&brokers, n).await;
-        }
-        if filter.as_deref().is_none_or(|f| "memory".contains(f)) {
-            pending_memory(dir.path(), &brokers, n, true).await;
-            pending_memory(dir.path(), &brokers, n, false).await;
-        }
-    });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    for k in support::brokers() {
+        let broker = support::start(k);
+        let brokers = broker.bootstrap();
+        println!("understudy benchmarks ({cores} cores), {}, Postgres", support::describe(k));
+        rt.block_on(async {
+            if support::wanted("throughput") {
+                throughput(dir.path(), &brokers, n).await;
+            }
+            if support::wanted("floor") {
+                floor(&brokers, n).await;
+            }
+            if support::wanted("consumer") {
+                consumer(&brokers, n).await;
+            }
+            if support::wanted("latency") {
+                latency(dir.path(), &brokers, rate, seconds).await;
+            }
+            if support::wanted("memory") {
+                pending_memory(dir.path(), &brokers, n, true).await;
+                pending_memory(dir.path(), &brokers, n, false).await;
+            }
+        });
+        drop(broker);
+    }
 }

@@ -409,3 +409,47 @@ crate::on_both_brokers!(
     check_connect_reaches_kafka_and_the_store,
     run_refuses_a_cluster_it_cannot_work_with
 );
+
+/// Wrong SASL credentials: `run` refuses before anything starts, saying that authentication failed and
+/// naming the SASL settings; `check --connect` with the right ones reaches the cluster. Apache Kafka only:
+/// the embedded broker has no SASL listener.
+#[tokio::test]
+async fn run_refuses_wrong_sasl_credentials() {
+    use common::kafka::{ApacheKafka, SASL_PASSWORD, SASL_USER};
+    let cluster = ApacheKafka::start("sasl", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("sasl-{}", common::suffix());
+    let config = |password: &str| {
+        let db = dir.path().join(format!("{}.db", common::suffix()));
+        let mut s = common::settings_for(&cluster.sasl_bootstrap(), &format!("sqlite://{}", db.display()), 1);
+        s.kafka.input_topics = vec![topic.clone()];
+        for (k, v) in [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanisms", "PLAIN"),
+            ("sasl.username", SASL_USER),
+            ("sasl.password", password),
+        ] {
+            s.kafka.librdkafka.insert(k.into(), v.into());
+        }
+        let d = dir.path().join(common::suffix());
+        std::fs::create_dir_all(&d).unwrap();
+        (common::write_config(&d, &s), db)
+    };
+
+    let (good, _) = config(SASL_PASSWORD);
+    let out = understudy().args(["check", "--connect", "--config"]).arg(&good).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!(" broker(s) at {}", cluster.sasl_bootstrap())), "{text}");
+
+    let (bad, db) = config("not-the-password");
+    let t = std::time::Instant::now();
+    let out = understudy().args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(40), "refused in {:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach Kafka at") && err.contains("`sasl.username`"), "{err}");
+    assert!(err.to_lowercase().contains("authentication"), "the reason says authentication failed: {err}");
+    eprintln!("FIGURES wrong SASL credentials: exit {:?}, {}", out.status.code(), err.trim());
+    assert!(!db.exists(), "nothing started: no store created");
+}

@@ -102,17 +102,23 @@ async fn crash_loop_with_dynamic_membership_loses_nothing() {
 }
 
 async fn crash_loop(k: Kafka, static_membership: bool) {
+    crash_loop_on(k.brokers(), k.name(), 1, static_membership, 100_000).await;
+}
+
+/// Where a fault test runs: a broker's bootstrap servers, its name in the figures, and the replication
+/// factor of the test's topics.
+async fn crash_loop_on(brokers: String, on: &str, replication_factor: i32, static_membership: bool, n: usize) {
     // Static membership, as for pods with stable names: the restarted instance takes its partitions back
     // at once instead of waiting for the killed one's session to time out.
     let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
-        Setup::new(k.brokers(), 4, FAST, str::to_owned, |s| {
+        Setup::new(brokers, 4, FAST, str::to_owned, |s| {
+            s.kafka.replication_factor = replication_factor;
             if static_membership {
                 s.kafka.group_instance_id = Some(format!("crash-loop-{}", common::suffix()));
             }
         })
         .await;
 
-    let n = 100_000;
     let batch = sample_batch(&common::suffix(), n);
     let expected = planned_events(&scenario, &batch);
     let seed: u64 = rand::rng().random();
@@ -159,7 +165,7 @@ async fn crash_loop(k: Kafka, static_membership: bool) {
          {} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, {} duplicates, \
          all with known event ids; peak RSS {:.0} MiB; {:.0} s",
         if static_membership { "static" } else { "dynamic" },
-        k.name(),
+        on,
         kills.len(),
         out.messages,
         out.events,
@@ -395,15 +401,39 @@ async fn store_ten_times_slower_than_input_holds_memory_and_drops_nothing(k: Kaf
 }
 
 async fn rebalance_one_three_one_resumes_at_original_due_times(k: Kafka) {
-    let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
-        Setup::new(k.brokers(), 6, FAST, str::to_owned, |s| s.telemetry.metrics_addr = None).await;
+    rebalance_on(k.brokers(), k.name(), 1, false).await;
+}
 
+/// Static membership: each instance has its own `group.instance.id`, as pods of a StatefulSet do; one that
+/// leaves keeps its partitions until its session times out, and they then move to the survivor.
+async fn rebalance_with_static_membership_resumes_at_original_due_times(k: Kafka) {
+    rebalance_on(k.brokers(), k.name(), 1, true).await;
+}
+
+async fn rebalance_on(brokers: String, on: &str, replication_factor: i32, static_membership: bool) {
+    let Setup { url, settings, dir, scenario_path, scenario, config, brokers, store } =
+        Setup::new(brokers, 6, FAST, str::to_owned, |s| {
+            s.telemetry.metrics_addr = None;
+            s.kafka.replication_factor = replication_factor;
+        })
+        .await;
+    // One config file per instance: with static membership, each its own instance id.
+    let instance_config = |name: &str| {
+        if !static_membership {
+            return config.clone();
+        }
+        let mut s = settings.clone();
+        s.kafka.group_instance_id = Some(format!("{name}-{}", common::suffix()));
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        common::write_config(&d, &s)
+    };
     let n = 30_000;
     let batch = sample_batch(&common::suffix(), n);
     let expected = planned_events(&scenario, &batch);
     let input = &settings.kafka.input_topics[0];
     let log = |name: &str| dir.path().join(format!("{name}.log"));
-    let mut a = Service::spawn(&config, &scenario_path, &log("a"));
+    let mut a = Service::spawn(&instance_config("a"), &scenario_path, &log("a"));
     publish(&brokers, input, &batch[..n / 3], None).await.unwrap();
     let progress = |share: usize| {
         let store = &store;
@@ -417,8 +447,8 @@ async fn rebalance_one_three_one_resumes_at_original_due_times(k: Kafka) {
     progress(1).await;
 
     // 1 → 3: two more instances join the group.
-    let mut b = Service::spawn(&config, &scenario_path, &log("b"));
-    let mut c = Service::spawn(&config, &scenario_path, &log("c"));
+    let mut b = Service::spawn(&instance_config("b"), &scenario_path, &log("b"));
+    let mut c = Service::spawn(&instance_config("c"), &scenario_path, &log("c"));
     common::eventually(Duration::from_secs(90), "the new instances own partitions", || async {
         (b.log_text().contains("partitions assigned") && c.log_text().contains("partitions assigned")).then_some(())
     })
@@ -464,11 +494,11 @@ async fn rebalance_one_three_one_resumes_at_original_due_times(k: Kafka) {
     lateness_ms.sort_by(f64::total_cmp);
     let q = |p: f64| lateness_ms[((lateness_ms.len() - 1) as f64 * p) as usize];
     eprintln!(
-        "FIGURES rebalance [{}]: {n} payloads, instances 1 → 3 → 1 in one group over 6 partitions, {handovers} \
+        "FIGURES rebalance [{on}, {} membership]: {n} payloads, instances 1 → 3 → 1 in one group over 6 partitions, {handovers} \
          partition resumes with lifecycles in flight; every event at its original due time (lateness p50 \
          {:.1} ms, p99 {:.1} ms, max {:.1} ms); {} messages and {} events stored, 0 missing, 0 duplicate rows; \
          {} duplicates in Kafka",
-        k.name(),
+        if static_membership { "static" } else { "dynamic" },
         q(0.5),
         q(0.99),
         q(1.0),
@@ -667,6 +697,7 @@ crate::on_both_brokers!(
     store_outage_of_sixty_seconds_loses_nothing_and_bounds_memory,
     store_ten_times_slower_than_input_holds_memory_and_drops_nothing,
     rebalance_one_three_one_resumes_at_original_due_times,
+    rebalance_with_static_membership_resumes_at_original_due_times,
     bad_input_goes_to_the_dlq_with_its_reason_and_good_input_is_processed
 );
 
@@ -788,4 +819,31 @@ async fn a_rolling_restart_of_the_three_brokers_loses_nothing() {
         out.kafka_duplicates,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The crash loop on the cluster, with static membership (the restarted instance takes its partitions
+/// back at once) and with dynamic (they move when the killed member's session times out).
+#[actix::test]
+async fn crash_loop_on_three_brokers_loses_nothing() {
+    let cluster = ApacheKafka::start("crash-static", 3);
+    crash_loop_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, true, 50_000).await;
+}
+
+#[actix::test]
+async fn crash_loop_on_three_brokers_with_dynamic_membership_loses_nothing() {
+    let cluster = ApacheKafka::start("crash-dynamic", 3);
+    crash_loop_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, false, 50_000).await;
+}
+
+/// 1 → 3 → 1 instances on the cluster, with dynamic membership and with static.
+#[actix::test]
+async fn rebalance_on_three_brokers_resumes_at_original_due_times() {
+    let cluster = ApacheKafka::start("rebalance-dynamic", 3);
+    rebalance_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, false).await;
+}
+
+#[actix::test]
+async fn rebalance_on_three_brokers_with_static_membership_resumes_at_original_due_times() {
+    let cluster = ApacheKafka::start("rebalance-static", 3);
+    rebalance_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, true).await;
 }

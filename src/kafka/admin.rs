@@ -135,19 +135,69 @@ pub struct Preflight {
     pub topics: Vec<(String, Option<usize>)>,
 }
 
+/// A client context keeping the client's first error worth reporting, for the reason of a failed
+/// preflight, from librdkafka's log (queued: it reaches the context when the client is polled).
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    fn note(&self, message: &str, serious: bool) {
+        let Ok(mut last) = self.0.lock() else { return };
+        // An authentication failure is the reason, whatever came before; later errors (every broker
+        // down) follow from it.
+        if last.as_deref().is_some_and(|l| l.contains("uthentication")) {
+            return;
+        }
+        if message.contains("uthentication") || (serious && last.is_none()) {
+            *last = Some(message.to_owned());
+        }
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        tracing::debug!(fac, message, "librdkafka during preflight");
+        self.note(message, matches!(level, Emerg | Alert | Critical | Error));
+    }
+
+    /// Kept for the preflight's error, which says it once, instead of logged as it comes.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error during preflight");
+        self.note(reason, true);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
 /// Reach the cluster as `run` would and check that it can start there: Kafka answers within `timeout`,
 /// the topics it needs exist (or `kafka.create_topics` is on), and `kafka.replication_factor` is not above
 /// the number of brokers. Each failure names the setting to fix.
 pub async fn preflight(settings: &KafkaSettings, brokers: &str, timeout: Duration) -> Result<Preflight> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let config = super::client_config(settings, brokers);
+    let mut config = super::client_config(settings, brokers);
+    // librdkafka logs at the level of the `log` crate's logger, which may be off: the reason of a failure
+    // is in its warnings and errors.
+    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     let metadata = tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = config.create()?;
-        client.fetch_metadata(None, timeout)
+        let client: BaseConsumer<LastError> =
+            config.create_with_context(LastError::default()).map_err(|e| e.to_string())?;
+        client.fetch_metadata(None, timeout).map_err(|e| {
+            // The metadata call only says it failed; the client's log says why (a refused connection,
+            // failed SASL authentication, a TLS handshake). Its events reach the context when polled.
+            for _ in 0..5 {
+                let _ = client.poll(Duration::from_millis(20));
+            }
+            match client.context().0.lock().ok().and_then(|e| e.clone()) {
+                Some(why) => format!("{e}; {why}"),
+                None => e.to_string(),
+            }
+        })
     })
     .await
-    .map_err(|e| KafkaError::Embedded(e.to_string()))?
-    .map_err(|e| KafkaError::Unreachable { brokers: brokers.to_owned(), timeout, reason: e.to_string() })?;
+    // The metadata call panicked or was cancelled: Kafka did not answer, as far as `run` can tell.
+    .map_err(|e| KafkaError::Unreachable { brokers: brokers.to_owned(), timeout, reason: e.to_string() })?
+    .map_err(|reason| KafkaError::Unreachable { brokers: brokers.to_owned(), timeout, reason })?;
     let topics: Vec<(String, Option<usize>)> = settings
         .service_topics()
         .iter()

@@ -188,7 +188,12 @@ pub fn kafka_java(main_class: &str) -> Command {
     cmd
 }
 
-/// An Apache Kafka cluster of `n` nodes, each a combined broker and KRaft controller.
+/// The one user of every node's SASL listener.
+pub const SASL_USER: &str = "understudy";
+pub const SASL_PASSWORD: &str = "understudy-secret";
+
+/// An Apache Kafka cluster of `n` nodes, each a combined broker and KRaft controller, each with a
+/// PLAINTEXT listener and a SASL_PLAINTEXT one.
 pub struct ApacheKafka {
     dir: PathBuf,
     nodes: Vec<Node>,
@@ -197,6 +202,8 @@ pub struct ApacheKafka {
 struct Node {
     id: u32,
     port: u16,
+    /// A SASL_PLAINTEXT listener (mechanism PLAIN, one user: [`SASL_USER`]).
+    sasl_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -212,14 +219,14 @@ impl ApacheKafka {
         let dir =
             runs.join(format!("{}-{name}-{}-{}", exe.unwrap_or_default(), std::process::id(), crate::common::suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let voters: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect();
+            ports.iter().enumerate().map(|(i, (_, c, _))| format!("{}@127.0.0.1:{c}", i + 1)).collect();
         let replicas = n.min(3);
         let min_isr = if n >= 3 { 2 } else { 1 };
         let cluster_id = uuid_base64();
         let mut nodes = Vec::new();
-        for (i, (port, controller)) in ports.iter().enumerate() {
+        for (i, (port, controller, sasl_port)) in ports.iter().enumerate() {
             let id = i as u32 + 1;
             let node_dir = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&node_dir).unwrap();
@@ -227,10 +234,13 @@ impl ApacheKafka {
                 "process.roles=broker,controller\n\
                  node.id={id}\n\
                  controller.quorum.voters={voters}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},SASL://127.0.0.1:{sasl_port}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL://127.0.0.1:{sasl_port}\n\
                  controller.listener.names=CONTROLLER\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL:SASL_PLAINTEXT\n\
+                 sasl.enabled.mechanisms=PLAIN\n\
+                 listener.name.sasl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule \
+                 required user_{SASL_USER}=\"{SASL_PASSWORD}\";\n\
                  inter.broker.listener.name=PLAINTEXT\n\
                  log.dirs={data}\n\
                  default.replication.factor={replicas}\n\
@@ -282,7 +292,7 @@ impl ApacheKafka {
                 "formatting node {id}'s storage failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            nodes.push(Node { id, port: *port, dir: node_dir, child: None });
+            nodes.push(Node { id, port: *port, sasl_port: *sasl_port, dir: node_dir, child: None });
         }
         let mut cluster = Self { dir, nodes };
         for id in 1..=n {
@@ -295,6 +305,12 @@ impl ApacheKafka {
     /// `bootstrap.servers` for every node.
     pub fn bootstrap(&self) -> String {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `bootstrap.servers` of every node's SASL_PLAINTEXT listener (PLAIN, [`SASL_USER`] and
+    /// [`SASL_PASSWORD`]).
+    pub fn sasl_bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.sasl_port)).collect::<Vec<_>>().join(",")
     }
 
     pub fn node_ids(&self) -> Vec<u32> {

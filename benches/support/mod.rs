@@ -1,0 +1,64 @@
+//! What the bench binaries share: the broker they run on and the part they run, from their arguments.
+//!
+//!     cargo bench --bench pipeline -- --broker apache latency
+//!
+//! `--broker tansu` (the default: the embedded broker, in the bench process), `--broker apache` (one
+//! Apache Kafka node, KRaft, started from its Maven Central jars as the tests start it) or `--broker both`
+//! (every part on tansu, then on Apache Kafka). `BENCH_BROKER` does the same. The first other argument
+//! that is not an option selects the parts whose names contain it.
+
+use crate::common::kafka::{Kafka, OwnBroker};
+
+/// The brokers asked for, in order.
+pub fn brokers() -> Vec<Kafka> {
+    let mut args = std::env::args().skip(1);
+    let mut choice = std::env::var("BENCH_BROKER").ok();
+    while let Some(a) = args.next() {
+        if a == "--broker" {
+            choice = args.next();
+        } else if let Some(v) = a.strip_prefix("--broker=") {
+            choice = Some(v.to_owned());
+        }
+    }
+    match choice.as_deref().unwrap_or("tansu") {
+        "tansu" => vec![Kafka::Tansu],
+        "apache" | "apache-kafka" => vec![Kafka::Apache],
+        "both" => vec![Kafka::Tansu, Kafka::Apache],
+        other => {
+            eprintln!("--broker takes tansu, apache or both, not `{other}`");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The part filter: the first argument that is neither an option nor the value of `--broker`.
+pub fn filter() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--broker" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// Whether part `name` runs.
+pub fn wanted(name: &str) -> bool {
+    filter().is_none_or(|f| name.contains(&f))
+}
+
+/// A broker of the bench's own: tansu in this process, or an Apache Kafka node in a child process (its
+/// log under `target/apache-kafka/runs/`).
+pub fn start(k: Kafka) -> OwnBroker {
+    OwnBroker::start(k, "bench")
+}
+
+/// How the broker is named in the figures.
+pub fn describe(k: Kafka) -> &'static str {
+    match k {
+        Kafka::Tansu => "embedded tansu broker (in the bench process, memory storage)",
+        Kafka::Apache => "Apache Kafka 4.1.1 (one KRaft node, its own process, log on local disk)",
+    }
+}
