@@ -1022,17 +1022,35 @@ pub fn commit(consumer: &KafkaConsumer, tracker: &OffsetTracker, mode: CommitMod
 }
 
 /// Publish consumer lag per owned partition: high watermark minus position. Brokers that report the high
-/// watermark late (tansu 0.6 answers the last batch's base offset + 1) make this read low.
+/// watermark late (tansu 0.6 answers the last batch's base offset + 1) make this read low. A partition
+/// nothing has been taken from yet has no position: its lag is from the committed offset, or, with none,
+/// from the log's start (`auto.offset.reset` earliest), so that the partition furthest behind is not the
+/// one left out.
 pub fn report_lag(consumer: &KafkaConsumer) {
     let Ok(position) = consumer.position() else {
         return;
     };
+    let timeout = Duration::from_secs(2);
+    let mut unread = TopicPartitionList::new();
     for e in position.elements() {
-        let Offset::Offset(pos) = e.offset() else {
+        if !matches!(e.offset(), Offset::Offset(_)) {
+            let _ = unread.add_partition(e.topic(), e.partition());
+        }
+    }
+    let committed = if unread.count() > 0 { consumer.committed_offsets(unread, timeout).ok() } else { None };
+    for e in position.elements() {
+        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else {
             continue;
         };
-        if let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
-            telemetry::consumer_lag(e.topic(), e.partition(), (high - pos).max(0));
-        }
+        let pos = match e.offset() {
+            Offset::Offset(pos) => pos,
+            _ => {
+                match committed.as_ref().and_then(|c| c.find_partition(e.topic(), e.partition())).map(|c| c.offset()) {
+                    Some(Offset::Offset(pos)) => pos,
+                    _ => low,
+                }
+            }
+        };
+        telemetry::consumer_lag(e.topic(), e.partition(), (high - pos).max(0));
     }
 }
