@@ -18,9 +18,7 @@ use rama::{Context, Service};
 use tansu_sans_io::{
     ApiKey, ErrorCode, FetchRequest, FetchResponse, IsolationLevel,
     fetch_request::{FetchPartition, FetchTopic},
-    fetch_response::{
-        EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
-    },
+    fetch_response::{FetchableTopicResponse, PartitionData},
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
 };
@@ -210,27 +208,31 @@ impl FetchService {
         .inspect(|r| debug!(?r))
     }
 
+    // Understudy patch: answer an unknown topic as Kafka does: the requested topic id echoed, with
+    // `UNKNOWN_TOPIC_ID` when the topic was asked for by id (Fetch v13 and later), and no current leader.
+    // Upstream answered with a zero topic id and a current leader (node 0, epoch 0) for every partition:
+    // librdkafka took that for a leader change of a topic with neither id nor name, looked the topic up by
+    // a null name and crashed (SIGSEGV in `rd_kafka_metadata_cache_find`) — which a consumer of a deleted
+    // topic met at its next fetch.
     fn unknown_topic_response(&self, fetch: &FetchTopic) -> Result<FetchableTopicResponse> {
+        let by_id = fetch.topic.is_none() && fetch.topic_id.is_some();
+        let error_code = if by_id { ErrorCode::UnknownTopicId } else { ErrorCode::UnknownTopicOrPartition };
         Ok(FetchableTopicResponse::default()
             .topic(fetch.topic.clone())
-            .topic_id(Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+            .topic_id(Some(fetch.topic_id.unwrap_or([0; 16])))
             .partitions(fetch.partitions.as_ref().map(|partitions| {
                 partitions
                     .iter()
                     .map(|partition| {
                         PartitionData::default()
                             .partition_index(partition.partition)
-                            .error_code(ErrorCode::UnknownTopicOrPartition.into())
-                            .high_watermark(0)
-                            .last_stable_offset(Some(0))
+                            .error_code(error_code.into())
+                            .high_watermark(-1)
+                            .last_stable_offset(Some(-1))
                             .log_start_offset(Some(-1))
-                            .diverging_epoch(Some(
-                                EpochEndOffset::default().epoch(-1).end_offset(-1),
-                            ))
-                            .current_leader(Some(
-                                LeaderIdAndEpoch::default().leader_id(0).leader_epoch(0),
-                            ))
-                            .snapshot_id(Some(SnapshotId::default().end_offset(-1).epoch(-1)))
+                            .diverging_epoch(None)
+                            .current_leader(None)
+                            .snapshot_id(None)
                             .aborted_transactions(Some([].into()))
                             .preferred_read_replica(Some(-1))
                             .records(None)
