@@ -41,34 +41,9 @@ fn cpu_seconds() -> f64 {
 }
 
 fn settings(tag: &str, profile: &str, max: Option<u64>) -> LoadSettings {
-    LoadSettings {
-        run_id: format!("bench-{tag}"),
-        generator: 0,
-        profile: profile.into(),
-        max_messages: max,
-        batch_size: 1000,
-        batch_gap_ms: 0,
-        mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
-        tenant_id: "bench".into(),
-        payload_bytes: 512,
-        template: None,
-        recipients: Default::default(),
-        topic: format!("bench.{tag}.outbound"),
-        ack_topic: format!("bench.{tag}.acks"),
-        ack_payload_id: "/payload_id".into(),
-        ack_status: "/status".into(),
-        ack_timeout_ms: 0,
-        linger_ms: 0,
-        late_after_ms: 10.0,
-    }
-}
-
-/// CPU seconds (user + system) of this process's children that have exited and been waited for.
-fn children_cpu() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
+    // 512-byte bodies, as the perf tool's records; no wait for acks (nothing answers here).
+    let s = support::load_settings(&format!("bench-{tag}"), tag, profile);
+    LoadSettings { max_messages: max, payload_bytes: 512, ack_timeout_ms: 0, linger_ms: 0, ..s }
 }
 
 async fn generator(k: Kafka, brokers: &str, kafka: &KafkaSettings, n: u64) {
@@ -91,7 +66,7 @@ async fn generator(k: Kafka, brokers: &str, kafka: &KafkaSettings, n: u64) {
     println!("    process CPU       {:>10.2} µs per message ({whose})", cpu * 1e6 / n as f64);
 
     // The same records' worth with Apache Kafka's own producer, in a process of its own.
-    let cpu0 = children_cpu();
+    let cpu0 = support::children_cpu();
     let out = common::kafka::kafka_java("org.apache.kafka.tools.ProducerPerformance")
         .args(["--topic", "bench.java.perf", "--num-records", &n.to_string(), "--record-size", "512"])
         .args(["--throughput", "-1", "--producer-props"])
@@ -100,7 +75,7 @@ async fn generator(k: Kafka, brokers: &str, kafka: &KafkaSettings, n: u64) {
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("kafka-producer-perf-test runs (Java 17 and the Apache Kafka jars)");
-    let cpu = children_cpu() - cpu0;
+    let cpu = support::children_cpu() - cpu0;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "kafka-producer-perf-test failed: {text}");
     // The last line: "N records sent, R records/sec (M MB/sec), A ms avg latency, …".

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use understudy::demo::{publish, sample_batch};
-use understudy::load::{self, LoadSettings, Progress};
+use understudy::load::{self, Progress};
 use understudy::model::Status;
 use understudy::scenario::Scenario;
 use understudy::store::Store;
@@ -286,14 +286,6 @@ fn floor_child(spec: &str) {
     println!("{} {}", proc_usage(std::process::id()).0 - cpu0, t0.elapsed().as_secs_f64());
 }
 
-/// CPU seconds (user + system) of this process's children that have exited and been waited for.
-fn children_cpu() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
-}
-
 /// Consuming alone, the same records two ways: librdkafka with the service's consumer settings (this
 /// binary again, as a child), and Apache Kafka's `kafka-consumer-perf-test` (`ConsumerPerformance`, from
 /// the broker's jars, its default consumer settings). Both from the assignment to the last record; each
@@ -305,13 +297,13 @@ async fn consumer(brokers: &str, n: usize) {
     let bytes: usize = batch.iter().map(|m| m.body.len() + m.payload_id.len()).sum();
     println!("  consuming alone: {n} records of {} bytes on average (key and value), 6 partitions", bytes / n);
 
-    let cpu0 = children_cpu();
+    let cpu0 = support::children_cpu();
     let out = Command::new(std::env::current_exe().unwrap())
         .env("BENCH_CONSUME", format!("{brokers} {n}"))
         .stderr(Stdio::inherit())
         .output()
         .expect("consumer child runs");
-    let cpu = children_cpu() - cpu0;
+    let cpu = support::children_cpu() - cpu0;
     let text = String::from_utf8_lossy(&out.stdout);
     let secs: f64 = text.trim().parse().unwrap_or_else(|_| panic!("consumer child printed `{text}`"));
     let ours = n as f64 / secs;
@@ -321,14 +313,14 @@ async fn consumer(brokers: &str, n: usize) {
         cpu * 1e6 / n as f64
     );
 
-    let cpu0 = children_cpu();
+    let cpu0 = support::children_cpu();
     let out = common::kafka::kafka_java("org.apache.kafka.tools.ConsumerPerformance")
         .args(["--bootstrap-server", brokers, "--topic", "bench.co.outbound", "--group", "bench-co-java"])
         .args(["--messages", &n.to_string(), "--timeout", "120000"])
         .stderr(Stdio::inherit())
         .output()
         .expect("kafka-consumer-perf-test runs (Java 17 and the Apache Kafka jars)");
-    let cpu = children_cpu() - cpu0;
+    let cpu = support::children_cpu() - cpu0;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "kafka-consumer-perf-test failed: {text}");
     // A header line and a line of figures, comma separated.
@@ -386,29 +378,6 @@ fn consume_child(spec: &str) {
     println!("{}", assigned.elapsed().as_secs_f64());
 }
 
-fn load_settings(run_id: &str, tag: &str, profile: &str) -> LoadSettings {
-    LoadSettings {
-        run_id: run_id.into(),
-        generator: 0,
-        profile: profile.into(),
-        max_messages: None,
-        batch_size: 1000,
-        batch_gap_ms: 0,
-        mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
-        tenant_id: "bench".into(),
-        payload_bytes: 0,
-        template: None,
-        recipients: Default::default(),
-        topic: format!("bench.{tag}.outbound"),
-        ack_topic: format!("bench.{tag}.acks"),
-        ack_payload_id: "/payload_id".into(),
-        ack_status: "/status".into(),
-        ack_timeout_ms: 30_000,
-        linger_ms: 200,
-        late_after_ms: 10.0,
-    }
-}
-
 /// The pipeline's own overhead: `understudy load` (in this process) sends at `rate` messages/s for
 /// `seconds` s to the service (a child process) running a scenario with every step due at once; latency
 /// is from each message's intended send time to its ack's arrival at the generator's consumer. A warm-up
@@ -425,15 +394,22 @@ async fn latency(dir: &Path, brokers: &str, rate: u64, seconds: u64) {
         kafka.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LOAD_LIBRDKAFKA is a YAML map");
     }
     let template = understudy::load::message::Template::default();
-    let warm =
-        load::run(&kafka, brokers, load_settings("lat-warm", "lat", "500@2s"), template.clone(), &[], Progress::Quiet)
-            .await
-            .unwrap();
+    let warm = load::run(
+        &kafka,
+        brokers,
+        support::load_settings("lat-warm", "lat", "500@2s"),
+        template.clone(),
+        &[],
+        Progress::Quiet,
+    )
+    .await
+    .unwrap();
     assert_eq!(warm.results.lost, 0, "the warm-up's payloads all have their outcome");
     let profile = format!("{rate}@{seconds}s");
-    let out = load::run(&kafka, brokers, load_settings("lat", "lat", &profile), template, &[], Progress::Quiet)
-        .await
-        .unwrap();
+    let out =
+        load::run(&kafka, brokers, support::load_settings("lat", "lat", &profile), template, &[], Progress::Quiet)
+            .await
+            .unwrap();
     let (_, rss) = proc_usage(svc.child.id());
     stop(svc);
     let r = &out.results;

@@ -8,6 +8,7 @@
 //! that is not an option selects the parts whose names contain it.
 
 use crate::common::kafka::{Kafka, OwnBroker};
+use understudy::load::LoadSettings;
 
 /// The brokers asked for, in order.
 pub fn brokers() -> Vec<Kafka> {
@@ -61,4 +62,37 @@ pub fn describe(k: Kafka) -> &'static str {
         Kafka::Tansu => "embedded tansu broker (in the bench process, memory storage)",
         Kafka::Apache => "Apache Kafka 4.1.1 (one KRaft node, its own process, log on local disk)",
     }
+}
+
+/// A load run of the benchmarks: the default mix, a template body, acks in the service's native format on
+/// `bench.{tag}.acks`, outcomes awaited 30 s.
+pub fn load_settings(run_id: &str, tag: &str, profile: &str) -> LoadSettings {
+    LoadSettings {
+        run_id: run_id.into(),
+        generator: 0,
+        profile: profile.into(),
+        max_messages: None,
+        batch_size: 1000,
+        batch_gap_ms: 0,
+        mix: "email=0.5,sms=0.3,whatsapp=0.2".into(),
+        tenant_id: "bench".into(),
+        payload_bytes: 0,
+        template: None,
+        recipients: Default::default(),
+        topic: format!("bench.{tag}.outbound"),
+        ack_topic: format!("bench.{tag}.acks"),
+        ack_payload_id: "/payload_id".into(),
+        ack_status: "/status".into(),
+        ack_timeout_ms: 30_000,
+        linger_ms: 200,
+        late_after_ms: 10.0,
+    }
+}
+
+/// CPU seconds (user + system) of this process's children that have exited and been waited for.
+pub fn children_cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
