@@ -71,7 +71,7 @@ pub fn consumer_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig 
         .set("queued.min.messages", "20000")
         // Once a partition's prefetch queue is over those bounds, look again after 20 ms rather than
         // librdkafka's 1 s: with 1 s, a consumer that had drained its queue sat idle for the rest of the
-        // second (measured: 92,000 records/s consuming alone, against 930,000 with 10 ms).
+        // second (measured: 92,000 records/s consuming alone, against 921,000 with 20 ms).
         .set("fetch.queue.backoff.ms", "20");
     if let Some(id) = &settings.group_instance_id {
         cfg.set("group.instance.id", id);
