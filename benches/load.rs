@@ -23,6 +23,7 @@
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)] // shared with the pipeline bench, which uses all of it
 mod support;
 
 use std::time::{Duration, Instant};

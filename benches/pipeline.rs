@@ -237,9 +237,7 @@ fn floor_child(spec: &str) {
     let events: usize = it.next().unwrap().parse().unwrap();
     let mut k = understudy::config::KafkaSettings::default();
     k.group_id = "bench-floor".into();
-    if let Ok(m) = std::env::var("BENCH_LIBRDKAFKA") {
-        k.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LIBRDKAFKA is a YAML map");
-    }
+    k.librdkafka = support::librdkafka_from_env("BENCH_LIBRDKAFKA");
     let consumer: BaseConsumer = understudy::kafka::consumer_config(&k, brokers).create().unwrap();
     consumer.subscribe(&["bench.fl.outbound"]).unwrap();
     let producer: ThreadedProducer<Count> =
@@ -362,9 +360,7 @@ fn consume_child(spec: &str) {
     let n: usize = it.next().unwrap().parse().unwrap();
     let mut k = understudy::config::KafkaSettings::default();
     k.group_id = "bench-co-librdkafka".into();
-    if let Ok(m) = std::env::var("BENCH_LIBRDKAFKA") {
-        k.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LIBRDKAFKA is a YAML map");
-    }
+    k.librdkafka = support::librdkafka_from_env("BENCH_LIBRDKAFKA");
     let consumer: BaseConsumer<Assigned> =
         understudy::kafka::consumer_config(&k, brokers).create_with_context(Assigned::default()).unwrap();
     consumer.subscribe(&["bench.co.outbound"]).unwrap();
@@ -390,9 +386,7 @@ async fn latency(dir: &Path, brokers: &str, rate: u64, seconds: u64) {
     let svc = start_service(dir, brokers, &url, &scenario_path, "lat", "");
     let mut kafka = understudy::config::KafkaSettings { partitions: 6, ..Default::default() };
     // Extra librdkafka settings for the generator's clients, for experiments.
-    if let Ok(m) = std::env::var("BENCH_LOAD_LIBRDKAFKA") {
-        kafka.librdkafka = serde_yaml::from_str(&m).expect("BENCH_LOAD_LIBRDKAFKA is a YAML map");
-    }
+    kafka.librdkafka = support::librdkafka_from_env("BENCH_LOAD_LIBRDKAFKA");
     let template = understudy::load::message::Template::default();
     let warm = load::run(
         &kafka,

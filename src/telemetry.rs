@@ -64,10 +64,6 @@ pub fn scenario_reload(result: &'static str) {
     counter!(SCENARIO_RELOADS, "result" => result).increment(1);
 }
 
-pub fn message_skipped(reason: &'static str) {
-    messages_skipped(reason, 1);
-}
-
 pub fn messages_skipped(reason: &'static str, n: u64) {
     counter!(MESSAGES_SKIPPED, "reason" => reason).increment(n);
 }

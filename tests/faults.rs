@@ -85,10 +85,12 @@ impl Setup {
 /// Compressed so that a lifecycle spans seconds: faults land while many wait.
 const FAST: f64 = 0.00005;
 
-const CONSUMED: &str = "understudy_messages_consumed_total";
-const EMITTED: &str = "understudy_events_emitted_total";
-const IN_FLIGHT: &str = "understudy_lifecycles_in_flight";
-const LAG: &str = "understudy_consumer_lag_messages";
+use understudy::telemetry::{
+    CONSUMER_LAG as LAG, EVENTS_EMITTED as EMITTED, LIFECYCLES_IN_FLIGHT as IN_FLIGHT, MESSAGES_CONSUMED as CONSUMED,
+};
+
+/// The cluster the multi-broker fault tests run on ([`cluster_setup`]), as their figures name it.
+const CLUSTER: &str = "3 Apache Kafka brokers, rf 3, min ISR 2";
 
 async fn crash_loop_of_ten_kills_loses_nothing(k: Kafka) {
     crash_loop(k, true).await;
@@ -163,15 +165,11 @@ async fn crash_loop_on(brokers: String, on: &str, replication_factor: i32, stati
     assert!(logs.contains("resuming unfinished lifecycles"), "restarts resumed lifecycles");
     eprintln!(
         "FIGURES crash loop ({} membership, {}): {n} payloads, {} kills (seed {seed}) at {kills:?} of {expected} events; \
-         {} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, {} duplicates, \
-         all with known event ids; peak RSS {:.0} MiB; {:.0} s",
+         {}; peak RSS {:.0} MiB; {:.0} s",
         if static_membership { "static" } else { "dynamic" },
         on,
         kills.len(),
-        out.messages,
-        out.events,
-        out.acks_in_kafka,
-        out.kafka_duplicates,
+        out.summary(),
         service.peak_rss_mib(),
         started.elapsed().as_secs_f64()
     );
@@ -782,13 +780,9 @@ async fn killing_the_leaders_of_input_and_ack_partitions_loses_nothing() {
     assert_eq!(service.terminate(), Some(0), "graceful shutdown exits 0");
     let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, n, expected).await;
     eprintln!(
-        "FIGURES leader kill (3 Apache Kafka brokers, rf 3, min ISR 2): {n} payloads; killed {killed:?} \
-         (topic, node, events stored then); {} messages and {} events stored, 0 missing, 0 duplicate rows; {} \
-         acks in Kafka, {} duplicates, all with known event ids; {:.0} s",
-        out.messages,
-        out.events,
-        out.acks_in_kafka,
-        out.kafka_duplicates,
+        "FIGURES leader kill ({CLUSTER}): {n} payloads; killed {killed:?} (topic, node, events stored then); {}; \
+         {:.0} s",
+        out.summary(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -822,13 +816,8 @@ async fn a_rolling_restart_of_the_three_brokers_loses_nothing() {
     assert_eq!(service.terminate(), Some(0), "graceful shutdown exits 0");
     let out = check_nothing_lost(&store, &brokers, &settings.kafka.ack_topic, n, expected).await;
     eprintln!(
-        "FIGURES rolling restart (3 Apache Kafka brokers, rf 3, min ISR 2): {n} payloads; restarts {restarts:?} \
-         (node, seconds down); {} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, \
-         {} duplicates, all with known event ids; {:.0} s",
-        out.messages,
-        out.events,
-        out.acks_in_kafka,
-        out.kafka_duplicates,
+        "FIGURES rolling restart ({CLUSTER}): {n} payloads; restarts {restarts:?} (node, seconds down); {}; {:.0} s",
+        out.summary(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -838,24 +827,24 @@ async fn a_rolling_restart_of_the_three_brokers_loses_nothing() {
 #[actix::test]
 async fn crash_loop_on_three_brokers_loses_nothing() {
     let cluster = ApacheKafka::start("crash-static", 3);
-    crash_loop_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, true, 50_000).await;
+    crash_loop_on(cluster.bootstrap(), CLUSTER, 3, true, 50_000).await;
 }
 
 #[actix::test]
 async fn crash_loop_on_three_brokers_with_dynamic_membership_loses_nothing() {
     let cluster = ApacheKafka::start("crash-dynamic", 3);
-    crash_loop_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, false, 50_000).await;
+    crash_loop_on(cluster.bootstrap(), CLUSTER, 3, false, 50_000).await;
 }
 
 /// 1 → 3 → 1 instances on the cluster, with dynamic membership and with static.
 #[actix::test]
 async fn rebalance_on_three_brokers_resumes_at_original_due_times() {
     let cluster = ApacheKafka::start("rebalance-dynamic", 3);
-    rebalance_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, false).await;
+    rebalance_on(cluster.bootstrap(), CLUSTER, 3, false).await;
 }
 
 #[actix::test]
 async fn rebalance_on_three_brokers_with_static_membership_resumes_at_original_due_times() {
     let cluster = ApacheKafka::start("rebalance-static", 3);
-    rebalance_on(cluster.bootstrap(), "3 Apache Kafka brokers, rf 3, min ISR 2", 3, true).await;
+    rebalance_on(cluster.bootstrap(), CLUSTER, 3, true).await;
 }

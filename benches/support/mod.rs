@@ -96,3 +96,12 @@ pub fn children_cpu() -> f64 {
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(u.ru_utime) + secs(u.ru_stime)
 }
+
+/// Extra librdkafka settings from the environment variable `var` (a YAML map, for experiments:
+/// `BENCH_LIBRDKAFKA='{linger.ms: "20"}'`); none when it is unset.
+pub fn librdkafka_from_env(var: &str) -> std::collections::BTreeMap<String, String> {
+    match std::env::var(var) {
+        Ok(m) => serde_yaml::from_str(&m).unwrap_or_else(|e| panic!("{var} is not a YAML map of strings: {e}")),
+        Err(_) => Default::default(),
+    }
+}

@@ -722,7 +722,7 @@ impl ConsumerLoop {
                 Ok(o) if !self.serves(o.tenant_id.as_deref()) => {
                     // Another instance's tenant: skipped, and committable at once.
                     self.stats.skipped_other_tenant.fetch_add(1, Ordering::Relaxed);
-                    telemetry::message_skipped("other_tenant");
+                    telemetry::messages_skipped("other_tenant", 1);
                     self.tracker.done(topic, partition, offset);
                 }
                 Ok(o) => by_channel[o.channel.index()].push((claim, o)),

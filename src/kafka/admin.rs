@@ -135,12 +135,13 @@ pub struct Preflight {
     pub topics: Vec<(String, Option<usize>)>,
 }
 
-/// A client context keeping the client's first error worth reporting, for the reason of a failed
-/// preflight, from librdkafka's log (queued: it reaches the context when the client is polled).
+/// A client context keeping why the client failed, for the reason of a failed preflight: the first
+/// authentication failure, or else the first error, from librdkafka's log and error events (both queued:
+/// they reach the context when the client is polled).
 #[derive(Default)]
-struct LastError(std::sync::Mutex<Option<String>>);
+struct FailureReason(std::sync::Mutex<Option<String>>);
 
-impl LastError {
+impl FailureReason {
     fn note(&self, message: &str, serious: bool) {
         let Ok(mut last) = self.0.lock() else { return };
         // An authentication failure is the reason, whatever came before; later errors (every broker
@@ -154,7 +155,7 @@ impl LastError {
     }
 }
 
-impl rdkafka::ClientContext for LastError {
+impl rdkafka::ClientContext for FailureReason {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel::*;
         tracing::debug!(fac, message, "librdkafka during preflight");
@@ -168,7 +169,7 @@ impl rdkafka::ClientContext for LastError {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for LastError {}
+impl rdkafka::consumer::ConsumerContext for FailureReason {}
 
 /// Reach the cluster as `run` would and check that it can start there: Kafka answers within `timeout`,
 /// the topics it needs exist (or `kafka.create_topics` is on), and `kafka.replication_factor` is not above
@@ -180,8 +181,8 @@ pub async fn preflight(settings: &KafkaSettings, brokers: &str, timeout: Duratio
     // is in its warnings and errors.
     config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
     let metadata = tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer<LastError> =
-            config.create_with_context(LastError::default()).map_err(|e| e.to_string())?;
+        let client: BaseConsumer<FailureReason> =
+            config.create_with_context(FailureReason::default()).map_err(|e| e.to_string())?;
         client.fetch_metadata(None, timeout).map_err(|e| {
             // The metadata call only says it failed; the client's log says why (a refused connection,
             // failed SASL authentication, a TLS handshake). Its events reach the context when polled.

@@ -292,6 +292,17 @@ pub struct Outcome {
     pub kafka_duplicates: usize,
 }
 
+impl Outcome {
+    /// The check's findings as the fault tests' `FIGURES` lines give them.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} messages and {} events stored, 0 missing, 0 duplicate rows; {} acks in Kafka, {} duplicates, all \
+             with known event ids",
+            self.messages, self.events, self.acks_in_kafka, self.kafka_duplicates
+        )
+    }
+}
+
 /// Wait until the store holds `events` events, or fail with `what` and the service log.
 pub async fn wait_for_events(store: &Store, events: usize, within: Duration, service: &mut Service) {
     let deadline = Instant::now() + within;
