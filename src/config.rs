@@ -34,6 +34,7 @@ pub struct Settings {
     pub scenario: ScenarioSettings,
     pub telemetry: TelemetrySettings,
     pub service: ServiceSettings,
+    pub http: HttpSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -151,9 +152,16 @@ impl Default for InputSettings {
             channel_header: "channel".into(),
             topic_channels: BTreeMap::new(),
             tenant_header: "tenant-id".into(),
-            propagate_headers: ["tenant-id", "traceparent", "tracestate", "baggage", "correlation-id", "x-correlation-id"]
-                .map(String::from)
-                .to_vec(),
+            propagate_headers: [
+                "tenant-id",
+                "traceparent",
+                "tracestate",
+                "baggage",
+                "correlation-id",
+                "x-correlation-id",
+            ]
+            .map(String::from)
+            .to_vec(),
             max_message_bytes: 1024 * 1024,
             on_duplicate_payload_id: DuplicatePolicy::DeadLetter,
             duplicate_window: 1_000_000,
@@ -245,7 +253,11 @@ pub struct TelemetrySettings {
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { metrics_addr: Some("127.0.0.1:9464".parse().expect("valid")), log_format: LogFormat::Text, log_level: "info".into() }
+        Self {
+            metrics_addr: Some("127.0.0.1:9464".parse().expect("valid")),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
     }
 }
 
@@ -267,6 +279,66 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         Self { max_batch: 1000, max_in_flight_lifecycles: 1_000_000, shutdown_grace_ms: 2000, hibernate_after_ms: 2000 }
     }
+}
+
+/// The vendors' HTTP front doors (`src/source/http/`): off unless `listen_addr` is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Where the front doors listen, such as `0.0.0.0:8080`; unset = no HTTP server.
+    pub listen_addr: Option<SocketAddr>,
+    /// This instance's name: the messages its doors take are stored under it, and a restart under the
+    /// same name resumes their lifecycles (a StatefulSet's pod name). Unset: the host name.
+    pub instance: Option<String>,
+    /// The largest request body, in bytes; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// Threads serving requests.
+    pub workers: usize,
+    pub twilio: TwilioSettings,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen_addr: None,
+            instance: None,
+            max_body_bytes: 1024 * 1024,
+            workers: 1,
+            twilio: TwilioSettings::default(),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// [`instance`](Self::instance), or the host name.
+    pub fn instance_or_host(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "understudy".into())
+        })
+    }
+}
+
+/// Twilio Programmable Messaging at `/2010-04-01/Accounts/{AccountSid}/Messages.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwilioSettings {
+    /// The accounts it takes, by SID and auth token (HTTP Basic auth). Empty: any well-formed account
+    /// SID, with any token.
+    pub accounts: Vec<TwilioAccount>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioAccount {
+    /// `AC` and 32 hex digits.
+    pub sid: String,
+    /// The account's auth token: the Basic auth password, and the key status callbacks are signed with.
+    pub auth_token: String,
 }
 
 /// Command-line overrides, applied last.
@@ -304,8 +376,7 @@ impl Settings {
                 .try_parsing(true),
         );
         let layered = builder.build().map_err(|e| ConfigError::Environment(e.to_string()))?;
-        let mut settings: Settings =
-            layered.try_deserialize().map_err(|e| ConfigError::Environment(e.to_string()))?;
+        let mut settings: Settings = layered.try_deserialize().map_err(|e| ConfigError::Environment(e.to_string()))?;
         if let Some(b) = &overrides.brokers {
             settings.kafka.brokers = Some(b.clone());
         }
@@ -330,8 +401,11 @@ impl Settings {
                     let path: Vec<locate::Seg> = field.split('.').map(|k| locate::Seg::Key(k.to_owned())).collect();
                     let last = field.rsplit('.').next().unwrap_or_default();
                     // Only when the file sets the field itself (`locate` falls back to its parent's line).
-                    let at = locate::locate(text, &path)
-                        .filter(|&l| text.lines().nth(l - 1).is_some_and(|t| t.trim_start().trim_start_matches("- ").starts_with(last)));
+                    let at = locate::locate(text, &path).filter(|&l| {
+                        text.lines()
+                            .nth(l - 1)
+                            .is_some_and(|t| t.trim_start().trim_start_matches("- ").starts_with(last))
+                    });
                     match at {
                         Some(line) => Err(ConfigError::Invalid { file: file.clone(), line, field, message }),
                         None => Err(ConfigError::Value { field, message }),
@@ -388,8 +462,17 @@ impl Settings {
             for t in &self.kafka.input_topics {
                 if !self.input.topic_channels.contains_key(t) {
                     // Reported where the user can see it: the map if there is one, else the switch that needs it.
-                    let field = if self.input.topic_channels.is_empty() { "input.channel_source" } else { "input.topic_channels" };
-                    return bad(field, format!("topic `{t}` has no channel; add `{t}: email` (or sms, whatsapp) to `input.topic_channels`"));
+                    let field = if self.input.topic_channels.is_empty() {
+                        "input.channel_source"
+                    } else {
+                        "input.topic_channels"
+                    };
+                    return bad(
+                        field,
+                        format!(
+                            "topic `{t}` has no channel; add `{t}: email` (or sms, whatsapp) to `input.topic_channels`"
+                        ),
+                    );
                 }
             }
         }
@@ -401,6 +484,20 @@ impl Settings {
         }
         if self.service.max_batch == 0 {
             return bad("service.max_batch", "must be at least 1".into());
+        }
+        for (i, a) in self.http.twilio.accounts.iter().enumerate() {
+            if !crate::wire::twilio::is_sid(&a.sid, "AC") {
+                return bad(
+                    &format!("http.twilio.accounts[{i}].sid"),
+                    format!("`{}` is not an account SID; it is `AC` and 32 hex digits", a.sid),
+                );
+            }
+            if a.auth_token.is_empty() {
+                return bad(&format!("http.twilio.accounts[{i}].auth_token"), "must not be empty".into());
+            }
+        }
+        if self.http.workers == 0 {
+            return bad("http.workers", "must be at least 1".into());
         }
         if let Some(url) = &self.store.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
@@ -419,6 +516,9 @@ impl Settings {
         shown.store.url = shown.store.url.as_deref().map(redact);
         for v in shown.kafka.librdkafka.values_mut() {
             *v = "***".into();
+        }
+        for a in &mut shown.http.twilio.accounts {
+            a.auth_token = "***".into();
         }
         serde_yaml::to_string(&shown).unwrap_or_default()
     }

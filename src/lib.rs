@@ -7,11 +7,14 @@
 pub mod actors;
 pub mod config;
 pub mod demo;
-pub mod formats;
 pub mod json;
 pub mod kafka;
 pub mod load;
 pub mod model;
+pub mod plan;
 pub mod scenario;
+pub mod sink;
+pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod wire;

@@ -14,11 +14,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use understudy::actors::consumer::{DLQ_COPY_HEADER, DLQ_KIND_HEADER, DLQ_ORIGINAL_BYTES_HEADER, DLQ_REASON_HEADER};
 use understudy::actors::pipeline::Pipeline;
 use understudy::config::Settings;
 use understudy::demo::{ReadRecord, publish, read_topic, sample_batch};
 use understudy::store::Store;
+use understudy::wire::headers::{DLQ_COPY_HEADER, DLQ_KIND_HEADER, DLQ_ORIGINAL_BYTES_HEADER, DLQ_REASON_HEADER};
 
 /// Create `topic` with `partitions` and topic configs.
 async fn create_topic(brokers: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {

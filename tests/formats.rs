@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use understudy::actors::emitter::{ACK_HEADER, EVENT_ID_HEADER, EVENT_IDS_HEADER, STATUS_HEADER};
 use understudy::demo::{SampleMessage, publish, read_topic};
-use understudy::formats::sendgrid_event_name;
 use understudy::model::{Channel, Status};
 use understudy::scenario::Scenario;
+use understudy::wire::headers::{ACK_HEADER, EVENT_ID_HEADER, EVENT_IDS_HEADER, STATUS_HEADER};
+use understudy::wire::sendgrid::event_name as sendgrid_event_name;
 
 fn msg(id: String, channel: Channel, tenant: &str, recipient: &str) -> SampleMessage {
     let body = json!({"payload_id": id, "batch_id": "b", "channel": channel.as_str(), "recipient": recipient, "tenant_id": tenant});
@@ -43,7 +43,7 @@ async fn vendor_formats_read_back_with_the_vendors_field_names(k: Kafka) {
     let mut batch = Vec::new();
     for i in 0..40 {
         let id = |t: &str| format!("{run}-{t}-{i}");
-        batch.push(msg(id("twilio-sms"), Channel::Sms, "twilio", if i < 5 { "+15005550002" } else { "+15557654321" }));
+        batch.push(msg(id("twilio-sms"), Channel::Sms, "twilio", if i < 5 { "+15005550005" } else { "+15557654321" }));
         batch.push(msg(id("twilio-wa"), Channel::Whatsapp, "twilio", "+15005551000"));
         batch.push(msg(
             id("sendgrid"),

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use understudy::actors::emitter::EVENT_ID_HEADER;
 use understudy::demo::{SampleMessage, publish, read_topic};
 use understudy::model::{AckEvent, Channel, Status};
 use understudy::scenario::{MessageView, Scenario};
 use understudy::store::Store;
+use understudy::wire::headers::EVENT_ID_HEADER;
 
 use Status::*;
 

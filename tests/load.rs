@@ -16,9 +16,10 @@ use understudy::actors::pipeline::Pipeline;
 use understudy::demo::read_topic;
 use understudy::load::html;
 use understudy::load::message::{MessageFactory, Mix, Template};
-use understudy::load::{self, INTENDED_AT_HEADER, LoadSettings, Progress};
+use understudy::load::{self, LoadSettings, Progress};
 use understudy::model::{Channel, Status};
 use understudy::store::Store;
+use understudy::wire::headers::INTENDED_AT_HEADER;
 
 fn understudy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_understudy"))
@@ -477,7 +478,13 @@ async fn generator_processes_of_one_run_merge(k: Kafka) {
     let parts = [json(&a), json(&b)];
     for (out, part) in [(&a, &parts[0]), (&b, &parts[1])] {
         assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!((part["sent"].as_u64(), part["lost"].as_u64()), (Some(1200), Some(0)));
+        assert_eq!(
+            (part["sent"].as_u64(), part["lost"].as_u64()),
+            (Some(1200), Some(0)),
+            "lost: {}, per status: {}",
+            part["lost_ids"],
+            part["statuses"]
+        );
     }
 
     let out = understudy().args(["report", "--config", config, &run, "--format", "json"]).output().unwrap();

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Kafka;
-use understudy::actors::consumer::{DLQ_KIND_HEADER, DLQ_REASON_HEADER};
 use understudy::actors::pipeline::Pipeline;
 use understudy::demo::{SampleMessage, publish, read_topic, sample_batch};
 use understudy::model::{AckEvent, Channel, Status};
 use understudy::store::Store;
+use understudy::wire::headers::{DLQ_KIND_HEADER, DLQ_REASON_HEADER};
 
 const N: usize = 3000;
 

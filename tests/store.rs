@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use understudy::model::{AckEvent, Channel, Outbound, PlannedMessage, SourcePosition, event_id};
+use understudy::model::{AckEvent, Channel, Outbound, SourcePosition, event_id};
+use understudy::plan::PlannedMessage;
 use understudy::store::{EventRow, MessageRow, Store};
 
 fn message(i: usize, channel: Channel) -> PlannedMessage {

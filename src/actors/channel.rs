@@ -13,10 +13,11 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
-use super::persister::{PersistMessages, Persister};
+use super::persister::{PersistAccepted, PersistMessages, Persister};
 use super::supervisor::{StageGuard, StopStage};
 use crate::kafka::offsets::Claim;
-use crate::model::{Channel, Outbound, PlannedMessage};
+use crate::model::{Channel, Fault, Outbound, Status};
+use crate::plan::{NotSent, Plan, PlannedMessage, PlannedStep};
 use crate::scenario::{MessageView, Scenario};
 use crate::store::{MessageRow, PendingLifecycle};
 use crate::telemetry;
@@ -29,6 +30,45 @@ pub struct Dispatch {
     /// The scenario version the consumer checked the messages against; it plans them all.
     pub scenario: Arc<Scenario>,
     pub batch: Vec<(Claim, Outbound)>,
+}
+
+/// Messages a front door took, under the door's `claim`: planned, stored, and their lifecycles started
+/// once they are durable. Then `reply` gets what each message came to, in the batch's order (`None`: the
+/// scenario has no behaviour for it, and nothing was stored); the door answers its request only then.
+/// Dropped unanswered if the messages never became durable (the persister stopped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Accept {
+    pub scenario: Arc<Scenario>,
+    pub claim: Claim,
+    pub batch: Vec<Outbound>,
+    pub reply: tokio::sync::oneshot::Sender<Vec<Option<Taken>>>,
+}
+
+/// What a message taken by a front door came to.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub plan: Plan,
+    /// A REJECT, which on a front door is the send call's own error, not an ack: the door answers with
+    /// it, and the message is stored with the step as not sent ([`Fault::Answered`], or the fault that
+    /// caused it) and no lifecycle.
+    pub refused: Option<PlannedStep>,
+}
+
+impl Taken {
+    /// Move a first-step REJECT out of the plan's steps.
+    fn of(mut plan: Plan) -> Self {
+        let refused = plan.steps.first().filter(|s| s.status == Status::Reject).cloned();
+        if refused.is_some() {
+            for s in std::mem::take(&mut plan.steps) {
+                if !plan.not_sent.iter().any(|n| (n.status, n.attempt) == (s.status, s.attempt)) {
+                    let fault = s.fault.unwrap_or(Fault::Answered);
+                    plan.not_sent.push(NotSent { status: s.status, attempt: s.attempt, fault });
+                }
+            }
+        }
+        Self { plan, refused }
+    }
 }
 
 /// Unfinished lifecycles of one partition, loaded from the store under the partition's assignment `claim`.
@@ -117,6 +157,60 @@ impl Handler<Dispatch> for ChannelActor {
                 for (claim, pm) in planned {
                     act.start_lifecycle(pm, None, claim);
                 }
+            }),
+        ))
+    }
+}
+
+impl Handler<Accept> for ChannelActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    /// Atomic until the persister has the rows (its mailbox is the backpressure), not until they are
+    /// durable: many requests share one write.
+    fn handle(&mut self, msg: Accept, _: &mut Self::Context) -> Self::Result {
+        let Accept { scenario, claim, batch, reply } = msg;
+        telemetry::messages_consumed(self.channel, batch.len() as u64);
+        let mut taken = Vec::with_capacity(batch.len());
+        let mut planned = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        for outbound in batch {
+            let Some(plan) = scenario.plan_for(&MessageView::of(&outbound)) else {
+                taken.push(None);
+                continue;
+            };
+            let t = Taken::of(plan);
+            let mut pm = PlannedMessage { outbound, plan: t.plan.clone() };
+            taken.push(Some(t));
+            rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));
+            if !pm.plan.steps.is_empty() {
+                planned.push(pm);
+            }
+        }
+        self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);
+        let persister = self.persister.clone();
+        let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let t = Instant::now();
+                let sent = persister.send(PersistAccepted { rows, durable: durable_tx }).await;
+                telemetry::backpressure("persister_messages", t.elapsed());
+                sent.is_ok()
+            }
+            .into_actor(self)
+            .map(move |sent, act, ctx| {
+                if !sent {
+                    tracing::error!("persister stopped; the front door answers that it is unavailable");
+                    return;
+                }
+                ctx.spawn(durable_rx.into_actor(act).map(move |durable, act, _| {
+                    if durable.is_err() {
+                        return;
+                    }
+                    for pm in planned {
+                        act.start_lifecycle(pm, None, claim.clone());
+                    }
+                    let _ = reply.send(taken);
+                }));
             }),
         ))
     }

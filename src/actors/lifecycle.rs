@@ -24,9 +24,10 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::emitter::{Emitter, Envelope};
 use crate::kafka::offsets::{Assignments, Claim};
-use crate::model::{AckEvent, BounceType, Channel, Fault, PlannedMessage, Status, event_id, micros_to_time};
+use crate::model::{AckEvent, BounceType, Channel, Fault, Status, event_id, micros_to_time};
+use crate::plan::PlannedMessage;
+use crate::sink::kafka::{Emitter, Envelope};
 use crate::telemetry;
 
 /// What every lifecycle of one pipeline shares.
@@ -101,7 +102,8 @@ impl Walk {
                 status: s.status,
                 bounce_type: s.bounce_type,
                 fault: s.fault,
-                error: (s.error_code.is_some() || s.error_reason.is_some()).then(|| Box::new((s.error_code, s.error_reason))),
+                error: (s.error_code.is_some() || s.error_reason.is_some())
+                    .then(|| Box::new((s.error_code, s.error_reason))),
             })
             .collect();
         Self {
@@ -111,7 +113,11 @@ impl Walk {
             tenant_id: o.tenant_id,
             channel: o.channel,
             received_us: o.received_at.timestamp_micros(),
-            envelope: Arc::new(Envelope { headers: o.headers.into_boxed_slice(), format: m.plan.format, recipient: o.recipient }),
+            envelope: Arc::new(Envelope {
+                headers: o.headers.into_boxed_slice(),
+                format: m.plan.format,
+                recipient: o.recipient,
+            }),
             steps,
         }
     }

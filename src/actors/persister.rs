@@ -7,6 +7,8 @@
 //! - A failed write is retried until it succeeds; nothing is dropped while the store is away.
 //! - The offsets of a batch's messages become committable ([`OffsetTracker::done_many`]) only after the
 //!   batch's transaction committed.
+//! - The waiter of an [`PersistAccepted`] is told only after the batch holding its rows committed; a
+//!   front door answers its request then, not before.
 //! - [`Flush`] answers only when every row handed over before it is durable: it writes what is buffered
 //!   and awaits that write itself, then waits until every earlier write has finished. By construction,
 //!   not by the order in which actix polls its waiting futures.
@@ -29,6 +31,15 @@ use crate::telemetry;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PersistMessages(pub Vec<MessageRow>);
+
+/// Message rows a front door took, and who waits for them to be durable: told once the batch holding
+/// them committed (dropped unsent if the persister stops first).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistAccepted {
+    pub rows: Vec<MessageRow>,
+    pub durable: tokio::sync::oneshot::Sender<()>,
+}
 
 /// Delivered event rows to store.
 #[derive(Message)]
@@ -54,6 +65,8 @@ pub struct Persister {
     tracker: Arc<OffsetTracker>,
     messages: Vec<MessageRow>,
     events: Vec<EventRow>,
+    /// Waiting for the buffered messages to be durable ([`PersistAccepted`]).
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     batch_rows: usize,
     flush_interval: Duration,
     stats: Arc<PersisterStats>,
@@ -78,6 +91,7 @@ impl Persister {
             tracker,
             messages: Vec::new(),
             events: Vec::new(),
+            waiters: Vec::new(),
             batch_rows,
             flush_interval,
             stats: Arc::default(),
@@ -101,20 +115,25 @@ impl Persister {
 
     /// The buffered rows, handed out whole; the next batch gets buffers of full size at once rather than
     /// growing (and copying) its way there.
-    fn take_buffers(&mut self) -> (Vec<MessageRow>, Vec<EventRow>) {
-        (
-            std::mem::replace(&mut self.messages, Vec::with_capacity(self.batch_rows)),
-            std::mem::replace(&mut self.events, Vec::with_capacity(self.batch_rows)),
-        )
+    fn take_buffers(&mut self) -> Batch {
+        Batch {
+            messages: std::mem::replace(&mut self.messages, Vec::with_capacity(self.batch_rows)),
+            events: std::mem::replace(&mut self.events, Vec::with_capacity(self.batch_rows)),
+            waiters: std::mem::take(&mut self.waiters),
+        }
     }
 
     /// One batch's write, to run holding a write slot: written (retried until it succeeds), then its
-    /// messages' offsets released.
-    fn write_batch(&self, messages: Vec<MessageRow>, events: Vec<EventRow>) -> impl Future<Output = ()> + 'static {
+    /// messages' offsets released and its waiters told.
+    fn write_batch(&self, batch: Batch) -> impl Future<Output = ()> + 'static {
         let (store, stats, tracker) = (self.store.clone(), self.stats.clone(), self.tracker.clone());
         async move {
+            let Batch { messages, events, waiters } = batch;
             write_until_done(&store, &stats, &messages, &events).await;
             tracker.done_many(messages.iter().map(|m| (&*m.topic, m.partition, m.offset)));
+            for w in waiters {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -124,8 +143,8 @@ impl Persister {
         if self.buffered() == 0 {
             return;
         }
-        let (messages, events) = self.take_buffers();
-        let write = self.write_batch(messages, events);
+        let batch = self.take_buffers();
+        let write = self.write_batch(batch);
         let slots = self.slots.clone();
         let wait_started = Instant::now();
         ctx.wait(async move { slots.acquire_owned().await.expect("never closed") }.into_actor(self).map(
@@ -142,6 +161,13 @@ impl Persister {
             },
         ));
     }
+}
+
+/// The rows of one write, and who waits for it.
+struct Batch {
+    messages: Vec<MessageRow>,
+    events: Vec<EventRow>,
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Write one batch, retrying until it succeeds: nothing is dropped while the store is away.
@@ -197,6 +223,21 @@ impl Handler<PersistMessages> for Persister {
     }
 }
 
+impl Handler<PersistAccepted> for Persister {
+    type Result = ();
+    fn handle(&mut self, msg: PersistAccepted, ctx: &mut Self::Context) {
+        if msg.rows.is_empty() {
+            let _ = msg.durable.send(());
+            return;
+        }
+        take_rows(&mut self.messages, msg.rows);
+        self.waiters.push(msg.durable);
+        if self.buffered() >= self.batch_rows {
+            self.flush(ctx);
+        }
+    }
+}
+
 impl Handler<PersistEvents> for Persister {
     type Result = ();
     fn handle(&mut self, msg: PersistEvents, ctx: &mut Self::Context) {
@@ -220,8 +261,8 @@ impl Handler<Flush> for Persister {
     /// other message is handled meanwhile.
     fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
         let write = (self.buffered() > 0).then(|| {
-            let (messages, events) = self.take_buffers();
-            self.write_batch(messages, events)
+            let batch = self.take_buffers();
+            self.write_batch(batch)
         });
         let (slots, n) = (self.slots.clone(), self.concurrency as u32);
         AtomicResponse::new(Box::pin(
@@ -243,7 +284,8 @@ mod tests {
     //! The contract against a real SQLite store in a temp dir.
 
     use super::*;
-    use crate::model::{Outbound, PlannedMessage, SourcePosition};
+    use crate::model::{Outbound, SourcePosition};
+    use crate::plan::PlannedMessage;
 
     fn row(i: i64) -> MessageRow {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/default.yaml");

@@ -11,8 +11,6 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelActor, ChannelStats};
-use super::consumer::{self, ConsumerActor, ConsumerLoop, ConsumerStats, KafkaConsumer};
-use super::emitter::{Emitter, forward_deliveries};
 use super::lifecycle::LifecycleShared;
 use super::persister::{Flush, Persister, PersisterStats};
 use super::supervisor::{Health, StopStage};
@@ -23,6 +21,8 @@ use crate::kafka::{self, admin};
 use crate::model::Channel;
 use crate::scenario::Scenario;
 use crate::scenario::live::{LiveScenario, ReloadStats, watch_files};
+use crate::sink::kafka::{Emitter, forward_deliveries};
+use crate::source::kafka::{self as consumer, ConsumerActor, ConsumerLoop, ConsumerStats, KafkaConsumer};
 use crate::store::Store;
 
 /// A running pipeline.
@@ -43,6 +43,8 @@ pub struct Pipeline {
     pub channel_stats: Arc<ChannelStats>,
     live: LiveScenario,
     pub reload_stats: Arc<ReloadStats>,
+    /// The front doors' server, when `http.listen_addr` is set.
+    http: Option<crate::source::http::Server>,
 }
 
 /// A stage [`Pipeline::stop_stage`] can stop.
@@ -59,6 +61,8 @@ pub enum PipelineError {
     Kafka(#[from] kafka::KafkaError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Http(#[from] crate::source::http::HttpError),
 }
 
 impl Pipeline {
@@ -123,7 +127,18 @@ impl Pipeline {
             arbiters.push(arbiter);
         }
 
-        // Source end last.
+        // Source ends last: the front doors, then the consumer.
+        let http = match settings.http.listen_addr {
+            Some(_) => {
+                let store = Store::connect(&store_url, 2).await?;
+                let channels = channels.clone().map(|c| c.expect("every channel has its actor"));
+                let door =
+                    crate::source::http::Door::open(&settings.http, &store, &assignments, channels, live.clone())
+                        .await?;
+                Some(crate::source::http::Server::start(door)?)
+            }
+            None => None,
+        };
         let (kafka_consumer, assigned) = consumer::create(
             &kafka::consumer_config(k, brokers),
             &k.input_topics,
@@ -212,6 +227,7 @@ impl Pipeline {
             channel_stats,
             live,
             reload_stats,
+            http,
         })
     }
 
@@ -254,9 +270,18 @@ impl Pipeline {
         self.tracker.pending()
     }
 
+    /// Where the front doors listen, when they do.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|s| s.addr)
+    }
+
     /// The one shutdown path.
     pub async fn shutdown(mut self) {
         self.health.stopping();
+        // The doors first: requests under way are answered once their messages are durable.
+        if let Some(http) = self.http.take() {
+            http.stop().await;
+        }
         self.shutdown.cancel();
         if let Some(done) = self.consumer_done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;

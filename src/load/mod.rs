@@ -32,15 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaSettings;
 use crate::model::{Channel, Status};
+use crate::wire::headers::{INTENDED_AT_HEADER, RUN_ID_HEADER};
 use gate::{Gate, Verdict};
 use message::MessageFactory;
 use profile::Profile;
 use results::{Hist, LOST, LOST_LISTED, NOT_SENT, Results, Sample, Second, StatusFigures};
-
-/// The header carrying a message's intended send time, in microseconds since the Unix epoch.
-pub const INTENDED_AT_HEADER: &str = "understudy-intended-at-us";
-/// The header carrying the run id.
-pub const RUN_ID_HEADER: &str = "understudy-run-id";
 
 /// The most messages one generator process sends in one run.
 pub const MAX_MESSAGES: u64 = 50_000_000;
@@ -815,7 +811,7 @@ impl<'a> Correlator<'a> {
             let mut batch = false;
             for h in hs.iter() {
                 match h.key {
-                    crate::actors::emitter::ACK_HEADER => {
+                    crate::wire::headers::ACK_HEADER => {
                         batch = true;
                         let ack = h.value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.split_once(' '));
                         match ack {
@@ -823,7 +819,7 @@ impl<'a> Correlator<'a> {
                             None => self.out.undecodable += 1,
                         }
                     }
-                    crate::actors::emitter::STATUS_HEADER => status_header = h.value,
+                    crate::wire::headers::STATUS_HEADER => status_header = h.value,
                     _ => {}
                 }
             }

@@ -5,51 +5,12 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand_distr::{Distribution, Exp, LogNormal, Normal, Pareto};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z99: f64 = 2.326_347_874_040_840_8;
 
-/// A duration written as `250ms`, `3s`, `1h 30m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    pub fn secs(self) -> f64 {
-        self.0.as_secs_f64()
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration ({e}); write it like `250ms`, `3s`, `15m` or `2h`"
-            ))
-        })
-    }
-}
-
-impl schemars::JsonSchema for Dur {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "A duration: `250ms`, `3s`, `15m`, `2h`, `1h 30m`.",
-            "examples": ["250ms", "3s", "1h 30m"]
-        })
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
+pub use crate::model::Dur;
 
 /// A delay distribution.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

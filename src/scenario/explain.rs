@@ -8,7 +8,8 @@ use super::rules::MAGIC;
 use super::{Chosen, MessageView, Scenario};
 use crate::config::InputSettings;
 use crate::kafka::decode::{Decoder, RawRecord};
-use crate::model::{Outbound, Plan};
+use crate::model::Outbound;
+use crate::plan::Plan;
 
 /// A sample message decoded the way the service decodes it, with its plan and what chose it.
 pub struct Explained {

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Dur;
 use super::rules::{MatchSpec, Matcher, MessageView};
-use crate::model::{BounceType, Channel, Fault, NotSent, PlannedStep, Status};
+use crate::model::{BounceType, Channel, Fault, Status};
+use crate::plan::{NotSent, PlannedStep};
 
 /// Per-message faults, on a channel or a rule. Probabilities are between 0 and 1.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

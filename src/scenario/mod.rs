@@ -26,8 +26,9 @@ use locate::Seg;
 pub use rules::MessageView;
 use rules::{MAGIC, Matcher, RuleSpec};
 
-use crate::formats::AckFormat;
-use crate::model::{BounceType, Channel, Plan, PlannedStep, Status, vendor_message_id};
+use crate::model::{BounceType, Channel, Status, vendor_message_id};
+use crate::plan::{Plan, PlannedStep};
+use crate::wire::AckFormat;
 
 /// What is wrong with a scenario file, and where.
 #[derive(Debug, thiserror::Error)]

@@ -363,6 +363,14 @@ pub const MAGIC: &[Magic] = {
         m(
             Sms,
             "+15005550002",
+            &[Reject],
+            Some(("21612", "the 'To' phone number is not currently reachable via SMS")),
+            None,
+            "rejected: cannot route",
+        ),
+        m(
+            Sms,
+            "+15005550005",
             &[Send, Undelivered],
             Some(("30003", "unreachable destination handset")),
             None,

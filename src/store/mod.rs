@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{AckEvent, Channel, Outbound, Plan, PlannedMessage, SourcePosition, micros_to_time};
+use crate::model::{AckEvent, Channel, Outbound, SourcePosition, micros_to_time};
+use crate::plan::{Plan, PlannedMessage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -340,6 +341,19 @@ impl Store {
             }
         };
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The highest offset stored for one partition of one source, or -1 when it has none.
+    pub async fn max_offset(&self, topic: &str, topic_id: &str, partition: i32) -> Result<i64> {
+        let q = match self {
+            Store::Postgres(_) => include_str!("sql/postgres/message_max_offset.sql"),
+            Store::Sqlite(_) => include_str!("sql/sqlite/message_max_offset.sql"),
+        };
+        let (max,): (i64,) = match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(topic_id).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(topic).bind(partition).bind(topic_id).fetch_one(p).await?,
+        };
+        Ok(max)
     }
 
     /// The latest migration applied, or `None` when `run` has not set this store up yet (no tables). A

@@ -22,11 +22,12 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::persister::{PersistEvents, Persister};
-use crate::formats::{self, AckFormat, Batching};
+use crate::actors::persister::{PersistEvents, Persister};
 use crate::model::AckEvent;
 use crate::store::EventRow;
 use crate::telemetry;
+use crate::wire::headers::{ACK_HEADER, EVENT_ID_HEADER, EVENT_IDS_HEADER, STATUS_HEADER};
+use crate::wire::{self, AckFormat, Batching};
 
 /// Producer callbacks: delivered events go to the persister's queue.
 pub struct EmitterContext {
@@ -94,18 +95,6 @@ impl ProducerContext for EmitterContext {
     }
 }
 
-/// The header of a batch record with the event ids it carries, comma-separated.
-pub const EVENT_IDS_HEADER: &str = "understudy-event-ids";
-
-/// On a batch record, one per event it carries: `STATUS payload-id`. Whatever the vendor's body looks
-/// like, a reader (`understudy load`'s correlator) can tell which acks a record holds. Left out for an
-/// event whose body an injected `corrupt` fault spoiled.
-pub const ACK_HEADER: &str = "understudy-ack";
-
-/// On a single-event record in a vendor format: the event's status (the record key is its payload id).
-/// The native format carries both in its body.
-pub const STATUS_HEADER: &str = "understudy-status";
-
 /// Events gathered for batched formats, one open batch per batching setting.
 #[derive(Default)]
 struct Batches {
@@ -131,9 +120,6 @@ impl Default for Open {
 /// Events produced and not yet handed to the persister, at most (about 20 MB); below librdkafka's queue
 /// size so that waiting happens here, in line, rather than in a retry loop.
 pub const IN_FLIGHT_EVENTS: usize = 50_000;
-
-/// The header every ack carries with its event id.
-pub const EVENT_ID_HEADER: &str = "understudy-event-id";
 
 enum Produced {
     Queued,
@@ -226,7 +212,7 @@ impl Emitter {
                 b.body.push(b',');
             }
             let at = b.body.len();
-            formats::sendgrid_event(&event, &envelope.recipient, &mut b.body);
+            wire::sendgrid::event(&event, &envelope.recipient, &mut b.body);
             if event.fault == Some(crate::model::Fault::Corrupt) {
                 let cut = at + (b.body.len() - at) / 2;
                 b.body.truncate(cut);
@@ -364,7 +350,7 @@ impl Emitter {
         }
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            formats::write(&envelope.format, &event, &envelope.recipient, buf);
+            wire::write(&envelope.format, &event, &envelope.recipient, buf);
             if event.fault == Some(crate::model::Fault::Corrupt) {
                 // An injected fault: the ack as invalid JSON (cut short, with a stray byte).
                 buf.truncate(buf.len() / 2);
@@ -453,7 +439,7 @@ pub async fn forward_deliveries(
     batch: usize,
     unforwarded: Arc<AtomicI64>,
     room: Arc<Semaphore>,
-    guard: super::supervisor::StageGuard,
+    guard: crate::actors::supervisor::StageGuard,
 ) {
     let _guard = guard;
     let mut buf = Vec::with_capacity(batch);

@@ -19,10 +19,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::channel::{ChannelActor, Dispatch, Resume};
-use super::emitter::Emitter;
-use super::persister::{Flush, Persister};
-use super::supervisor::{StageGuard, StopStage};
+use crate::actors::channel::{ChannelActor, Dispatch, Resume};
+use crate::actors::persister::{Flush, Persister};
+use crate::actors::supervisor::{StageGuard, StopStage};
 use crate::config::DuplicatePolicy;
 use crate::kafka::decode::{Decoder, RawRecord, Rejection};
 use crate::kafka::duplicates::DuplicateWindow;
@@ -30,11 +29,13 @@ use crate::kafka::offsets::{Assignments, Claim, OffsetTracker, PartitionMap};
 use crate::model::{Channel, Outbound};
 use crate::scenario::live::LiveScenario;
 use crate::scenario::rules::glob_match;
+use crate::sink::kafka::Emitter;
 use crate::store::Store;
 use crate::telemetry;
-
-pub const DLQ_REASON_HEADER: &str = "understudy-dlq-reason";
-pub const DLQ_KIND_HEADER: &str = "understudy-dlq-kind";
+use crate::wire::headers::{
+    DLQ_COPY_HEADER, DLQ_KIND_HEADER, DLQ_ORIGINAL_BYTES_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
+    DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
+};
 
 /// Rebalance callbacks: on revoke, commit what is durable and give up the partition's lifecycles; on
 /// assign, tell the consumer loop to resume the partition before dispatching from it.
@@ -787,12 +788,6 @@ pub const DLQ_CUT_BYTES: usize = 64 * 1024;
 /// Headers of the original kept on a cut copy only up to this many bytes in all.
 const DLQ_CUT_HEADER_BYTES: usize = 16 * 1024;
 
-/// Header on a dead-letter copy that is not the original: `body-cut` or `headers-only`.
-pub const DLQ_COPY_HEADER: &str = "understudy-dlq-copy";
-
-/// Header on a dead-letter copy: the original record's value size in bytes.
-pub const DLQ_ORIGINAL_BYTES_HEADER: &str = "understudy-dlq-original-bytes";
-
 /// What goes to the DLQ for a rejected record: the original, or, when the DLQ cannot take that, a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DlqForm {
@@ -946,9 +941,9 @@ fn dlq_record<'a>(
     headers = headers
         .insert(Header { key: DLQ_REASON_HEADER, value: Some(reason.as_bytes()) })
         .insert(Header { key: DLQ_KIND_HEADER, value: Some(d.rejection.kind.as_bytes()) })
-        .insert(Header { key: "understudy-source-topic", value: Some(d.topic.as_bytes()) })
-        .insert(Header { key: "understudy-source-partition", value: Some(d.partition.to_string().as_bytes()) })
-        .insert(Header { key: "understudy-source-offset", value: Some(d.offset.to_string().as_bytes()) });
+        .insert(Header { key: DLQ_SOURCE_TOPIC_HEADER, value: Some(d.topic.as_bytes()) })
+        .insert(Header { key: DLQ_SOURCE_PARTITION_HEADER, value: Some(d.partition.to_string().as_bytes()) })
+        .insert(Header { key: DLQ_SOURCE_OFFSET_HEADER, value: Some(d.offset.to_string().as_bytes()) });
     if form != DlqForm::Original {
         headers = headers
             .insert(Header { key: DLQ_COPY_HEADER, value: Some(form.label().as_bytes()) })

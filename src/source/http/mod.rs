@@ -1,0 +1,218 @@
+//! The vendors' HTTP front doors: their own REST APIs at their own paths, on `http.listen_addr`. A door
+//! parses and checks a request the vendor's way, turns it into the same [`Outbound`] the Kafka consumer
+//! makes, and answers only once the message is durable in the store (many requests share one write).
+//! Errors are the vendor's own, with its HTTP statuses; no request can stop the server.
+//!
+//! Every message a door takes is stored under this instance's source key (`http.instance`): a restart
+//! under the same name resumes their lifecycles, as a partition's new owner does for Kafka.
+//!
+//! - [`twilio`]: Twilio Programmable Messaging.
+
+pub mod twilio;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use actix::Addr;
+use actix_web::{App, HttpServer, web};
+use chrono::Utc;
+use futures::StreamExt;
+
+use crate::actors::channel::{Accept, ChannelActor, Resume, Taken};
+use crate::config::HttpSettings;
+use crate::kafka::offsets::{Assignments, Claim};
+use crate::model::{Channel, Outbound, SourcePosition};
+use crate::scenario::Scenario;
+use crate::store::{Store, StoreError};
+
+/// The source topic every front door's messages are stored under; not a legal Kafka topic name, so it
+/// never meets a consumed one.
+pub const SOURCE_TOPIC: &str = "understudy:http";
+
+/// Keys counted before the per-key counters start again (about 100 MB).
+const MAX_KEYS: usize = 4_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on `{addr}` for the front doors: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What every door shares: where messages go, and how they are numbered.
+pub struct Door {
+    channels: [Addr<ChannelActor>; 3],
+    scenario: tokio::sync::watch::Receiver<Arc<Scenario>>,
+    claim: Claim,
+    topic: Arc<str>,
+    topic_id: Arc<str>,
+    next_offset: AtomicI64,
+    /// Requests seen per key, for ids that are the same on every rerun ([`Door::payload_id`]).
+    keys: Mutex<HashMap<u64, u32>>,
+    settings: HttpSettings,
+}
+
+/// Why a taken message got no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// The scenario has no behaviour for the message's channel.
+    NoBehaviour,
+    /// The pipeline is stopping: nothing was made durable.
+    Unavailable,
+}
+
+impl Door {
+    /// The door of this instance: claims its source partition, numbers on from what the store holds,
+    /// and resumes the unfinished lifecycles stored under it.
+    pub async fn open(
+        settings: &HttpSettings,
+        store: &Store,
+        assignments: &Assignments,
+        channels: [Addr<ChannelActor>; 3],
+        scenario: tokio::sync::watch::Receiver<Arc<Scenario>>,
+    ) -> Result<Arc<Self>, HttpError> {
+        let topic_id: Arc<str> = format!("http/{}", settings.instance_or_host()).into();
+        assignments.assign(SOURCE_TOPIC, 0);
+        let claim = assignments.claim(SOURCE_TOPIC, 0).expect("just assigned");
+        let next = store.max_offset(SOURCE_TOPIC, &topic_id, 0).await? + 1;
+        let pending = store.pending(SOURCE_TOPIC, &topic_id, 0).await?;
+        if !pending.is_empty() {
+            tracing::info!(source = %topic_id, lifecycles = pending.len(), "resuming unfinished lifecycles of the front doors");
+        }
+        let mut by_channel: [Vec<_>; 3] = Default::default();
+        for p in pending {
+            by_channel[p.message.outbound.channel.index()].push(p);
+        }
+        for (i, list) in by_channel.into_iter().enumerate() {
+            if !list.is_empty() {
+                let _ = channels[i].send(Resume { claim: claim.clone(), lifecycles: list }).await;
+            }
+        }
+        Ok(Arc::new(Self {
+            channels,
+            scenario,
+            claim,
+            topic: SOURCE_TOPIC.into(),
+            topic_id,
+            next_offset: AtomicI64::new(next),
+            keys: Mutex::new(HashMap::new()),
+            settings: settings.clone(),
+        }))
+    }
+
+    /// A payload id that is the same on every rerun of the same test: the vendor's name, a hash of the
+    /// fields that make the request what it is, and how many requests with that hash came before.
+    pub fn payload_id(&self, vendor: &str, fields: &[&[u8]]) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for f in fields {
+            h.update(&(f.len() as u64).to_le_bytes());
+            h.update(f);
+        }
+        let key = h.digest();
+        let n = {
+            let mut keys = self.keys.lock().expect("key lock");
+            if keys.len() >= MAX_KEYS && !keys.contains_key(&key) {
+                keys.clear();
+            }
+            let n = keys.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        };
+        format!("{vendor}-{key:016x}-{n}")
+    }
+
+    /// The next source position of this instance.
+    fn position(&self) -> SourcePosition {
+        SourcePosition {
+            topic: self.topic.clone(),
+            topic_id: self.topic_id.clone(),
+            partition: 0,
+            offset: self.next_offset.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Take one message: planned, durable, its lifecycle started; what it came to comes back.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn take(
+        &self,
+        channel: Channel,
+        payload_id: String,
+        batch_id: &str,
+        recipient: &str,
+        tenant_id: &str,
+        body: Vec<u8>,
+    ) -> Result<Taken, NotTaken> {
+        let outbound = Outbound {
+            source: self.position(),
+            payload_id: payload_id.into(),
+            batch_id: batch_id.into(),
+            channel,
+            recipient: recipient.into(),
+            tenant_id: Some(tenant_id.into()),
+            headers: Vec::new(),
+            rule_headers: Vec::new(),
+            body,
+            received_at: Utc::now(),
+        };
+        let scenario = self.scenario.borrow().clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let accept = Accept { scenario, claim: self.claim.clone(), batch: vec![outbound], reply };
+        self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
+        let mut taken = answer.await.map_err(|_| NotTaken::Unavailable)?;
+        taken.pop().flatten().ok_or(NotTaken::NoBehaviour)
+    }
+}
+
+/// Read a request body of at most `limit` bytes; `None` when it is larger.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Option<web::Bytes>, actix_web::Error> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// The running server; [`Server::stop`] ends it gracefully.
+pub struct Server {
+    handle: actix_web::dev::ServerHandle,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Serve every door on `http.listen_addr`.
+    pub fn start(door: Arc<Door>) -> Result<Self, HttpError> {
+        let addr = door.settings.listen_addr.expect("started only with a listen address");
+        let workers = door.settings.workers;
+        let data = web::Data::from(door);
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).configure(twilio::routes).default_service(web::to(twilio::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .bind(addr)
+        .map_err(|source| HttpError::Bind { addr, source })?;
+        let addr = server.addrs().first().copied().unwrap_or(addr);
+        let server = server.run();
+        let handle = server.handle();
+        actix::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the front doors' server stopped");
+            }
+        });
+        tracing::info!(%addr, "front doors listening");
+        Ok(Self { handle, addr })
+    }
+
+    /// Stop taking requests, finish the ones under way.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}

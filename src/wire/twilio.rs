@@ -1,0 +1,250 @@
+//! Twilio Programmable Messaging: its `MessageStatus` names, a status callback's fields (SMS and
+//! WhatsApp through Twilio), the Message resource its REST API answers with, and its errors.
+
+use chrono::{DateTime, Utc};
+
+use super::hex_id;
+use crate::json::ObjectWriter;
+use crate::model::{AckEvent, Channel, Status, vendor_message_id};
+
+/// The API version in every path and resource.
+pub const API_VERSION: &str = "2010-04-01";
+
+/// Whether `s` is a Twilio SID of the kind `prefix` (`AC` account, `SM` message, `MG` messaging service):
+/// the prefix and 32 hex digits.
+pub fn is_sid(s: &str, prefix: &str) -> bool {
+    s.len() == 34 && s.starts_with(prefix) && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The message SID for a lifecycle's vendor message id: `SM` and its 32 hex digits.
+pub fn message_sid(vendor_message_id: &str) -> String {
+    format!("SM{}", hex_id(vendor_message_id))
+}
+
+/// The account SID status callbacks carry: the tenant when it is an account SID (a message taken by the
+/// Twilio front door), otherwise one derived from the tenant.
+fn account_sid(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) if is_sid(t, "AC") => t.to_owned(),
+        t => format!("AC{}", &hex_id(&vendor_message_id(Channel::Sms, t.unwrap_or("")))[..32]),
+    }
+}
+
+/// An error as Twilio's REST API answers it: `{code, message, more_info, status}` with its HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub http_status: u16,
+    pub code: u32,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(http_status: u16, code: u32, message: impl Into<String>) -> Self {
+        Self { http_status, code, message: message.into() }
+    }
+
+    /// 20003: the credentials are missing or wrong.
+    pub fn authenticate() -> Self {
+        Self::new(401, 20003, "Authenticate")
+    }
+
+    /// 20404: no such resource.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(404, 20404, format!("The requested resource {path} was not found"))
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        ObjectWriter::new(out)
+            .int("code", i64::from(self.code))
+            .str("message", &self.message)
+            .str("more_info", &format!("https://www.twilio.com/docs/errors/{}", self.code))
+            .int("status", i64::from(self.http_status))
+            .end();
+    }
+}
+
+/// A Message resource, as the REST API answers a create (`201`) or a fetch.
+pub struct MessageResource<'a> {
+    pub account_sid: &'a str,
+    pub sid: &'a str,
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub messaging_service_sid: Option<&'a str>,
+    pub body: &'a str,
+    pub status: &'a str,
+    pub num_media: usize,
+    pub date_created: DateTime<Utc>,
+    pub date_updated: DateTime<Utc>,
+    pub date_sent: Option<DateTime<Utc>>,
+    pub error_code: Option<i64>,
+    pub error_message: Option<&'a str>,
+}
+
+/// Twilio's dates: RFC 2822, in GMT.
+pub fn rfc2822(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
+}
+
+/// How many SMS segments `body` takes: 160 GSM-7 characters alone or 153 each when concatenated; 70 or
+/// 67 when a character needs UCS-2.
+pub fn segments(body: &str) -> usize {
+    let gsm = body.chars().all(|c| c.is_ascii() && (c >= ' ' || c == '\n' || c == '\r'));
+    let (alone, each) = if gsm { (160, 153) } else { (70, 67) };
+    let n = if gsm { body.len() } else { body.encode_utf16().count() };
+    if n <= alone { 1 } else { n.div_ceil(each) }
+}
+
+impl MessageResource<'_> {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let uri = format!("/{API_VERSION}/Accounts/{}/Messages/{}", self.account_sid, self.sid);
+        let mut w = ObjectWriter::new(out);
+        w.str("account_sid", self.account_sid)
+            .str("api_version", API_VERSION)
+            .str("body", self.body)
+            .str("date_created", &rfc2822(self.date_created))
+            .opt_str("date_sent", self.date_sent.map(rfc2822).as_deref())
+            .str("date_updated", &rfc2822(self.date_updated))
+            .str("direction", "outbound-api");
+        match self.error_code {
+            Some(c) => w.int("error_code", c),
+            None => w.null("error_code"),
+        };
+        w.opt_str("error_message", self.error_message)
+            .opt_str("from", self.from)
+            .opt_str("messaging_service_sid", self.messaging_service_sid)
+            .str("num_media", &self.num_media.to_string())
+            .str("num_segments", &segments(self.body).to_string())
+            .null("price")
+            .str("price_unit", "USD")
+            .str("sid", self.sid)
+            .str("status", self.status)
+            .raw("subresource_uris", |out| {
+                let mut s = ObjectWriter::new(out);
+                s.str("media", &format!("{uri}/Media.json")).str("feedback", &format!("{uri}/Feedback.json"));
+                s.end();
+            })
+            .str("to", self.to)
+            .str("uri", &format!("{uri}.json"));
+        w.end();
+    }
+}
+
+/// Twilio's `MessageStatus` for a status.
+pub fn message_status(status: Status) -> &'static str {
+    match status {
+        Status::Send => "sent",
+        Status::Delivery => "delivered",
+        Status::Read => "read",
+        Status::Undelivered => "undelivered",
+        Status::Reject | Status::Bounce | Status::Complaint => "failed",
+        Status::Deferred => "queued",
+        Status::Open | Status::Click => "read",
+    }
+}
+
+pub(super) fn status_callback(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
+    let sid = message_sid(&e.vendor_message_id);
+    let account = account_sid(e.tenant_id.as_deref());
+    let status = message_status(e.status);
+    let whatsapp = e.channel == Channel::Whatsapp;
+    let to = if whatsapp && !recipient.starts_with("whatsapp:") {
+        format!("whatsapp:{recipient}")
+    } else {
+        recipient.to_owned()
+    };
+    let from = if whatsapp { "whatsapp:+15005550006" } else { "+15005550006" };
+    let mut w = ObjectWriter::new(out);
+    w.str("AccountSid", &account)
+        .str("ApiVersion", "2010-04-01")
+        .str("MessageSid", &sid)
+        .str("SmsSid", &sid)
+        .str("MessageStatus", status)
+        .str("SmsStatus", status)
+        .str("To", &to)
+        .str("From", from);
+    if whatsapp {
+        w.str("ChannelPrefix", "whatsapp").str("ChannelToAddress", recipient.trim_start_matches("whatsapp:"));
+    }
+    if let Some(code) = e.error_code.as_deref().filter(|_| e.status.is_failure()) {
+        w.str("ErrorCode", code);
+    }
+    if !whatsapp && matches!(e.status, Status::Delivery | Status::Undelivered) {
+        // The carrier's delivery-receipt time, YYMMDDhhmm.
+        w.str("RawDlrDoneDate", &e.scheduled_at.format("%y%m%d%H%M").to_string());
+    }
+    w.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::AckFormat;
+    use super::super::tests::{event, json};
+    use crate::model::{Channel, Status};
+
+    #[test]
+    fn twilio_status_callbacks() {
+        let v = json(
+            &AckFormat::Twilio,
+            &event(Channel::Sms, Status::Undelivered, Some(("30003", "unreachable"))),
+            "+15005550002",
+        );
+        assert_eq!(v["MessageStatus"], "undelivered");
+        assert_eq!(v["ErrorCode"], "30003");
+        assert!(v["MessageSid"].as_str().unwrap().starts_with("SM") && v["MessageSid"].as_str().unwrap().len() == 34);
+        assert_eq!(v["RawDlrDoneDate"], "2511251000");
+        assert_eq!(v["To"], "+15005550002");
+        let v = json(&AckFormat::Twilio, &event(Channel::Whatsapp, Status::Read, None), "+15005551000");
+        assert_eq!((v["MessageStatus"].as_str(), v["To"].as_str()), (Some("read"), Some("whatsapp:+15005551000")));
+        assert!(v.get("ErrorCode").is_none() && v.get("RawDlrDoneDate").is_none());
+        // The front door's messages carry their account's SID as the tenant.
+        let mut e = event(Channel::Sms, Status::Send, None);
+        e.tenant_id = Some("AC0123456789abcdef0123456789abcdef".into());
+        assert_eq!(json(&AckFormat::Twilio, &e, "+15005550006")["AccountSid"], "AC0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn message_resources_and_errors_read_as_twilio_writes_them() {
+        use super::*;
+        let t = crate::model::micros_to_time(1_764_064_800_000_000);
+        let r = MessageResource {
+            account_sid: "AC0123456789abcdef0123456789abcdef",
+            sid: "SM0123456789abcdef0123456789abcdef",
+            to: "+15005550006",
+            from: None,
+            messaging_service_sid: Some("MG0123456789abcdef0123456789abcdef"),
+            body: "héllo",
+            status: "accepted",
+            num_media: 0,
+            date_created: t,
+            date_updated: t,
+            date_sent: None,
+            error_code: None,
+            error_message: None,
+        };
+        let mut out = Vec::new();
+        r.write(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["date_created"], "Tue, 25 Nov 2025 10:00:00 +0000");
+        assert_eq!(
+            (v["from"].is_null(), v["error_code"].is_null(), v["num_segments"].as_str()),
+            (true, true, Some("1"))
+        );
+        assert_eq!(
+            v["uri"],
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/SM0123456789abcdef0123456789abcdef.json"
+        );
+        assert_eq!((segments(&"a".repeat(160)), segments(&"a".repeat(161)), segments(&"é".repeat(71))), (1, 2, 2));
+        let mut out = Vec::new();
+        ApiError::authenticate().write(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401})
+        );
+        assert!(
+            is_sid("AC0123456789abcdef0123456789abcdef", "AC")
+                && !is_sid("AC0123", "AC")
+                && !is_sid("SM0123456789abcdef0123456789abcdef", "AC")
+        );
+    }
+}
