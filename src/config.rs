@@ -294,6 +294,13 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Threads serving requests.
     pub workers: usize,
+    /// Whether the acks of messages the doors took also go to the ack topic (as well as to their
+    /// webhooks): what `understudy load` correlates.
+    pub kafka_acks: bool,
+    /// Webhook deliveries under way at once, at most; beyond that lifecycles wait.
+    pub webhooks_in_flight: usize,
+    /// How long a webhook receiver has to answer, in milliseconds (Twilio: 15 s).
+    pub webhook_timeout_ms: u64,
     pub twilio: TwilioSettings,
 }
 
@@ -304,6 +311,9 @@ impl Default for HttpSettings {
             instance: None,
             max_body_bytes: 1024 * 1024,
             workers: 1,
+            kafka_acks: true,
+            webhooks_in_flight: 10_000,
+            webhook_timeout_ms: 15_000,
             twilio: TwilioSettings::default(),
         }
     }
@@ -495,6 +505,9 @@ impl Settings {
             if a.auth_token.is_empty() {
                 return bad(&format!("http.twilio.accounts[{i}].auth_token"), "must not be empty".into());
             }
+        }
+        if self.http.webhooks_in_flight == 0 {
+            return bad("http.webhooks_in_flight", "must be at least 1".into());
         }
         if self.http.workers == 0 {
             return bad("http.workers", "must be at least 1".into());

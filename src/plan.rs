@@ -6,7 +6,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BounceType, Fault, Outbound, Status};
-use crate::wire::AckFormat;
+use crate::wire::{AckFormat, Vendor};
+
+/// Where a lifecycle's acks are posted as its vendor's webhooks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    pub vendor: Vendor,
+    pub url: Arc<str>,
+    /// Whether the acks also go to the ack topic.
+    pub kafka: bool,
+}
 
 /// A planned step that is not sent, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +63,10 @@ pub struct Plan {
     /// The outage window that rejected or held the message, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage: Option<Arc<str>>,
+    /// Where the acks go as the vendor's own webhooks: a front door's message's callback (Twilio's
+    /// `StatusCallback`). Kept with the plan, so a resumed lifecycle calls back where it was asked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Callback>,
 }
 
 impl Plan {
@@ -131,6 +144,15 @@ impl Plan {
             w.raw("format", |out| serde_json::to_writer(out, &self.format).expect("a format serializes"));
         }
         w.some_str("outage", self.outage.as_deref());
+        if let Some(c) = &self.callback {
+            w.raw("callback", |out| {
+                crate::json::ObjectWriter::new(out)
+                    .str("vendor", c.vendor.as_str())
+                    .str("url", &c.url)
+                    .bool("kafka", c.kafka)
+                    .end();
+            });
+        }
         w.end();
     }
 }
@@ -168,6 +190,11 @@ mod tests {
             not_sent: vec![NotSent { status: Status::Delivery, attempt: 1, fault: Fault::Skipped }],
             format: AckFormat::Template("{\"s\":\"{{status}}\"}".into()),
             outage: Some("carrier-down".into()),
+            callback: Some(Callback {
+                vendor: Vendor::Twilio,
+                url: "http://127.0.0.1:9/s?a=\"1\"".into(),
+                kafka: true,
+            }),
         };
         let mut out = Vec::new();
         plan.write_json(&mut out);

@@ -30,6 +30,7 @@ pub const EMISSION_LAG_SECONDS: &str = "understudy_emission_lag_seconds";
 pub const CONSUMER_LAG: &str = "understudy_consumer_lag_messages";
 pub const BACKPRESSURE_SECONDS: &str = "understudy_backpressure_micros_total";
 pub const OFFSETS_COMMITTED: &str = "understudy_offsets_committed_total";
+pub const WEBHOOK_ATTEMPTS: &str = "understudy_webhook_attempts_total";
 
 /// Handles of the per-message metrics, registered once: a handle records without the registry lookup
 /// (hashing of name and labels) that a `counter!` call pays each time.
@@ -131,6 +132,11 @@ pub fn offsets_committed(n: usize) {
     counter!(OFFSETS_COMMITTED).increment(n as u64);
 }
 
+/// One webhook delivery attempt, by vendor and outcome (`delivered`, `refused`, `unreachable`).
+pub fn webhook_attempt(vendor: &'static str, outcome: &'static str) {
+    counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(1);
+}
+
 /// Install the tracing subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_tracing(settings: &TelemetrySettings) {
     use tracing_subscriber::EnvFilter;
@@ -153,6 +159,10 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets)?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
+    metrics::describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "Webhook delivery attempts, by vendor and outcome (delivered, refused, unreachable)."
+    );
     metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
     metrics::describe_counter!(

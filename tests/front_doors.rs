@@ -21,18 +21,76 @@ const TOKEN: &str = "understudy-test-token";
 const N: usize = 20;
 
 async fn start(k: Kafka, store_url: &str, instance: &str) -> (Pipeline, String, understudy::config::Settings) {
+    start_with(k, store_url, instance, "happy-path.yaml", 0.0001, |_| {}).await
+}
+
+async fn start_with(
+    k: Kafka,
+    store_url: &str,
+    instance: &str,
+    scenario: &str,
+    time_scale: f64,
+    tune: impl FnOnce(&mut understudy::config::Settings),
+) -> (Pipeline, String, understudy::config::Settings) {
     let mut settings = common::settings(k, store_url, 3);
+    tune(&mut settings);
     settings.http.listen_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.http.instance = Some(instance.into());
     settings.http.twilio.accounts = vec![TwilioAccount { sid: ACCOUNT.into(), auth_token: TOKEN.into() }];
-    let scenario = Arc::new(common::scenario("happy-path.yaml", 0.0001));
+    let scenario = Arc::new(common::scenario(scenario, time_scale));
     let pipeline = Pipeline::start(&settings, scenario, &k.brokers()).await.expect("pipeline starts");
     let url = format!("http://{}", pipeline.http_addr().expect("the front doors listen"));
     (pipeline, url, settings)
 }
 
+/// A webhook receiver checking signatures with the vendor's own validator, writing what it got to `out`.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/webhook_receiver.py");
+        let out = dir.join("callbacks.jsonl");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .env("OUT", &out)
+            .env("TWILIO_AUTH_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the receiver's port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the receiver did not start: {line:?}"));
+        Self { child, port, out }
+    }
+
+    /// Every callback received so far.
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Run the Twilio library's script against `url`; its JSON output.
-async fn twilio_script(url: &str) -> Value {
+async fn twilio_script(url: &str, callback: Option<&str>) -> Value {
+    twilio_script_with(url, callback, false).await
+}
+
+async fn twilio_script_with(url: &str, callback: Option<&str>, bulk_only: bool) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/twilio_send.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
@@ -40,6 +98,8 @@ async fn twilio_script(url: &str) -> Value {
         .env("TWILIO_ACCOUNT_SID", ACCOUNT)
         .env("TWILIO_AUTH_TOKEN", TOKEN)
         .env("N", N.to_string())
+        .env("CALLBACK_URL", callback.unwrap_or(""))
+        .env("BULK_ONLY", if bulk_only { "1" } else { "" })
         .output()
         .await
         .expect("python3 runs");
@@ -56,7 +116,10 @@ async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
     let store = Store::connect(&store_url, 2).await.expect("store");
     let instance = format!("twilio-{}", common::suffix());
     let (pipeline, url, settings) = start(k, &store_url, &instance).await;
-    let out = twilio_script(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let callback = format!("http://127.0.0.1:{}/twilio/status?run=1", receiver.port);
+    let out = twilio_script(&url, Some(&callback)).await;
 
     let created = out["created"].as_array().expect("created messages");
     assert_eq!(created.len(), N + 2);
@@ -82,6 +145,7 @@ async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
     assert_eq!(error("bad_to"), (Some(21211), Some(400)), "{errors}");
     assert_eq!(error("long_body"), (Some(21617), Some(400)), "{errors}");
     assert_eq!(error("too_large").1, Some(413), "{errors}");
+    assert_eq!(error("bad_callback"), (Some(21609), Some(400)), "{errors}");
     assert_eq!(error("other_account"), (Some(20003), Some(401)), "{errors}");
     // A scenario's REJECT (here Twilio's test numbers) is the send call's error, not an ack.
     assert_eq!(error("magic_invalid"), (Some(21211), Some(400)), "{errors}");
@@ -109,15 +173,97 @@ async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
     assert_eq!(acked, sids.iter().map(|s| s.to_string()).collect::<HashSet<_>>());
     assert!(acks.iter().all(|a| a.status != Status::Reject), "a refused send has no ack");
     assert!(acks.iter().all(|a| a.tenant_id.as_deref() == Some(ACCOUNT)));
+
+    // And every ack was called back to the message's StatusCallback, form-encoded, signed as Twilio
+    // signs (its own RequestValidator says so), in the lifecycle's order: sent, delivered (and read on
+    // WhatsApp); never the first status (`queued`), which was the send call's answer.
+    let callbacks = common::eventually(Duration::from_secs(30), "every status callback", || async {
+        let got = receiver.received();
+        (got.len() >= acks.len()).then_some(got)
+    })
+    .await;
+    assert_eq!(callbacks.len(), acks.len(), "one callback per ack");
+    for c in &callbacks {
+        assert_eq!(c["valid"], true, "a signature Twilio's validator accepts: {c}");
+        assert_eq!(c["content_type"], "application/x-www-form-urlencoded");
+        assert_eq!(c["path"], "/twilio/status?run=1");
+        assert_eq!(c["params"]["AccountSid"], ACCOUNT);
+    }
+    for sid in &sids {
+        let statuses: Vec<&str> = callbacks
+            .iter()
+            .filter(|c| c["params"]["MessageSid"] == *sid)
+            .map(|c| c["params"]["MessageStatus"].as_str().unwrap())
+            .collect();
+        let whatsapp = callbacks
+            .iter()
+            .any(|c| c["params"]["MessageSid"] == *sid && c["params"]["To"].as_str().unwrap().starts_with("whatsapp:"));
+        let expected: &[&str] = if whatsapp { &["sent", "delivered", "read"] } else { &["sent", "delivered"] };
+        assert_eq!(statuses, expected, "{sid}");
+    }
+    // Stored once each, whether it went to Kafka, to the webhook, or both.
+    assert_eq!(store.totals().await.unwrap().events as usize, acks.len());
     pipeline.shutdown().await;
 
     // A rerun of the same test against a fresh store gets the same SIDs.
     let store_url = common::postgres_url().await;
     let (pipeline, url, _) = start(k, &store_url, &instance).await;
-    let again = twilio_script(&url).await;
+    let again = twilio_script(&url, None).await;
     let again: Vec<&str> = again["created"].as_array().unwrap().iter().map(|m| m["sid"].as_str().unwrap()).collect();
     assert_eq!(again, sids, "the same requests get the same SIDs on a rerun");
     pipeline.shutdown().await;
 }
 
-crate::on_both_brokers!(actix::test, twilio_messages_are_created_answered_and_acked);
+/// Lifecycles of messages a door took resume after a restart under the same instance name, and call
+/// back where they were asked to: each status once, in order.
+async fn twilio_lifecycles_resume_after_a_restart(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("resume-{}", common::suffix());
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let callback = format!("http://127.0.0.1:{}/status", receiver.port);
+    // SEND after ~40 ms, DELIVERY after ~400 ms (p99 4 s); no grace at shutdown, so most DELIVERY steps
+    // are left to the restarted instance.
+    let no_grace = |s: &mut understudy::config::Settings| s.service.shutdown_grace_ms = 0;
+    let (pipeline, url, settings) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.2, no_grace).await;
+    let created = twilio_script_with(&url, Some(&callback), true).await;
+    let sids: Vec<String> =
+        created["created"].as_array().unwrap().iter().map(|m| m["sid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sids.len(), N);
+    common::eventually(Duration::from_secs(20), "every SEND called back", || async {
+        let sent = receiver.received().iter().filter(|c| c["params"]["MessageStatus"] == "sent").count();
+        (sent >= N).then_some(())
+    })
+    .await;
+    pipeline.shutdown().await;
+    let unfinished = store.unfinished_count().await.unwrap();
+    assert!(unfinished > 0, "the test needs lifecycles left for the restart");
+
+    let (pipeline, _, _) =
+        start_with(k, &store_url, &instance, "happy-path.yaml", 0.2, |s| *s = settings.clone()).await;
+    common::all_finished(&store, N as i64, Duration::from_secs(60)).await;
+    let resumed = pipeline.channel_stats.resumed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(resumed, unfinished as u64, "every unfinished lifecycle resumed");
+    let callbacks = common::eventually(Duration::from_secs(20), "every DELIVERY called back", || async {
+        let got = receiver.received();
+        (got.len() >= 2 * N).then_some(got)
+    })
+    .await;
+    for sid in &sids {
+        let statuses: Vec<&str> = callbacks
+            .iter()
+            .filter(|c| c["params"]["MessageSid"] == sid.as_str())
+            .map(|c| c["params"]["MessageStatus"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["sent", "delivered"], "{sid}");
+    }
+    assert!(callbacks.iter().all(|c| c["valid"] == true));
+    pipeline.shutdown().await;
+}
+
+crate::on_both_brokers!(
+    actix::test,
+    twilio_messages_are_created_answered_and_acked,
+    twilio_lifecycles_resume_after_a_restart
+);

@@ -17,7 +17,7 @@ use super::persister::{PersistAccepted, PersistMessages, Persister};
 use super::supervisor::{StageGuard, StopStage};
 use crate::kafka::offsets::Claim;
 use crate::model::{Channel, Fault, Outbound, Status};
-use crate::plan::{NotSent, Plan, PlannedMessage, PlannedStep};
+use crate::plan::{Callback, NotSent, Plan, PlannedMessage, PlannedStep};
 use crate::scenario::{MessageView, Scenario};
 use crate::store::{MessageRow, PendingLifecycle};
 use crate::telemetry;
@@ -41,7 +41,8 @@ pub struct Dispatch {
 pub struct Accept {
     pub scenario: Arc<Scenario>,
     pub claim: Claim,
-    pub batch: Vec<Outbound>,
+    /// Each message with where its acks are called back, if anywhere.
+    pub batch: Vec<(Outbound, Option<Callback>)>,
     pub reply: tokio::sync::oneshot::Sender<Vec<Option<Taken>>>,
 }
 
@@ -110,7 +111,8 @@ impl ChannelActor {
         // A partition revoked (or revoked and assigned again) meanwhile is resumed from the store by
         // whoever owns it now.
         if claim.holds() {
-            self.sleepers.start(Waiting::new(Walk::new(message), skip, claim));
+            let walk = Walk::new(message, &self.sleepers.shared.keys);
+            self.sleepers.start(Waiting::new(walk, skip, claim));
         }
     }
 }
@@ -173,11 +175,12 @@ impl Handler<Accept> for ChannelActor {
         let mut taken = Vec::with_capacity(batch.len());
         let mut planned = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
-        for outbound in batch {
-            let Some(plan) = scenario.plan_for(&MessageView::of(&outbound)) else {
+        for (outbound, callback) in batch {
+            let Some(mut plan) = scenario.plan_for(&MessageView::of(&outbound)) else {
                 taken.push(None);
                 continue;
             };
+            plan.callback = callback;
             let t = Taken::of(plan);
             let mut pm = PlannedMessage { outbound, plan: t.plan.clone() };
             taken.push(Some(t));

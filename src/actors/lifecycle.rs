@@ -27,13 +27,18 @@ use uuid::Uuid;
 use crate::kafka::offsets::{Assignments, Claim};
 use crate::model::{AckEvent, BounceType, Channel, Fault, Status, event_id, micros_to_time};
 use crate::plan::PlannedMessage;
-use crate::sink::kafka::{Emitter, Envelope};
+use crate::sink::kafka::Emitter;
+use crate::sink::webhook::{Keys, WebhookSender};
+use crate::sink::{self, Envelope};
 use crate::telemetry;
 
 /// What every lifecycle of one pipeline shares.
 #[derive(Debug)]
 pub struct LifecycleShared {
     pub emitter: Emitter,
+    /// The webhook sender, when the front doors are open.
+    pub webhooks: Option<WebhookSender>,
+    pub keys: Keys,
     pub assignments: Arc<Assignments>,
     /// Lifecycles not finished in this pipeline, running or asleep.
     pub in_flight: AtomicI64,
@@ -90,8 +95,9 @@ pub struct Walk {
 
 impl Walk {
     /// Keep what the events need.
-    pub fn new(m: PlannedMessage) -> Self {
+    pub fn new(m: PlannedMessage, keys: &Keys) -> Self {
         let o = m.outbound;
+        let webhook = m.plan.callback.as_ref().map(|c| Arc::new(keys.target(c, o.tenant_id.as_deref())));
         let steps = m
             .plan
             .steps
@@ -114,6 +120,8 @@ impl Walk {
             channel: o.channel,
             received_us: o.received_at.timestamp_micros(),
             envelope: Arc::new(Envelope {
+                webhook,
+                kafka: m.plan.callback.as_ref().is_none_or(|c| c.kafka),
                 headers: o.headers.into_boxed_slice(),
                 format: m.plan.format,
                 recipient: o.recipient,
@@ -181,7 +189,7 @@ impl Waiting {
 /// actor's thread) by the channel actor, which wakes them, and its lifecycle actors, which fall asleep.
 pub struct Sleepers {
     queue: RefCell<BinaryHeap<Sleeper>>,
-    shared: Arc<LifecycleShared>,
+    pub(super) shared: Arc<LifecycleShared>,
 }
 
 struct Sleeper {
@@ -293,20 +301,20 @@ impl Lifecycle {
                 return;
             }
             let event = w.walk.event(&w.walk.steps[step], now);
-            match self.shared.emitter.try_emit(event, &w.walk.envelope) {
+            match sink::try_emit(&self.shared.emitter, event, &w.walk.envelope) {
                 Ok(()) => w.next += 1,
                 Err(event) => {
                     // The producer is full: wait in line for room, then go on.
                     let shared = self.shared.clone();
                     let envelope = w.walk.envelope.clone();
-                    ctx.wait(async move { shared.emitter.emit(event, &envelope).await }.into_actor(self).map(
-                        |_, act, ctx| {
-                            if let Some(w) = act.w.as_mut() {
-                                w.next += 1;
-                            }
-                            act.advance(ctx);
-                        },
-                    ));
+                    let emit =
+                        async move { sink::emit(&shared.emitter, shared.webhooks.as_ref(), event, &envelope).await };
+                    ctx.wait(emit.into_actor(self).map(|_, act, ctx| {
+                        if let Some(w) = act.w.as_mut() {
+                            w.next += 1;
+                        }
+                        act.advance(ctx);
+                    }));
                     return;
                 }
             }

@@ -22,6 +22,7 @@ use crate::model::Channel;
 use crate::scenario::Scenario;
 use crate::scenario::live::{LiveScenario, ReloadStats, watch_files};
 use crate::sink::kafka::{Emitter, forward_deliveries};
+use crate::sink::webhook::{Keys, WebhookSender};
 use crate::source::kafka::{self as consumer, ConsumerActor, ConsumerLoop, ConsumerStats, KafkaConsumer};
 use crate::store::Store;
 
@@ -45,6 +46,8 @@ pub struct Pipeline {
     pub reload_stats: Arc<ReloadStats>,
     /// The front doors' server, when `http.listen_addr` is set.
     http: Option<crate::source::http::Server>,
+    /// Where webhook deliveries run.
+    webhook_arbiter: Option<Arbiter>,
 }
 
 /// A stage [`Pipeline::stop_stage`] can stop.
@@ -104,7 +107,33 @@ impl Pipeline {
             health.stage("ack hand-off"),
         ));
 
+        // The webhook sender, when the front doors are open: deliveries on an arbiter of their own.
+        let webhooks = settings.http.listen_addr.map(|_| {
+            let arbiter = Arbiter::new();
+            let (sender, delivered) = WebhookSender::new(
+                arbiter.handle(),
+                settings.http.webhooks_in_flight,
+                Duration::from_millis(settings.http.webhook_timeout_ms),
+                scenario.file.time_scale,
+            );
+            let (unforwarded, room) = sender.forwarding();
+            arbiter.spawn(forward_deliveries(
+                delivered,
+                persister.clone(),
+                batch_rows,
+                unforwarded,
+                room,
+                health.stage("webhook hand-off"),
+            ));
+            (sender, arbiter)
+        });
+        let (webhooks, webhook_arbiter) = match webhooks {
+            Some((s, a)) => (Some(s), Some(a)),
+            None => (None, None),
+        };
         let shared = Arc::new(LifecycleShared {
+            webhooks,
+            keys: Keys::from_settings(&settings.http),
             emitter,
             assignments: assignments.clone(),
             in_flight: AtomicI64::new(0),
@@ -228,6 +257,7 @@ impl Pipeline {
             live,
             reload_stats,
             http,
+            webhook_arbiter,
         })
     }
 
@@ -308,6 +338,16 @@ impl Pipeline {
             }
         })
         .await;
+        // Webhook deliveries under way finish (or their vendor gives up), up to the grace period.
+        if let Some(w) = &self.shared.webhooks {
+            let deadline = Instant::now() + self.grace.max(Duration::from_secs(5));
+            while w.in_flight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if w.in_flight() > 0 {
+                tracing::info!(deliveries = w.in_flight(), "webhooks still under way are sent again on the next start");
+            }
+        }
         let emitter = self.shared.emitter.clone();
         let _ = tokio::task::spawn_blocking(move || {
             emitter.flush(Duration::from_secs(30));
@@ -316,7 +356,9 @@ impl Pipeline {
         .await;
         // Let the forwarder hand the last deliveries over, then write them.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.shared.emitter.unforwarded() > 0 && Instant::now() < deadline {
+        let unforwarded =
+            |s: &LifecycleShared| s.emitter.unforwarded() + s.webhooks.as_ref().map_or(0, |w| w.unforwarded());
+        while unforwarded(&self.shared) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // `Flush` answers once every row handed over is durable (the persister's contract).
@@ -331,6 +373,9 @@ impl Pipeline {
         })
         .await;
         for a in self.arbiters.drain(..) {
+            a.stop();
+        }
+        if let Some(a) = self.webhook_arbiter.take() {
             a.stop();
         }
         tracing::info!("pipeline stopped");

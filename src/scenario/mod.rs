@@ -485,6 +485,7 @@ impl Scenario {
             not_sent,
             format: ch.format.clone(),
             outage: None,
+            callback: None,
         }
     }
 

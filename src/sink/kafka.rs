@@ -22,6 +22,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::Envelope;
+use super::webhook::Joint;
 use crate::actors::persister::{PersistEvents, Persister};
 use crate::model::AckEvent;
 use crate::store::EventRow;
@@ -41,17 +43,25 @@ pub struct EmitterContext {
 
 impl ClientContext for EmitterContext {}
 
-/// What one record carries: one event, or a batch of them (a batched vendor format).
+/// What one record carries: one event (with the joint of a webhook that delivers it too), or a batch
+/// of them (a batched vendor format).
 pub enum Carried {
-    One(AckEvent),
+    One(AckEvent, Option<Arc<Joint>>),
     Batch(Vec<AckEvent>),
 }
 
 impl Carried {
     fn events(self) -> Vec<AckEvent> {
         match self {
-            Carried::One(e) => vec![e],
+            Carried::One(e, _) => vec![e],
             Carried::Batch(v) => v,
+        }
+    }
+
+    fn events_and_joint(self) -> (Vec<AckEvent>, Option<Arc<Joint>>) {
+        match self {
+            Carried::One(e, j) => (vec![e], j),
+            Carried::Batch(v) => (v, None),
         }
     }
 }
@@ -61,7 +71,8 @@ impl ProducerContext for EmitterContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, carried: Self::DeliveryOpaque) {
         use rdkafka::message::Message;
-        for event in carried.events() {
+        let (events, joint) = carried.events_and_joint();
+        for event in events {
             match result {
                 Ok(m) => {
                     let lag = (event.emitted_at - event.scheduled_at).to_std().unwrap_or(Duration::ZERO);
@@ -72,6 +83,14 @@ impl ProducerContext for EmitterContext {
                         // would only make its batch's `COPY` fail on the key and be written again.
                         self.room.add_permits(1);
                         continue;
+                    }
+                    if let Some(j) = &joint {
+                        // Also posted as a webhook: stored by whichever side is done last.
+                        j.kafka_delivered(m.partition(), m.offset());
+                        if j.finish().is_none() {
+                            self.room.add_permits(1);
+                            continue;
+                        }
                     }
                     let row = EventRow { event, ack_partition: m.partition(), ack_offset: m.offset() };
                     // Never blocks: the queue holds at most the events `room` lets through.
@@ -85,6 +104,10 @@ impl ProducerContext for EmitterContext {
                     }
                 }
                 Err((e, _)) => {
+                    if let Some(j) = &joint {
+                        j.fail();
+                        j.finish();
+                    }
                     self.room.add_permits(1);
                     telemetry::event_failed(event.channel);
                     tracing::error!(payload_id = %event.payload_id, status = %event.status, error = %e,
@@ -127,15 +150,6 @@ enum Produced {
     Full(AckEvent),
     /// Not produced and not retried here (logged, counted); the lifecycle's resume re-emits it.
     Failed,
-}
-
-/// How a lifecycle's events go out: the record headers copied from its message, the ack format, and the
-/// recipient (which vendor formats carry). One per lifecycle, shared by its events.
-#[derive(Debug)]
-pub struct Envelope {
-    pub headers: Box<[(String, Vec<u8>)]>,
-    pub format: AckFormat,
-    pub recipient: Arc<str>,
 }
 
 /// Cheap to clone; every lifecycle actor holds one.
@@ -297,7 +311,7 @@ impl Emitter {
             self.add_to_batch(event, envelope, b);
             return Ok(());
         }
-        match self.produce(event, envelope) {
+        match self.produce(event, envelope, None) {
             Produced::Queued => {
                 // Returned by the delivery report.
                 permit.forget();
@@ -310,11 +324,17 @@ impl Emitter {
 
     /// Produce one event, keyed by payload id. Waits (in line, without polling) while
     /// [`IN_FLIGHT_EVENTS`] events are undelivered or unstored. The event's `emitted_at` is when it is produced.
-    pub async fn emit(&self, mut event: AckEvent, envelope: &Envelope) {
+    pub async fn emit(&self, event: AckEvent, envelope: &Envelope) {
+        self.emit_with(event, envelope, None).await
+    }
+
+    /// As [`Emitter::emit`], for an event a webhook delivers too (`joint`): not batched, whatever the
+    /// format.
+    pub async fn emit_with(&self, mut event: AckEvent, envelope: &Envelope, joint: Option<Arc<Joint>>) {
         let t = Instant::now();
         let permit = self.room.acquire().await.expect("never closed");
         let mut waited = (t.elapsed() > Duration::from_millis(1)).then_some(t);
-        if let Some(b) = envelope.format.batching() {
+        if let Some(b) = envelope.format.batching().filter(|_| joint.is_none()) {
             event.emitted_at = Utc::now();
             permit.forget();
             self.add_to_batch(event, envelope, b);
@@ -324,8 +344,10 @@ impl Emitter {
             return;
         }
         loop {
-            event.emitted_at = Utc::now();
-            match self.produce(event, envelope) {
+            if joint.is_none() {
+                event.emitted_at = Utc::now();
+            }
+            match self.produce(event, envelope, joint.clone()) {
                 Produced::Queued => {
                     permit.forget();
                     break;
@@ -344,7 +366,7 @@ impl Emitter {
     }
 
     /// Hand one event to librdkafka (which copies key, value and headers).
-    fn produce(&self, event: AckEvent, envelope: &Envelope) -> Produced {
+    fn produce(&self, event: AckEvent, envelope: &Envelope, joint: Option<Arc<Joint>>) -> Produced {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
@@ -371,7 +393,7 @@ impl Emitter {
             }
             // The record's timestamp is the event's `emitted_at` (and librdkafka need not read the clock).
             let timestamp = event.emitted_at.timestamp_millis();
-            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(Carried::One(event)))
+            let record = BaseRecord::with_opaque_to(&*self.topic, Box::new(Carried::One(event, joint)))
                 .key(key)
                 .payload(payload)
                 .headers(hs)
@@ -382,7 +404,12 @@ impl Emitter {
                     Produced::Full(rec.delivery_opaque.events().pop().expect("one event"))
                 }
                 Err((e, rec)) => {
-                    for event in rec.delivery_opaque.events() {
+                    let (events, joint) = rec.delivery_opaque.events_and_joint();
+                    if let Some(j) = joint {
+                        j.fail();
+                        j.finish();
+                    }
+                    for event in events {
                         telemetry::event_failed(event.channel);
                         tracing::error!(error = %e, payload_id = %event.payload_id, "cannot produce ack event; it is re-emitted on resume");
                     }

@@ -15,6 +15,21 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use format::{AckFormat, Batching, FIELDS};
 
+/// A vendor whose webhooks Understudy sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vendor {
+    Twilio,
+}
+
+impl Vendor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vendor::Twilio => "twilio",
+        }
+    }
+}
+
 use crate::model::AckEvent;
 
 /// Write `event` (to `recipient`) in `format` into `out`.

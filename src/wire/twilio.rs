@@ -142,37 +142,67 @@ pub fn message_status(status: Status) -> &'static str {
     }
 }
 
-pub(super) fn status_callback(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
+/// A status callback's parameters, in Twilio's order: what its webhook posts form-encoded, and what the
+/// `twilio` ack format writes as a JSON object.
+pub fn callback_fields(e: &AckEvent, recipient: &str) -> Vec<(&'static str, String)> {
     let sid = message_sid(&e.vendor_message_id);
-    let account = account_sid(e.tenant_id.as_deref());
     let status = message_status(e.status);
     let whatsapp = e.channel == Channel::Whatsapp;
-    let to = if whatsapp && !recipient.starts_with("whatsapp:") {
-        format!("whatsapp:{recipient}")
-    } else {
-        recipient.to_owned()
-    };
+    let number = recipient.trim_start_matches("whatsapp:");
+    let to = if whatsapp { format!("whatsapp:{number}") } else { recipient.to_owned() };
     let from = if whatsapp { "whatsapp:+15005550006" } else { "+15005550006" };
-    let mut w = ObjectWriter::new(out);
-    w.str("AccountSid", &account)
-        .str("ApiVersion", "2010-04-01")
-        .str("MessageSid", &sid)
-        .str("SmsSid", &sid)
-        .str("MessageStatus", status)
-        .str("SmsStatus", status)
-        .str("To", &to)
-        .str("From", from);
+    let mut f = vec![
+        ("AccountSid", account_sid(e.tenant_id.as_deref())),
+        ("ApiVersion", API_VERSION.to_owned()),
+        ("MessageSid", sid.clone()),
+        ("SmsSid", sid),
+        ("MessageStatus", status.to_owned()),
+        ("SmsStatus", status.to_owned()),
+        ("To", to),
+        ("From", from.to_owned()),
+    ];
     if whatsapp {
-        w.str("ChannelPrefix", "whatsapp").str("ChannelToAddress", recipient.trim_start_matches("whatsapp:"));
+        f.push(("ChannelPrefix", "whatsapp".to_owned()));
+        f.push(("ChannelToAddress", number.to_owned()));
     }
     if let Some(code) = e.error_code.as_deref().filter(|_| e.status.is_failure()) {
-        w.str("ErrorCode", code);
+        f.push(("ErrorCode", code.to_owned()));
     }
     if !whatsapp && matches!(e.status, Status::Delivery | Status::Undelivered) {
         // The carrier's delivery-receipt time, YYMMDDhhmm.
-        w.str("RawDlrDoneDate", &e.scheduled_at.format("%y%m%d%H%M").to_string());
+        f.push(("RawDlrDoneDate", e.scheduled_at.format("%y%m%d%H%M").to_string()));
+    }
+    f
+}
+
+pub(super) fn status_callback(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
+    let mut w = ObjectWriter::new(out);
+    for (k, v) in callback_fields(e, recipient) {
+        w.str(k, &v);
     }
     w.end();
+}
+
+/// Whether Twilio calls back for this status at all: a deferral is not seen (Twilio never reports
+/// `queued` after `sent`).
+pub fn calls_back(status: Status) -> bool {
+    status != Status::Deferred
+}
+
+/// `X-Twilio-Signature`: base64 of HMAC-SHA1, keyed by the account's auth token, over the URL followed
+/// by every parameter's name and value, sorted by name.
+pub fn signature(auth_token: &str, url: &str, params: &[(&str, String)]) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let mut sorted: Vec<&(&str, String)> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).expect("any key length");
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]
@@ -200,6 +230,23 @@ mod tests {
         let mut e = event(Channel::Sms, Status::Send, None);
         e.tenant_id = Some("AC0123456789abcdef0123456789abcdef".into());
         assert_eq!(json(&AckFormat::Twilio, &e, "+15005550006")["AccountSid"], "AC0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn signatures_are_twilios() {
+        // As Twilio's own `RequestValidator.compute_signature` signs it.
+        let params: Vec<(&str, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        assert_eq!(super::signature("12345", url, &params), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
     }
 
     #[test]

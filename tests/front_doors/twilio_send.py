@@ -1,7 +1,8 @@
 """Sends messages to Understudy's Twilio front door with Twilio's own Python library (PyPI `twilio`),
 only its base URL changed, and prints what came back as JSON: the messages created and the errors.
 
-Environment: UNDERSTUDY_URL, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, N (messages to send)."""
+Environment: UNDERSTUDY_URL, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, N (messages to send), CALLBACK_URL
+(their StatusCallback), BULK_ONLY (only those N SMS, none of the other cases)."""
 
 import json
 import os
@@ -13,6 +14,8 @@ base = os.environ["UNDERSTUDY_URL"]
 account = os.environ["TWILIO_ACCOUNT_SID"]
 token = os.environ["TWILIO_AUTH_TOKEN"]
 n = int(os.environ.get("N", "20"))
+# Status callbacks of the messages sent, when set.
+callback = os.environ.get("CALLBACK_URL") or None
 
 
 def client(sid=account, secret=token):
@@ -40,12 +43,19 @@ def fields(m):
 out = {"created": [], "errors": {}}
 c = client()
 for i in range(n):
-    m = c.messages.create(to=f"+1555010{i:04d}", from_="+15005550006", body=f"message {i}")
+    m = c.messages.create(to=f"+1555010{i:04d}", from_="+15005550006", body=f"message {i}", status_callback=callback)
     out["created"].append(fields(m))
+if os.environ.get("BULK_ONLY"):
+    print(json.dumps(out))
+    raise SystemExit(0)
 # WhatsApp through Twilio, and a messaging service.
-m = c.messages.create(to="whatsapp:+15005559001", from_="whatsapp:+15005550006", body="hello on whatsapp")
+m = c.messages.create(
+    to="whatsapp:+15005559001", from_="whatsapp:+15005550006", body="hello on whatsapp", status_callback=callback
+)
 out["created"].append(fields(m))
-m = c.messages.create(to="+15005559002", messaging_service_sid="MG" + "ab" * 16, body="via a service")
+m = c.messages.create(
+    to="+15005559002", messaging_service_sid="MG" + "ab" * 16, body="via a service", status_callback=callback
+)
 out["created"].append(fields(m))
 
 
@@ -61,6 +71,7 @@ error("bad_token", lambda: client(secret="wrong").messages.create(to="+150055500
 error("no_body", lambda: c.messages.create(to="+15005550001", from_="+15005550006"))
 error("bad_to", lambda: c.messages.create(to="12345", from_="+15005550006", body="x"))
 error("long_body", lambda: c.messages.create(to="+15005550001", from_="+15005550006", body="x" * 1601))
+error("bad_callback", lambda: c.messages.create(to="+15005550001", from_="+15005550006", body="x", status_callback="ftp://x"))
 error("too_large", lambda: c.messages.create(to="+15005550001", from_="+15005550006", body="x" * 2_000_000))
 # Twilio's test numbers, as its test credentials answer them: errors of the send call.
 error("magic_invalid", lambda: c.messages.create(to="+15005550001", from_="+15005550006", body="x"))

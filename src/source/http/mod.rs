@@ -24,6 +24,7 @@ use crate::actors::channel::{Accept, ChannelActor, Resume, Taken};
 use crate::config::HttpSettings;
 use crate::kafka::offsets::{Assignments, Claim};
 use crate::model::{Channel, Outbound, SourcePosition};
+use crate::plan::Callback;
 use crate::scenario::Scenario;
 use crate::store::{Store, StoreError};
 
@@ -144,6 +145,7 @@ impl Door {
         recipient: &str,
         tenant_id: &str,
         body: Vec<u8>,
+        callback: Option<Callback>,
     ) -> Result<Taken, NotTaken> {
         let outbound = Outbound {
             source: self.position(),
@@ -159,7 +161,7 @@ impl Door {
         };
         let scenario = self.scenario.borrow().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let accept = Accept { scenario, claim: self.claim.clone(), batch: vec![outbound], reply };
+        let accept = Accept { scenario, claim: self.claim.clone(), batch: vec![(outbound, callback)], reply };
         self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
         let mut taken = answer.await.map_err(|_| NotTaken::Unavailable)?;
         taken.pop().flatten().ok_or(NotTaken::NoBehaviour)

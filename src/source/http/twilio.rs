@@ -9,7 +9,8 @@ use base64::Engine as _;
 
 use super::{Door, NotTaken, read_body};
 use crate::model::{Channel, Fault};
-use crate::plan::PlannedStep;
+use crate::plan::{Callback, PlannedStep};
+use crate::wire::Vendor;
 use crate::wire::twilio::{API_VERSION, ApiError, MessageResource, is_sid, message_sid};
 
 /// The longest body Twilio sends, in characters.
@@ -70,6 +71,7 @@ struct Form {
     messaging_service_sid: Option<String>,
     body: Option<String>,
     content_sid: Option<String>,
+    status_callback: Option<String>,
     media: usize,
 }
 
@@ -84,6 +86,7 @@ impl Form {
                 "MessagingServiceSid" => f.messaging_service_sid = v,
                 "Body" => f.body = v,
                 "ContentSid" => f.content_sid = v,
+                "StatusCallback" => f.status_callback = v,
                 "MediaUrl" => f.media += 1,
                 _ => {}
             }
@@ -126,7 +129,16 @@ impl Form {
         {
             return Err(ApiError::new(400, 21212, format!("Invalid From Number: {f}")));
         }
+        if let Some(url) = self.callback()
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(ApiError::new(400, 21609, format!("Invalid StatusCallback url: {url}")));
+        }
         Ok((channel, number))
+    }
+
+    fn callback(&self) -> Option<&str> {
+        self.status_callback.as_deref().filter(|u| !u.is_empty())
     }
 }
 
@@ -180,7 +192,12 @@ async fn create(
     // A batch per messaging service, else per account.
     let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
     let batch_id = service.unwrap_or(&account).to_owned();
-    let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec()).await;
+    let callback = form.callback().map(|url| Callback {
+        vendor: Vendor::Twilio,
+        url: url.into(),
+        kafka: door.settings.kafka_acks,
+    });
+    let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec(), callback).await;
     let plan = match taken {
         Ok(t) => match t.refused {
             Some(step) => return error(&refusal(&step)),
@@ -238,6 +255,7 @@ mod tests {
         assert_eq!(code("To=%2B15005550006&From=nope&Body=hi"), Some(21212));
         assert_eq!(code(&format!("To=%2B15005550006&From=%2B15005550001&Body={}", "a".repeat(1601))), Some(21617));
         assert_eq!(code("To=%2B15005550006&MessagingServiceSid=MG1&Body=hi"), Some(20404));
+        assert_eq!(code("To=%2B15005550006&From=%2B15005550001&Body=hi&StatusCallback=ftp%3A%2F%2Fx"), Some(21609));
         let f = form("To=whatsapp%3A%2B15005550006&From=whatsapp%3A%2B15005550001&MediaUrl=https%3A%2F%2Fx");
         assert_eq!(f.check().unwrap(), (Channel::Whatsapp, "+15005550006"));
         assert_eq!(f.media, 1);

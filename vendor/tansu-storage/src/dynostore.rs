@@ -91,6 +91,10 @@ pub struct DynoStore {
     schemas: Option<Registry>,
     lake: Option<House>,
     watermarks: Arc<Mutex<BTreeMap<Topition, OptiCon<Watermark>>>>,
+    /// Understudy patch: produces to a partition run one at a time, from reserving their offsets to
+    /// storing their batch, so that a fetch never finds a later batch while an earlier one (below the
+    /// high watermark already) is not stored yet, and skips it.
+    produce_locks: Arc<Mutex<BTreeMap<Topition, Arc<tokio::sync::Mutex<()>>>>>,
     meta: OptiCon<Meta>,
 
     object_store: Arc<DynObjectStore>,
@@ -354,6 +358,7 @@ impl DynoStore {
             lake: None,
 
             watermarks: Arc::new(Mutex::new(BTreeMap::new())),
+            produce_locks: Arc::new(Mutex::new(BTreeMap::new())),
             meta: OptiCon::<Meta>::new(cluster),
             object_store: Arc::new(Cache::new(
                 Metron::new(object_store, cluster),
@@ -865,6 +870,12 @@ impl Storage for DynoStore {
                 }
             }
 
+            // Understudy patch: held until the batch is stored (see `produce_locks`).
+            let partition_lock = self
+                .produce_locks
+                .lock()
+                .map(|mut locked| locked.entry(topition.to_owned()).or_default().clone())?;
+            let _serialized = partition_lock.lock().await;
             let watermark = self.watermarks.lock().map(|mut locked| {
                 locked
                     .entry(topition.to_owned())

@@ -1,0 +1,319 @@
+//! The webhook sender: posts each ack as its vendor's own webhook (content type, body, signature) to the
+//! lifecycle's callback URL, and hands each event it is done with on to the persister, as the Kafka
+//! emitter does. One pooled HTTP client (keep-alive) with up to [`WebhookSender::max_in_flight`]
+//! deliveries under way at once; beyond that `emit` waits (backpressure).
+//!
+//! An event is done when the receiver answered 2xx, or when the vendor's retry policy gave up (Twilio:
+//! one retry after a connection failure, none after an HTTP error). Only then is it stored, so a restart
+//! before that delivers it again, with the same event id. Every attempt is logged and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::ArbiterHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::model::AckEvent;
+use crate::store::EventRow;
+use crate::telemetry;
+use crate::wire::{self, Vendor};
+
+/// Where one lifecycle's acks are posted, and the key they are signed with. One per lifecycle.
+#[derive(Debug)]
+pub struct Target {
+    pub vendor: Vendor,
+    pub url: Arc<str>,
+    /// The signing key (Twilio: the account's auth token).
+    pub key: Arc<str>,
+    /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
+    /// one before it was answered (or given up on), so that a receiver sees a message's statuses in the
+    /// lifecycle's order however close together they are due.
+    previous: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl Target {
+    pub fn new(vendor: Vendor, url: Arc<str>, key: Arc<str>) -> Self {
+        Self { vendor, url, key, previous: std::sync::Mutex::new(None) }
+    }
+}
+
+/// An event that goes to the ack topic and to a webhook: stored once both are done, with the ack's
+/// position in Kafka, and not at all when the Kafka side failed (the resumed lifecycle sends it again).
+#[derive(Debug, Default)]
+pub struct Joint {
+    left: AtomicU8,
+    failed: AtomicBool,
+    kafka_at: std::sync::Mutex<Option<(i32, i64)>>,
+}
+
+impl Joint {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { left: AtomicU8::new(2), ..Default::default() })
+    }
+
+    /// The Kafka side delivered the event at `partition`/`offset`.
+    pub fn kafka_delivered(&self, partition: i32, offset: i64) {
+        *self.kafka_at.lock().expect("joint lock") = Some((partition, offset));
+    }
+
+    /// One side could not deliver: the event is not stored.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// One side is done; whether it was the last and the event is to be stored, with its Kafka position.
+    pub fn finish(&self) -> Option<(i32, i64)> {
+        let last = self.left.fetch_sub(1, Ordering::AcqRel) == 1;
+        (last && !self.failed.load(Ordering::Acquire))
+            .then(|| self.kafka_at.lock().expect("joint lock").unwrap_or((-1, -1)))
+    }
+}
+
+/// The outcome of one delivery attempt.
+enum Attempt {
+    Delivered,
+    /// The receiver answered, but not 2xx.
+    Refused(u16),
+    /// No answer: connection refused or reset, or the timeout.
+    Unreachable(String),
+}
+
+/// Cheap to clone; the lifecycles share one.
+#[derive(Clone)]
+pub struct WebhookSender {
+    client: reqwest::Client,
+    room: Arc<Semaphore>,
+    max_in_flight: usize,
+    delivered: mpsc::UnboundedSender<EventRow>,
+    unforwarded: Arc<AtomicI64>,
+    in_flight: Arc<AtomicI64>,
+    /// Where deliveries run: an arbiter of their own, so that shutdown can let them finish.
+    arbiter: ArbiterHandle,
+    time_scale: f64,
+}
+
+impl std::fmt::Debug for WebhookSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSender").field("max_in_flight", &self.max_in_flight).finish()
+    }
+}
+
+impl WebhookSender {
+    /// A sender running its deliveries on `arbiter`; delivered events arrive on the returned receiver.
+    pub fn new(
+        arbiter: ArbiterHandle,
+        max_in_flight: usize,
+        timeout: Duration,
+        time_scale: f64,
+    ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(max_in_flight.min(1024))
+            .user_agent("TwilioProxy/1.1")
+            .build()
+            .expect("an HTTP client with default TLS");
+        let sender = Self {
+            client,
+            room: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            delivered: tx,
+            unforwarded: Arc::new(AtomicI64::new(0)),
+            in_flight: Arc::new(AtomicI64::new(0)),
+            arbiter,
+            time_scale,
+        };
+        (sender, rx)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Deliveries under way.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Delivered events still on their way to the persister's mailbox.
+    pub fn unforwarded(&self) -> i64 {
+        self.unforwarded.load(Ordering::SeqCst)
+    }
+
+    /// The counter and room [`crate::sink::kafka::forward_deliveries`] hands back.
+    pub fn forwarding(&self) -> (Arc<AtomicI64>, Arc<Semaphore>) {
+        (self.unforwarded.clone(), self.room.clone())
+    }
+
+    /// Room for one more delivery, waiting while [`max_in_flight`](Self::max_in_flight) are under way.
+    pub async fn room(&self) -> OwnedSemaphorePermit {
+        let t = Instant::now();
+        let permit = self.room.clone().acquire_owned().await.expect("never closed");
+        if t.elapsed() > Duration::from_millis(1) {
+            telemetry::backpressure("webhooks", t.elapsed());
+        }
+        permit
+    }
+
+    /// Deliver `event` to `target` (its room taken); `joint` when it also goes to Kafka.
+    pub fn deliver(
+        &self,
+        permit: OwnedSemaphorePermit,
+        event: AckEvent,
+        recipient: Arc<str>,
+        target: Arc<Target>,
+        joint: Option<Arc<Joint>>,
+    ) {
+        let this = self.clone();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = target.previous.lock().expect("order lock").replace(next);
+        self.arbiter.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let (body, signature) = render(&event, &recipient, &target);
+            let mut attempt = 1u32;
+            let outcome = loop {
+                let outcome = this.attempt(&target, &body, &signature).await;
+                telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
+                match &outcome {
+                    Attempt::Unreachable(e) if attempt < retries(target.vendor) + 1 => {
+                        tracing::debug!(url = %target.url, error = %e, attempt, "webhook receiver unreachable; retrying");
+                        tokio::time::sleep(retry_delay(target.vendor, this.time_scale)).await;
+                        attempt += 1;
+                    }
+                    _ => break outcome,
+                }
+            };
+            match &outcome {
+                Attempt::Delivered => {}
+                Attempt::Refused(code) => {
+                    tracing::warn!(url = %target.url, status = code, event_id = %event.event_id, "webhook refused; the vendor does not retry it")
+                }
+                Attempt::Unreachable(e) => {
+                    tracing::warn!(url = %target.url, error = %e, attempts = attempt, event_id = %event.event_id, "webhook receiver unreachable; the vendor gave up")
+                }
+            }
+            let store_at = match &joint {
+                Some(j) => j.finish(),
+                None => Some((-1, -1)),
+            };
+            match store_at {
+                Some((ack_partition, ack_offset)) => {
+                    this.unforwarded.fetch_add(1, Ordering::SeqCst);
+                    let row = EventRow { event, ack_partition, ack_offset };
+                    if this.delivered.send(row).is_err() {
+                        this.unforwarded.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    } else {
+                        // Given back by the forwarder once the persister has the row.
+                        permit.forget();
+                    }
+                }
+                None => drop(permit),
+            }
+            this.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = done.send(());
+        });
+    }
+
+    /// Store `event` without delivering it (its room taken): a status its vendor does not call back for.
+    pub fn record(&self, permit: OwnedSemaphorePermit, event: AckEvent) {
+        self.unforwarded.fetch_add(1, Ordering::SeqCst);
+        if self.delivered.send(EventRow { event, ack_partition: -1, ack_offset: -1 }).is_err() {
+            self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+        } else {
+            permit.forget();
+        }
+    }
+
+    async fn attempt(&self, target: &Target, body: &Body, signature: &(&'static str, String)) -> Attempt {
+        let request = self
+            .client
+            .post(&*target.url)
+            .header("content-type", body.content_type)
+            .header(signature.0, &signature.1)
+            .body(body.bytes.clone());
+        match request.send().await {
+            Ok(r) if r.status().is_success() => Attempt::Delivered,
+            Ok(r) => Attempt::Refused(r.status().as_u16()),
+            Err(e) => Attempt::Unreachable(e.to_string()),
+        }
+    }
+}
+
+fn outcome_label(a: &Attempt) -> &'static str {
+    match a {
+        Attempt::Delivered => "delivered",
+        Attempt::Refused(_) => "refused",
+        Attempt::Unreachable(_) => "unreachable",
+    }
+}
+
+/// Retries after an unreachable receiver: Twilio retries once.
+fn retries(vendor: Vendor) -> u32 {
+    match vendor {
+        Vendor::Twilio => 1,
+    }
+}
+
+/// The wait before a retry, scaled like the scenario's delays (at least 1 ms).
+fn retry_delay(vendor: Vendor, time_scale: f64) -> Duration {
+    let base = match vendor {
+        Vendor::Twilio => Duration::from_secs(1),
+    };
+    base.mul_f64(time_scale.max(0.0)).max(Duration::from_millis(1))
+}
+
+struct Body {
+    content_type: &'static str,
+    bytes: bytes::Bytes,
+}
+
+/// The webhook's body and signature header, the vendor's way.
+fn render(event: &AckEvent, recipient: &str, target: &Target) -> (Body, (&'static str, String)) {
+    match target.vendor {
+        Vendor::Twilio => {
+            let params = wire::twilio::callback_fields(event, recipient);
+            let signature = wire::twilio::signature(&target.key, &target.url, &params);
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &params {
+                form.append_pair(k, v);
+            }
+            let body = Body { content_type: "application/x-www-form-urlencoded", bytes: form.finish().into() };
+            (body, ("X-Twilio-Signature", signature))
+        }
+    }
+}
+
+/// The signing keys of the vendors' accounts, by tenant (Twilio: account SID → auth token).
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub twilio: std::collections::HashMap<String, Arc<str>>,
+}
+
+impl Keys {
+    pub fn from_settings(http: &crate::config::HttpSettings) -> Self {
+        let twilio = http.twilio.accounts.iter().map(|a| (a.sid.clone(), Arc::from(a.auth_token.as_str()))).collect();
+        Self { twilio }
+    }
+
+    /// The target of `callback` for a message of `tenant`. An account with no configured key signs with
+    /// an empty one.
+    pub fn target(&self, callback: &crate::plan::Callback, tenant: Option<&str>) -> Target {
+        let key = match callback.vendor {
+            Vendor::Twilio => tenant.and_then(|t| self.twilio.get(t)).cloned(),
+        };
+        Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")))
+    }
+}
+
+/// Whether `vendor` calls back for this event at all.
+pub fn calls_back(vendor: Vendor, event: &AckEvent) -> bool {
+    match vendor {
+        Vendor::Twilio => wire::twilio::calls_back(event.status),
+    }
+}
