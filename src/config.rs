@@ -302,6 +302,7 @@ pub struct HttpSettings {
     /// How long a webhook receiver has to answer, in milliseconds (Twilio: 15 s).
     pub webhook_timeout_ms: u64,
     pub twilio: TwilioSettings,
+    pub whatsapp: WhatsappSettings,
 }
 
 impl Default for HttpSettings {
@@ -315,6 +316,7 @@ impl Default for HttpSettings {
             webhooks_in_flight: 10_000,
             webhook_timeout_ms: 15_000,
             twilio: TwilioSettings::default(),
+            whatsapp: WhatsappSettings::default(),
         }
     }
 }
@@ -340,6 +342,20 @@ pub struct TwilioSettings {
     /// The accounts it takes, by SID and auth token (HTTP Basic auth). Empty: any well-formed account
     /// SID, with any token.
     pub accounts: Vec<TwilioAccount>,
+}
+
+/// The WhatsApp Cloud API at `/v{NN}.0/{phone-number-id}/messages`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhatsappSettings {
+    /// Bearer tokens the door takes. Empty: any token.
+    pub access_tokens: Vec<String>,
+    /// Where status webhooks go (the app's callback URL); unset: none.
+    pub webhook_url: Option<String>,
+    /// The app secret webhooks are signed with (`X-Hub-Signature-256`).
+    pub app_secret: String,
+    /// Sent in the verification handshake (`hub.verify_token`) before the first webhook to a URL.
+    pub verify_token: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -506,6 +522,11 @@ impl Settings {
                 return bad(&format!("http.twilio.accounts[{i}].auth_token"), "must not be empty".into());
             }
         }
+        if let Some(url) = &self.http.whatsapp.webhook_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad("http.whatsapp.webhook_url", format!("`{url}` is not an http(s) URL"));
+        }
         if self.http.webhooks_in_flight == 0 {
             return bad("http.webhooks_in_flight", "must be at least 1".into());
         }
@@ -532,6 +553,14 @@ impl Settings {
         }
         for a in &mut shown.http.twilio.accounts {
             a.auth_token = "***".into();
+        }
+        for t in &mut shown.http.whatsapp.access_tokens {
+            *t = "***".into();
+        }
+        for s in [&mut shown.http.whatsapp.app_secret, &mut shown.http.whatsapp.verify_token] {
+            if !s.is_empty() {
+                *s = "***".into();
+            }
         }
         serde_yaml::to_string(&shown).unwrap_or_default()
     }

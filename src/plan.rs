@@ -15,6 +15,9 @@ pub struct Callback {
     pub url: Arc<str>,
     /// Whether the acks also go to the ack topic.
     pub kafka: bool,
+    /// What the sender asked to have echoed in every webhook (WhatsApp's `biz_opaque_callback_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Arc<str>>,
 }
 
 /// A planned step that is not sent, and why.
@@ -150,6 +153,7 @@ impl Plan {
                     .str("vendor", c.vendor.as_str())
                     .str("url", &c.url)
                     .bool("kafka", c.kafka)
+                    .some_str("data", c.data.as_deref())
                     .end();
             });
         }
@@ -194,6 +198,7 @@ mod tests {
                 vendor: Vendor::Twilio,
                 url: "http://127.0.0.1:9/s?a=\"1\"".into(),
                 kafka: true,
+                data: Some("d".into()),
             }),
         };
         let mut out = Vec::new();

@@ -17,6 +17,10 @@ use understudy::store::Store;
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "understudy-test-token";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+const APP_SECRET: &str = "understudy-app-secret";
+const VERIFY_TOKEN: &str = "understudy-verify-token";
+
 /// Messages the script sends (and two more: WhatsApp, a messaging service).
 const N: usize = 20;
 
@@ -59,6 +63,8 @@ impl Receiver {
             .arg(script)
             .env("OUT", &out)
             .env("TWILIO_AUTH_TOKEN", TOKEN)
+            .env("META_APP_SECRET", APP_SECRET)
+            .env("META_VERIFY_TOKEN", VERIFY_TOKEN)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 runs");
@@ -262,8 +268,99 @@ async fn twilio_lifecycles_resume_after_a_restart(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// The WhatsApp Cloud API door, driven with Meta's own payloads; statuses as signed webhooks after the
+/// verification handshake.
+async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let webhook = format!("http://127.0.0.1:{}/meta", receiver.port);
+    let tune = |s: &mut understudy::config::Settings| {
+        s.http.whatsapp.access_tokens = vec![TOKEN.into()];
+        s.http.whatsapp.app_secret = APP_SECRET.into();
+        s.http.whatsapp.verify_token = VERIFY_TOKEN.into();
+        s.http.whatsapp.webhook_url = Some(webhook.clone());
+    };
+    let instance = format!("wa-{}", common::suffix());
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/whatsapp_send.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("UNDERSTUDY_URL", &url)
+        .env("PHONE_NUMBER_ID", PHONE_NUMBER_ID)
+        .env("ACCESS_TOKEN", TOKEN)
+        .env("N", N.to_string())
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    let sent = out["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), N + 1);
+    let mut ids = Vec::new();
+    for (i, s) in sent.iter().enumerate() {
+        assert_eq!(s[0], 200, "{s}");
+        let body = &s[1];
+        assert_eq!(body["messaging_product"], "whatsapp");
+        let id = body["messages"][0]["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("wamid."), "{body}");
+        if i < N {
+            assert_eq!(body["contacts"][0]["wa_id"], format!("1555010{i:04}"));
+        } else {
+            assert_eq!(body["messages"][0]["message_status"], "accepted", "a template is accepted");
+        }
+        ids.push(id);
+    }
+    let errors = &out["errors"];
+    let error = |case: &str| (errors[case]["status"].as_i64(), errors[case]["error"]["code"].as_i64());
+    assert_eq!(error("bad_token"), (Some(401), Some(190)), "{errors}");
+    assert_eq!(errors["bad_token"]["error"]["type"], "OAuthException");
+    assert!(errors["bad_token"]["error"]["fbtrace_id"].is_string());
+    assert_eq!(error("no_to"), (Some(400), Some(100)), "{errors}");
+    assert_eq!(error("not_json"), (Some(400), Some(100)), "{errors}");
+    assert_eq!(error("no_product"), (Some(400), Some(100)), "{errors}");
+    assert_eq!(error("too_large").0, Some(413), "{errors}");
+    assert_eq!(error("bad_version"), (Some(400), Some(2500)), "{errors}");
+    assert_eq!(error("rate_limited"), (Some(400), Some(130429)), "{errors}");
+    assert_eq!(error("recipient_is_sender"), (Some(400), Some(131021)), "{errors}");
+    common::all_finished(&store, (N + 1 + 2) as i64, Duration::from_secs(60)).await;
+
+    // One handshake, then every status signed, in order: sent, delivered, read; pricing on each, and the
+    // sender's biz_opaque_callback_data echoed.
+    let got = common::eventually(Duration::from_secs(30), "every status webhook", || async {
+        let got = receiver.received();
+        (got.iter().filter(|c| c["handshake"].is_null()).count() >= 3 * (N + 1)).then_some(got)
+    })
+    .await;
+    let handshakes: Vec<&Value> = got.iter().filter(|c| c["handshake"] == true).collect();
+    assert_eq!(handshakes.len(), 1, "one verification handshake");
+    assert_eq!(handshakes[0]["valid"], true);
+    let webhooks: Vec<&Value> = got.iter().filter(|c| c["handshake"].is_null()).collect();
+    assert_eq!(webhooks.len(), 3 * (N + 1));
+    for w in &webhooks {
+        assert_eq!(w["valid"], true, "X-Hub-Signature-256 checks out: {w}");
+        assert_eq!(w["json"]["object"], "whatsapp_business_account");
+        let value = &w["json"]["entry"][0]["changes"][0]["value"];
+        assert_eq!(value["metadata"]["phone_number_id"], PHONE_NUMBER_ID);
+        assert_eq!(value["statuses"][0]["pricing"]["billable"], true);
+    }
+    let status = |w: &Value| w["json"]["entry"][0]["changes"][0]["value"]["statuses"][0].clone();
+    for (i, id) in ids.iter().enumerate() {
+        let mine: Vec<Value> = webhooks.iter().map(|w| status(w)).filter(|s| s["id"] == id.as_str()).collect();
+        let statuses: Vec<&str> = mine.iter().map(|s| s["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["sent", "delivered", "read"], "{id}");
+        if i < N {
+            assert!(mine.iter().all(|s| s["biz_opaque_callback_data"] == format!("run-7/{i}")), "{mine:?}");
+        }
+    }
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    whatsapp_messages_are_sent_answered_and_acked,
     twilio_messages_are_created_answered_and_acked,
     twilio_lifecycles_resume_after_a_restart
 );

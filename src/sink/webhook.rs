@@ -24,8 +24,10 @@ use crate::wire::{self, Vendor};
 pub struct Target {
     pub vendor: Vendor,
     pub url: Arc<str>,
-    /// The signing key (Twilio: the account's auth token).
+    /// The signing key (Twilio: the account's auth token; WhatsApp: the app secret).
     pub key: Arc<str>,
+    /// Echoed in every webhook (WhatsApp's `biz_opaque_callback_data`).
+    pub data: Option<Arc<str>>,
     /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
     /// one before it was answered (or given up on), so that a receiver sees a message's statuses in the
     /// lifecycle's order however close together they are due.
@@ -34,7 +36,7 @@ pub struct Target {
 
 impl Target {
     pub fn new(vendor: Vendor, url: Arc<str>, key: Arc<str>) -> Self {
-        Self { vendor, url, key, previous: std::sync::Mutex::new(None) }
+        Self { vendor, url, key, data: None, previous: std::sync::Mutex::new(None) }
     }
 }
 
@@ -91,6 +93,9 @@ pub struct WebhookSender {
     /// Where deliveries run: an arbiter of their own, so that shutdown can let them finish.
     arbiter: ArbiterHandle,
     time_scale: f64,
+    /// URLs that passed Meta's verification handshake.
+    verified: Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
+    verify_token: Arc<str>,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -106,12 +111,13 @@ impl WebhookSender {
         max_in_flight: usize,
         timeout: Duration,
         time_scale: f64,
+        verify_token: &str,
     ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(max_in_flight.min(1024))
-            .user_agent("TwilioProxy/1.1")
+            .user_agent("Understudy-Webhooks/1.0")
             .build()
             .expect("an HTTP client with default TLS");
         let sender = Self {
@@ -123,6 +129,8 @@ impl WebhookSender {
             in_flight: Arc::new(AtomicI64::new(0)),
             arbiter,
             time_scale,
+            verified: Arc::default(),
+            verify_token: verify_token.into(),
         };
         (sender, rx)
     }
@@ -178,19 +186,17 @@ impl WebhookSender {
             let outcome = loop {
                 let outcome = this.attempt(&target, &body, &signature).await;
                 telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
-                match &outcome {
-                    Attempt::Unreachable(e) if attempt < retries(target.vendor) + 1 => {
-                        tracing::debug!(url = %target.url, error = %e, attempt, "webhook receiver unreachable; retrying");
-                        tokio::time::sleep(retry_delay(target.vendor, this.time_scale)).await;
-                        attempt += 1;
-                    }
-                    _ => break outcome,
+                if attempt > retries(target.vendor, &outcome) {
+                    break outcome;
                 }
+                tracing::debug!(url = %target.url, attempt, "webhook not delivered; retrying");
+                tokio::time::sleep(retry_delay(target.vendor, attempt, this.time_scale)).await;
+                attempt += 1;
             };
             match &outcome {
                 Attempt::Delivered => {}
                 Attempt::Refused(code) => {
-                    tracing::warn!(url = %target.url, status = code, event_id = %event.event_id, "webhook refused; the vendor does not retry it")
+                    tracing::warn!(url = %target.url, status = code, event_id = %event.event_id, "webhook refused; the vendor gave up")
                 }
                 Attempt::Unreachable(e) => {
                     tracing::warn!(url = %target.url, error = %e, attempts = attempt, event_id = %event.event_id, "webhook receiver unreachable; the vendor gave up")
@@ -231,6 +237,11 @@ impl WebhookSender {
     }
 
     async fn attempt(&self, target: &Target, body: &Body, signature: &(&'static str, String)) -> Attempt {
+        if target.vendor == Vendor::Whatsapp
+            && let Err(failed) = self.verified(target).await
+        {
+            return failed;
+        }
         let request = self
             .client
             .post(&*target.url)
@@ -245,6 +256,36 @@ impl WebhookSender {
     }
 }
 
+impl WebhookSender {
+    /// Meta's verification handshake, once per URL before its first webhook: `GET` with `hub.mode`,
+    /// `hub.verify_token` and `hub.challenge`, answered with the challenge.
+    async fn verified(&self, target: &Target) -> Result<(), Attempt> {
+        let mut verified = self.verified.lock().await;
+        if verified.contains(&*target.url) {
+            return Ok(());
+        }
+        let challenge = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let mut url = url::Url::parse(&target.url).map_err(|e| Attempt::Unreachable(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("hub.mode", "subscribe")
+            .append_pair("hub.verify_token", &self.verify_token)
+            .append_pair("hub.challenge", &challenge);
+        match self.client.get(url).send().await {
+            Ok(r) if r.status().is_success() => {
+                let body = r.text().await.unwrap_or_default();
+                if body.trim() != challenge {
+                    tracing::warn!(url = %target.url, "the webhook receiver did not answer the verification challenge");
+                    return Err(Attempt::Refused(200));
+                }
+                verified.insert(target.url.to_string());
+                Ok(())
+            }
+            Ok(r) => Err(Attempt::Refused(r.status().as_u16())),
+            Err(e) => Err(Attempt::Unreachable(e.to_string())),
+        }
+    }
+}
+
 fn outcome_label(a: &Attempt) -> &'static str {
     match a {
         Attempt::Delivered => "delivered",
@@ -253,17 +294,22 @@ fn outcome_label(a: &Attempt) -> &'static str {
     }
 }
 
-/// Retries after an unreachable receiver: Twilio retries once.
-fn retries(vendor: Vendor) -> u32 {
-    match vendor {
-        Vendor::Twilio => 1,
+/// Retries after a failed attempt: Twilio retries once, after a connection failure only; Meta retries
+/// any failure, backing off (for up to 7 days; here 8 times).
+fn retries(vendor: Vendor, outcome: &Attempt) -> u32 {
+    match (vendor, outcome) {
+        (_, Attempt::Delivered) => 0,
+        (Vendor::Twilio, Attempt::Unreachable(_)) => 1,
+        (Vendor::Twilio, Attempt::Refused(_)) => 0,
+        (Vendor::Whatsapp, _) => 8,
     }
 }
 
-/// The wait before a retry, scaled like the scenario's delays (at least 1 ms).
-fn retry_delay(vendor: Vendor, time_scale: f64) -> Duration {
+/// The wait before retry `n` (1, 2, …), scaled like the scenario's delays (at least 1 ms).
+fn retry_delay(vendor: Vendor, n: u32, time_scale: f64) -> Duration {
     let base = match vendor {
         Vendor::Twilio => Duration::from_secs(1),
+        Vendor::Whatsapp => Duration::from_secs(15) * 2u32.pow(n.saturating_sub(1).min(10)),
     };
     base.mul_f64(time_scale.max(0.0)).max(Duration::from_millis(1))
 }
@@ -286,6 +332,12 @@ fn render(event: &AckEvent, recipient: &str, target: &Target) -> (Body, (&'stati
             let body = Body { content_type: "application/x-www-form-urlencoded", bytes: form.finish().into() };
             (body, ("X-Twilio-Signature", signature))
         }
+        Vendor::Whatsapp => {
+            let mut bytes = Vec::with_capacity(1024);
+            wire::whatsapp::webhook_with(event, recipient, target.data.as_deref(), &mut bytes);
+            let signature = wire::whatsapp::signature(&target.key, &bytes);
+            (Body { content_type: "application/json", bytes: bytes.into() }, ("X-Hub-Signature-256", signature))
+        }
     }
 }
 
@@ -293,12 +345,13 @@ fn render(event: &AckEvent, recipient: &str, target: &Target) -> (Body, (&'stati
 #[derive(Debug, Default)]
 pub struct Keys {
     pub twilio: std::collections::HashMap<String, Arc<str>>,
+    pub whatsapp_app_secret: Arc<str>,
 }
 
 impl Keys {
     pub fn from_settings(http: &crate::config::HttpSettings) -> Self {
         let twilio = http.twilio.accounts.iter().map(|a| (a.sid.clone(), Arc::from(a.auth_token.as_str()))).collect();
-        Self { twilio }
+        Self { twilio, whatsapp_app_secret: http.whatsapp.app_secret.as_str().into() }
     }
 
     /// The target of `callback` for a message of `tenant`. An account with no configured key signs with
@@ -306,8 +359,11 @@ impl Keys {
     pub fn target(&self, callback: &crate::plan::Callback, tenant: Option<&str>) -> Target {
         let key = match callback.vendor {
             Vendor::Twilio => tenant.and_then(|t| self.twilio.get(t)).cloned(),
+            Vendor::Whatsapp => Some(self.whatsapp_app_secret.clone()),
         };
-        Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")))
+        let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
+        target.data = callback.data.clone();
+        target
     }
 }
 
@@ -315,5 +371,7 @@ impl Keys {
 pub fn calls_back(vendor: Vendor, event: &AckEvent) -> bool {
     match vendor {
         Vendor::Twilio => wire::twilio::calls_back(event.status),
+        // WhatsApp has no status for a deferral.
+        Vendor::Whatsapp => event.status != crate::model::Status::Deferred,
     }
 }

@@ -20,12 +20,14 @@ pub use format::{AckFormat, Batching, FIELDS};
 #[serde(rename_all = "snake_case")]
 pub enum Vendor {
     Twilio,
+    Whatsapp,
 }
 
 impl Vendor {
     pub fn as_str(self) -> &'static str {
         match self {
             Vendor::Twilio => "twilio",
+            Vendor::Whatsapp => "whatsapp",
         }
     }
 }

@@ -1,7 +1,98 @@
-//! The WhatsApp Cloud API (Meta): its status names, and a webhook body with one `statuses[]` entry.
+//! The WhatsApp Cloud API (Meta): its status names, a webhook body with one `statuses[]` entry, the
+//! send call's answer and its errors, and the webhook signature.
 
 use crate::json::ObjectWriter;
 use crate::model::{AckEvent, Status};
+
+/// The business phone number id a message was sent from: the tenant, when it is one (a message taken by
+/// the WhatsApp front door); otherwise a fixed one.
+fn phone_number_id(tenant: Option<&str>) -> &str {
+    match tenant {
+        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t,
+        _ => "106540352242922",
+    }
+}
+
+/// An error as the Graph API answers it: `{error: {message, type, code, error_data, fbtrace_id}}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub http_status: u16,
+    pub code: i64,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(http_status: u16, code: i64, message: impl Into<String>) -> Self {
+        Self { http_status, code, message: message.into() }
+    }
+
+    /// Code 190: the access token is missing or wrong.
+    pub fn bad_token() -> Self {
+        Self::new(401, 190, "Invalid OAuth access token - Cannot parse access token")
+    }
+
+    /// Code 100: a parameter is missing or wrong.
+    pub fn parameter(message: impl Into<String>) -> Self {
+        Self::new(400, 100, message)
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let mut w = ObjectWriter::new(out);
+        w.raw("error", |out| {
+            let mut e = ObjectWriter::new(out);
+            e.str("message", &self.message)
+                .str(
+                    "type",
+                    if self.code == 190 || self.code == 100 { "OAuthException" } else { "WhatsAppBusinessApiError" },
+                )
+                .int("code", self.code);
+            if self.code != 190 {
+                e.raw("error_data", |out| {
+                    ObjectWriter::new(out).str("messaging_product", "whatsapp").str("details", &self.message).end();
+                });
+            }
+            e.str("fbtrace_id", "AUnderstudy0000000000000").end();
+        });
+        w.end();
+    }
+}
+
+/// The send call's answer: `{messaging_product, contacts: [{input, wa_id}], messages: [{id}]}`.
+pub fn write_sent(input: &str, message_id: &str, template: bool, out: &mut Vec<u8>) {
+    let wa_id: String = input.chars().filter(char::is_ascii_digit).collect();
+    let mut w = ObjectWriter::new(out);
+    w.str("messaging_product", "whatsapp");
+    w.raw("contacts", |out| {
+        out.push(b'[');
+        ObjectWriter::new(out).str("input", input).str("wa_id", &wa_id).end();
+        out.push(b']');
+    });
+    w.raw("messages", |out| {
+        out.push(b'[');
+        let mut m = ObjectWriter::new(out);
+        m.str("id", message_id);
+        if template {
+            m.str("message_status", "accepted");
+        }
+        m.end();
+        out.push(b']');
+    });
+    w.end();
+}
+
+/// `X-Hub-Signature-256`: `sha256=` and the hex of HMAC-SHA256 of the body, keyed by the app secret.
+pub fn signature(app_secret: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
 
 /// WhatsApp Cloud API `status` for a status.
 pub fn status(status: Status) -> &'static str {
@@ -14,6 +105,11 @@ pub fn status(status: Status) -> &'static str {
 }
 
 pub(super) fn webhook(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
+    webhook_with(e, recipient, None, out)
+}
+
+/// The webhook body, echoing the sender's `biz_opaque_callback_data` when it gave one.
+pub fn webhook_with(e: &AckEvent, recipient: &str, opaque: Option<&str>, out: &mut Vec<u8>) {
     let digits: String = recipient.chars().filter(char::is_ascii_digit).collect();
     let timestamp = e.scheduled_at.timestamp().to_string();
     let mut w = ObjectWriter::new(out);
@@ -32,7 +128,7 @@ pub(super) fn webhook(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
                 v.raw("metadata", |out| {
                     ObjectWriter::new(out)
                         .str("display_phone_number", "15005550006")
-                        .str("phone_number_id", "106540352242922")
+                        .str("phone_number_id", phone_number_id(e.tenant_id.as_deref()))
                         .end();
                 });
                 v.raw("statuses", |out| {
@@ -42,6 +138,22 @@ pub(super) fn webhook(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
                         .str("status", status(e.status))
                         .str("timestamp", &timestamp)
                         .str("recipient_id", &digits);
+                    if matches!(e.status, Status::Send | Status::Delivery | Status::Read) {
+                        s.raw("conversation", |out| {
+                            let mut c = ObjectWriter::new(out);
+                            c.str("id", super::hex_id(&e.vendor_message_id));
+                            c.raw("origin", |out| ObjectWriter::new(out).str("type", "service").end());
+                            c.end();
+                        });
+                        s.raw("pricing", |out| {
+                            ObjectWriter::new(out)
+                                .bool("billable", true)
+                                .str("pricing_model", "PMP")
+                                .str("category", "service")
+                                .end();
+                        });
+                    }
+                    s.some_str("biz_opaque_callback_data", opaque);
                     if e.status.is_failure() {
                         s.raw("errors", |out| {
                             out.push(b'[');

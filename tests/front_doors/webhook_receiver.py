@@ -1,8 +1,13 @@
-"""A webhook receiver that checks every callback with the vendor's own validator and writes one JSON
-line per callback to OUT: Twilio's `RequestValidator` (PyPI `twilio`) for `X-Twilio-Signature`.
+"""A webhook receiver that checks every callback the vendor's own way and writes one JSON line per
+callback to OUT: Twilio's `RequestValidator` (PyPI `twilio`) for `X-Twilio-Signature`; for Meta's
+`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the app secret, as Meta documents it; and Meta's
+verification handshake (`GET` with `hub.challenge`), answered when `hub.verify_token` is right.
 
-Environment: OUT (file), TWILIO_AUTH_TOKEN. Prints its port on the first line of stdout."""
+Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN. Prints its port on the
+first line of stdout."""
 
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -12,7 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from twilio.request_validator import RequestValidator
 
-validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
+validator = RequestValidator(os.environ.get("TWILIO_AUTH_TOKEN", ""))
+app_secret = os.environ.get("META_APP_SECRET", "").encode()
+verify_token = os.environ.get("META_VERIFY_TOKEN", "")
 out = open(os.environ["OUT"], "a", buffering=1)
 lock = threading.Lock()
 
@@ -20,8 +27,37 @@ lock = threading.Lock()
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def write(self, record):
+        with lock:
+            out.write(json.dumps(record) + "\n")
+
+    def do_GET(self):
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        ok = query.get("hub.mode") == "subscribe" and query.get("hub.verify_token") == verify_token
+        self.write({"path": self.path, "handshake": True, "valid": ok})
+        answer = query.get("hub.challenge", "").encode() if ok else b"wrong verify token"
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        meta = self.headers.get("X-Hub-Signature-256")
+        if meta is not None:
+            expected = "sha256=" + hmac.new(app_secret, body, hashlib.sha256).hexdigest()
+            self.write(
+                {
+                    "path": self.path,
+                    "content_type": self.headers.get("Content-Type"),
+                    "valid": hmac.compare_digest(meta, expected),
+                    "json": json.loads(body),
+                }
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         params = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
         url = f"http://{self.headers['Host']}{self.path}"
         valid = validator.validate(url, params, self.headers.get("X-Twilio-Signature", ""))

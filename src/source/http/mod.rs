@@ -7,8 +7,10 @@
 //! under the same name resumes their lifecycles, as a partition's new owner does for Kafka.
 //!
 //! - [`twilio`]: Twilio Programmable Messaging.
+//! - [`whatsapp`]: the WhatsApp Cloud API.
 
 pub mod twilio;
+pub mod whatsapp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,7 +196,7 @@ impl Server {
         let workers = door.settings.workers;
         let data = web::Data::from(door);
         let server = HttpServer::new(move || {
-            App::new().app_data(data.clone()).configure(twilio::routes).default_service(web::to(twilio::not_found))
+            App::new().app_data(data.clone()).configure(twilio::routes).configure(whatsapp::routes).default_service(web::to(twilio::not_found))
         })
         .workers(workers)
         .disable_signals()

@@ -196,6 +196,7 @@ async fn create(
         vendor: Vendor::Twilio,
         url: url.into(),
         kafka: door.settings.kafka_acks,
+        data: None,
     });
     let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec(), callback).await;
     let plan = match taken {
