@@ -303,6 +303,7 @@ pub struct HttpSettings {
     pub webhook_timeout_ms: u64,
     pub twilio: TwilioSettings,
     pub whatsapp: WhatsappSettings,
+    pub sendgrid: SendgridSettings,
 }
 
 impl Default for HttpSettings {
@@ -317,6 +318,7 @@ impl Default for HttpSettings {
             webhook_timeout_ms: 15_000,
             twilio: TwilioSettings::default(),
             whatsapp: WhatsappSettings::default(),
+            sendgrid: SendgridSettings::default(),
         }
     }
 }
@@ -342,6 +344,19 @@ pub struct TwilioSettings {
     /// The accounts it takes, by SID and auth token (HTTP Basic auth). Empty: any well-formed account
     /// SID, with any token.
     pub accounts: Vec<TwilioAccount>,
+}
+
+/// SendGrid's Mail Send API at `/v3/mail/send`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendgridSettings {
+    /// API keys the door takes (Bearer). Empty: any key.
+    pub api_keys: Vec<String>,
+    /// Where the event webhook posts its batches; unset: none.
+    pub webhook_url: Option<String>,
+    /// The event webhook's signing key, a P-256 private key in PKCS#8 PEM. Unset: one made at start-up,
+    /// its verification key logged.
+    pub signing_key_pem: Option<String>,
 }
 
 /// The WhatsApp Cloud API at `/v{NN}.0/{phone-number-id}/messages`.
@@ -527,6 +542,17 @@ impl Settings {
         {
             return bad("http.whatsapp.webhook_url", format!("`{url}` is not an http(s) URL"));
         }
+        if let Some(url) = &self.http.sendgrid.webhook_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad("http.sendgrid.webhook_url", format!("`{url}` is not an http(s) URL"));
+        }
+        if let Some(pem) = &self.http.sendgrid.signing_key_pem {
+            use p256::pkcs8::DecodePrivateKey as _;
+            if let Err(e) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
+                return bad("http.sendgrid.signing_key_pem", format!("not a P-256 private key in PKCS#8 PEM ({e})"));
+            }
+        }
         if self.http.webhooks_in_flight == 0 {
             return bad("http.webhooks_in_flight", "must be at least 1".into());
         }
@@ -554,8 +580,11 @@ impl Settings {
         for a in &mut shown.http.twilio.accounts {
             a.auth_token = "***".into();
         }
-        for t in &mut shown.http.whatsapp.access_tokens {
+        for t in shown.http.whatsapp.access_tokens.iter_mut().chain(shown.http.sendgrid.api_keys.iter_mut()) {
             *t = "***".into();
+        }
+        if shown.http.sendgrid.signing_key_pem.is_some() {
+            shown.http.sendgrid.signing_key_pem = Some("***".into());
         }
         for s in [&mut shown.http.whatsapp.app_secret, &mut shown.http.whatsapp.verify_token] {
             if !s.is_empty() {

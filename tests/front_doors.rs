@@ -18,6 +18,12 @@ use understudy::store::Store;
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "understudy-test-token";
 const PHONE_NUMBER_ID: &str = "106540352242922";
+const SENDGRID_API_KEY: &str = "SG.understudy-test.key";
+
+/// The test's SendGrid signing key (a fixed scalar).
+fn sendgrid_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("a valid scalar")
+}
 const APP_SECRET: &str = "understudy-app-secret";
 const VERIFY_TOKEN: &str = "understudy-verify-token";
 
@@ -65,6 +71,7 @@ impl Receiver {
             .env("TWILIO_AUTH_TOKEN", TOKEN)
             .env("META_APP_SECRET", APP_SECRET)
             .env("META_VERIFY_TOKEN", VERIFY_TOKEN)
+            .env("SENDGRID_VERIFICATION_KEY", understudy::wire::sendgrid::verification_key(&sendgrid_key()))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 runs");
@@ -358,8 +365,86 @@ async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// SendGrid's Mail Send door, driven by SendGrid's own library: one lifecycle per recipient, 202 with
+/// X-Message-Id; events in signed batches that SendGrid's own EventWebhook verifies, custom args echoed.
+async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let webhook = format!("http://127.0.0.1:{}/sendgrid/events", receiver.port);
+    let pem = sendgrid_key().to_pkcs8_pem(Default::default()).unwrap().to_string();
+    let tune = |s: &mut understudy::config::Settings| {
+        s.http.sendgrid.api_keys = vec![SENDGRID_API_KEY.into()];
+        s.http.sendgrid.webhook_url = Some(webhook.clone());
+        s.http.sendgrid.signing_key_pem = Some(pem.clone());
+    };
+    let instance = format!("sg-{}", common::suffix());
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/sendgrid_send.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("UNDERSTUDY_URL", &url)
+        .env("SENDGRID_API_KEY", SENDGRID_API_KEY)
+        .env("N", "10")
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(out.status.success(), "the SendGrid client script failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let sent = out["sent"].as_array().unwrap();
+    assert_eq!(sent.len(), 10);
+    let mut message_ids = HashSet::new();
+    for s in sent {
+        assert_eq!((s["status"].as_i64(), s["body"].as_str()), (Some(202), Some("")), "{s}");
+        message_ids.insert(s["message_id"].as_str().expect("X-Message-Id").to_owned());
+    }
+    assert_eq!(message_ids.len(), 10, "an X-Message-Id per request");
+    let errors = &out["errors"];
+    assert_eq!(errors["bad_key"]["status"], 401, "{errors}");
+    assert!(errors["bad_key"]["body"]["errors"][0]["message"].as_str().unwrap().contains("authorization grant"));
+    assert_eq!(errors["no_personalizations"]["status"], 400);
+    assert_eq!(errors["no_personalizations"]["body"]["errors"][0]["field"], "personalizations");
+    assert_eq!(errors["bad_address"]["body"]["errors"][0]["field"], "personalizations.0.to.0.email");
+    assert_eq!(errors["no_content"]["body"]["errors"][0]["field"], "content");
+    assert_eq!(errors["too_large"]["status"], 413);
+    // Two recipients (to and cc) per request: a lifecycle each.
+    common::all_finished(&store, 20, Duration::from_secs(60)).await;
+
+    // happy-path email: SEND, DELIVERY, OPEN → processed, delivered, open; batched, signed.
+    let got = common::eventually(Duration::from_secs(30), "every event", || async {
+        let got = receiver.received();
+        let events: usize = got.iter().map(|b| b["json"].as_array().map_or(0, Vec::len)).sum();
+        (events >= 60).then_some(got)
+    })
+    .await;
+    for batch in &got {
+        assert_eq!(batch["valid"], true, "SendGrid's EventWebhook accepts the signature");
+        assert_eq!(batch["content_type"], "application/json");
+    }
+    let events: Vec<&Value> = got.iter().flat_map(|b| b["json"].as_array().unwrap()).collect();
+    assert_eq!(events.len(), 60);
+    let mut by_recipient: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for e in &events {
+        let sg = e["sg_message_id"].as_str().unwrap();
+        assert!(
+            message_ids.contains(sg.split('.').next().unwrap()),
+            "sg_message_id starts with the X-Message-Id: {sg}"
+        );
+        assert_eq!(e["campaign"], "winter", "custom args echoed: {e}");
+        by_recipient.entry(e["email"].as_str().unwrap().to_owned()).or_default().push(e["event"].as_str().unwrap());
+    }
+    assert_eq!(by_recipient.len(), 20);
+    for (who, kinds) in &by_recipient {
+        assert_eq!(kinds, &["processed", "delivered", "open"], "{who}");
+    }
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    sendgrid_mail_is_accepted_and_its_events_are_signed,
     whatsapp_messages_are_sent_answered_and_acked,
     twilio_messages_are_created_answered_and_acked,
     twilio_lifecycles_resume_after_a_restart

@@ -44,6 +44,9 @@ pub struct Accept {
     /// Each message with where its acks are called back, if anywhere.
     pub batch: Vec<(Outbound, Option<Callback>)>,
     pub reply: tokio::sync::oneshot::Sender<Vec<Option<Taken>>>,
+    /// Whether a REJECT is the send call's error (Twilio, WhatsApp) rather than an ack (SendGrid's
+    /// `dropped` event).
+    pub refuse_rejects: bool,
 }
 
 /// What a message taken by a front door came to.
@@ -57,9 +60,9 @@ pub struct Taken {
 }
 
 impl Taken {
-    /// Move a first-step REJECT out of the plan's steps.
-    fn of(mut plan: Plan) -> Self {
-        let refused = plan.steps.first().filter(|s| s.status == Status::Reject).cloned();
+    /// Move a first-step REJECT out of the plan's steps (with `refuse`).
+    fn of(mut plan: Plan, refuse: bool) -> Self {
+        let refused = plan.steps.first().filter(|s| refuse && s.status == Status::Reject).cloned();
         if refused.is_some() {
             for s in std::mem::take(&mut plan.steps) {
                 if !plan.not_sent.iter().any(|n| (n.status, n.attempt) == (s.status, s.attempt)) {
@@ -170,7 +173,7 @@ impl Handler<Accept> for ChannelActor {
     /// Atomic until the persister has the rows (its mailbox is the backpressure), not until they are
     /// durable: many requests share one write.
     fn handle(&mut self, msg: Accept, _: &mut Self::Context) -> Self::Result {
-        let Accept { scenario, claim, batch, reply } = msg;
+        let Accept { scenario, claim, batch, reply, refuse_rejects } = msg;
         telemetry::messages_consumed(self.channel, batch.len() as u64);
         let mut taken = Vec::with_capacity(batch.len());
         let mut planned = Vec::with_capacity(batch.len());
@@ -181,7 +184,7 @@ impl Handler<Accept> for ChannelActor {
                 continue;
             };
             plan.callback = callback;
-            let t = Taken::of(plan);
+            let t = Taken::of(plan, refuse_rejects);
             let mut pm = PlannedMessage { outbound, plan: t.plan.clone() };
             taken.push(Some(t));
             rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));

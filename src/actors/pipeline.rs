@@ -115,7 +115,7 @@ impl Pipeline {
                 settings.http.webhooks_in_flight,
                 Duration::from_millis(settings.http.webhook_timeout_ms),
                 scenario.file.time_scale,
-                &settings.http.whatsapp.verify_token,
+                &settings.http,
             );
             let (unforwarded, room) = sender.forwarding();
             arbiter.spawn(forward_deliveries(

@@ -96,6 +96,10 @@ pub struct WebhookSender {
     /// URLs that passed Meta's verification handshake.
     verified: Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
     verify_token: Arc<str>,
+    /// Open batches by URL (SendGrid).
+    batches: Arc<std::sync::Mutex<std::collections::HashMap<String, OpenBatch>>>,
+    /// What SendGrid's event webhooks are signed with.
+    sendgrid_key: Arc<p256::ecdsa::SigningKey>,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -111,7 +115,7 @@ impl WebhookSender {
         max_in_flight: usize,
         timeout: Duration,
         time_scale: f64,
-        verify_token: &str,
+        http: &crate::config::HttpSettings,
     ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = reqwest::Client::builder()
@@ -130,8 +134,19 @@ impl WebhookSender {
             arbiter,
             time_scale,
             verified: Arc::default(),
-            verify_token: verify_token.into(),
+            verify_token: http.whatsapp.verify_token.as_str().into(),
+            batches: Arc::default(),
+            sendgrid_key: Arc::new(sendgrid_key(http)),
         };
+        // Sends SendGrid's batches whose wait is over.
+        let ticker = sender.clone();
+        sender.arbiter.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                ticker.send_due_batches();
+            }
+        });
         (sender, rx)
     }
 
@@ -164,7 +179,8 @@ impl WebhookSender {
         permit
     }
 
-    /// Deliver `event` to `target` (its room taken); `joint` when it also goes to Kafka.
+    /// Deliver `event` to `target` (its room taken); `joint` when it also goes to Kafka. Posted after
+    /// the lifecycle's previous event was done; alone, or in the vendor's batch (SendGrid).
     pub fn deliver(
         &self,
         permit: OwnedSemaphorePermit,
@@ -181,48 +197,150 @@ impl WebhookSender {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            let (body, signature) = render(&event, &recipient, &target);
-            let mut attempt = 1u32;
-            let outcome = loop {
-                let outcome = this.attempt(&target, &body, &signature).await;
-                telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
-                if attempt > retries(target.vendor, &outcome) {
-                    break outcome;
-                }
-                tracing::debug!(url = %target.url, attempt, "webhook not delivered; retrying");
-                tokio::time::sleep(retry_delay(target.vendor, attempt, this.time_scale)).await;
-                attempt += 1;
-            };
-            match &outcome {
-                Attempt::Delivered => {}
-                Attempt::Refused(code) => {
-                    tracing::warn!(url = %target.url, status = code, event_id = %event.event_id, "webhook refused; the vendor gave up")
-                }
-                Attempt::Unreachable(e) => {
-                    tracing::warn!(url = %target.url, error = %e, attempts = attempt, event_id = %event.event_id, "webhook receiver unreachable; the vendor gave up")
-                }
+            let item = Pending { event, recipient, data: target.data.clone(), permit, joint, done };
+            if target.vendor == Vendor::Sendgrid {
+                this.batch(target, item);
+            } else {
+                this.post(target, vec![item]).await;
             }
-            let store_at = match &joint {
-                Some(j) => j.finish(),
-                None => Some((-1, -1)),
-            };
-            match store_at {
-                Some((ack_partition, ack_offset)) => {
-                    this.unforwarded.fetch_add(1, Ordering::SeqCst);
-                    let row = EventRow { event, ack_partition, ack_offset };
-                    if this.delivered.send(row).is_err() {
-                        this.unforwarded.fetch_sub(1, Ordering::SeqCst);
-                        drop(permit);
-                    } else {
-                        // Given back by the forwarder once the persister has the row.
-                        permit.forget();
-                    }
-                }
-                None => drop(permit),
-            }
-            this.in_flight.fetch_sub(1, Ordering::SeqCst);
-            let _ = done.send(());
         });
+    }
+
+    /// Add an item to its URL's open batch; the batch goes out when full, or from the ticker once its
+    /// wait is over.
+    fn batch(&self, target: Arc<Target>, item: Pending) {
+        let full = {
+            let mut open = self.batches.lock().expect("batch lock");
+            let b = open.entry(target.url.to_string()).or_insert_with(|| OpenBatch {
+                target: target.clone(),
+                items: Vec::new(),
+                since: Instant::now(),
+            });
+            if b.items.is_empty() {
+                b.since = Instant::now();
+            }
+            b.items.push(item);
+            (b.items.len() >= SENDGRID_BATCH_EVENTS).then(|| std::mem::take(&mut b.items))
+        };
+        if let Some(items) = full {
+            let this = self.clone();
+            self.arbiter.spawn(async move { this.post(target, items).await });
+        }
+    }
+
+    /// Send the batches whose wait is over.
+    fn send_due_batches(&self) {
+        let wait = Duration::from_secs(30).mul_f64(self.time_scale.max(0.0));
+        let due: Vec<(Arc<Target>, Vec<Pending>)> = {
+            let mut open = self.batches.lock().expect("batch lock");
+            open.values_mut()
+                .filter(|b| !b.items.is_empty() && b.since.elapsed() >= wait)
+                .map(|b| (b.target.clone(), std::mem::take(&mut b.items)))
+                .collect()
+        };
+        for (target, items) in due {
+            let this = self.clone();
+            self.arbiter.spawn(async move { this.post(target, items).await });
+        }
+    }
+
+    /// Post `items` as one webhook, retrying as the vendor does; then each is done.
+    async fn post(&self, target: Arc<Target>, items: Vec<Pending>) {
+        let (body, signature) = self.render(&items, &target);
+        let mut attempt = 1u32;
+        let outcome = loop {
+            let outcome = self.attempt(&target, &body, &signature).await;
+            telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
+            if attempt > retries(target.vendor, &outcome) {
+                break outcome;
+            }
+            tracing::debug!(url = %target.url, attempt, "webhook not delivered; retrying");
+            tokio::time::sleep(retry_delay(target.vendor, attempt, self.time_scale)).await;
+            attempt += 1;
+        };
+        match &outcome {
+            Attempt::Delivered => {}
+            Attempt::Refused(code) => {
+                tracing::warn!(url = %target.url, status = code, attempts = attempt, events = items.len(), "webhook refused; the vendor gave up")
+            }
+            Attempt::Unreachable(e) => {
+                tracing::warn!(url = %target.url, error = %e, attempts = attempt, events = items.len(), "webhook receiver unreachable; the vendor gave up")
+            }
+        }
+        for item in items {
+            self.done(item);
+        }
+    }
+
+    /// One event is done with: stored (by whichever side of a joint is last), its room given back.
+    fn done(&self, item: Pending) {
+        let Pending { event, permit, joint, done, .. } = item;
+        let store_at = match &joint {
+            Some(j) => j.finish(),
+            None => Some((-1, -1)),
+        };
+        match store_at {
+            Some((ack_partition, ack_offset)) => {
+                self.unforwarded.fetch_add(1, Ordering::SeqCst);
+                let row = EventRow { event, ack_partition, ack_offset };
+                if self.delivered.send(row).is_err() {
+                    self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                } else {
+                    // Given back by the forwarder once the persister has the row.
+                    permit.forget();
+                }
+            }
+            None => drop(permit),
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = done.send(());
+    }
+
+    /// The webhook's body and signature header, the vendor's way.
+    fn render(&self, items: &[Pending], target: &Target) -> (Body, (&'static str, String)) {
+        match target.vendor {
+            Vendor::Twilio => {
+                let item = &items[0];
+                let params = wire::twilio::callback_fields(&item.event, &item.recipient);
+                let signature = wire::twilio::signature(&target.key, &target.url, &params);
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &params {
+                    form.append_pair(k, v);
+                }
+                let body = Body {
+                    content_type: "application/x-www-form-urlencoded",
+                    bytes: form.finish().into(),
+                    timestamp: None,
+                };
+                (body, ("X-Twilio-Signature", signature))
+            }
+            Vendor::Whatsapp => {
+                let item = &items[0];
+                let mut bytes = Vec::with_capacity(1024);
+                wire::whatsapp::webhook_with(&item.event, &item.recipient, target.data.as_deref(), &mut bytes);
+                let signature = wire::whatsapp::signature(&target.key, &bytes);
+                let body = Body { content_type: "application/json", bytes: bytes.into(), timestamp: None };
+                (body, ("X-Hub-Signature-256", signature))
+            }
+            Vendor::Sendgrid => {
+                let mut bytes = Vec::with_capacity(512 * items.len());
+                bytes.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        bytes.push(b',');
+                    }
+                    let sent: Option<wire::sendgrid::Sent> =
+                        item.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+                    wire::sendgrid::event_with(&item.event, &item.recipient, sent.as_ref(), &mut bytes);
+                }
+                bytes.push(b']');
+                let timestamp = chrono::Utc::now().timestamp().to_string();
+                let signature = wire::sendgrid::signature(&self.sendgrid_key, &timestamp, &bytes);
+                let body = Body { content_type: "application/json", bytes: bytes.into(), timestamp: Some(timestamp) };
+                (body, ("X-Twilio-Email-Event-Webhook-Signature", signature))
+            }
+        }
     }
 
     /// Store `event` without delivering it (its room taken): a status its vendor does not call back for.
@@ -242,12 +360,15 @@ impl WebhookSender {
         {
             return failed;
         }
-        let request = self
+        let mut request = self
             .client
             .post(&*target.url)
             .header("content-type", body.content_type)
             .header(signature.0, &signature.1)
             .body(body.bytes.clone());
+        if let Some(t) = &body.timestamp {
+            request = request.header("X-Twilio-Email-Event-Webhook-Timestamp", t);
+        }
         match request.send().await {
             Ok(r) if r.status().is_success() => Attempt::Delivered,
             Ok(r) => Attempt::Refused(r.status().as_u16()),
@@ -294,14 +415,33 @@ fn outcome_label(a: &Attempt) -> &'static str {
     }
 }
 
-/// Retries after a failed attempt: Twilio retries once, after a connection failure only; Meta retries
-/// any failure, backing off (for up to 7 days; here 8 times).
+/// The key SendGrid's webhooks are signed with: `http.sendgrid.signing_key_pem`, or one made for this
+/// run (its verification key is logged).
+fn sendgrid_key(http: &crate::config::HttpSettings) -> p256::ecdsa::SigningKey {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let key = match http.sendgrid.signing_key_pem.as_deref() {
+        Some(pem) => p256::ecdsa::SigningKey::from_pkcs8_pem(pem).expect("checked with the settings"),
+        None => loop {
+            let bytes: [u8; 32] = rand::random();
+            if let Ok(k) = p256::ecdsa::SigningKey::from_bytes(&bytes.into()) {
+                break k;
+            }
+        },
+    };
+    if http.sendgrid.webhook_url.is_some() {
+        tracing::info!(verification_key = %wire::sendgrid::verification_key(&key), "SendGrid event webhooks are signed; check them with this verification key");
+    }
+    key
+}
+
+/// Retries after a failed attempt: Twilio retries once, after a connection failure only; Meta and
+/// SendGrid retry any failure, backing off (for days, or 24 hours; here 8 times).
 fn retries(vendor: Vendor, outcome: &Attempt) -> u32 {
     match (vendor, outcome) {
         (_, Attempt::Delivered) => 0,
         (Vendor::Twilio, Attempt::Unreachable(_)) => 1,
         (Vendor::Twilio, Attempt::Refused(_)) => 0,
-        (Vendor::Whatsapp, _) => 8,
+        (Vendor::Whatsapp | Vendor::Sendgrid, _) => 8,
     }
 }
 
@@ -310,6 +450,7 @@ fn retry_delay(vendor: Vendor, n: u32, time_scale: f64) -> Duration {
     let base = match vendor {
         Vendor::Twilio => Duration::from_secs(1),
         Vendor::Whatsapp => Duration::from_secs(15) * 2u32.pow(n.saturating_sub(1).min(10)),
+        Vendor::Sendgrid => Duration::from_secs(10) * 2u32.pow(n.saturating_sub(1).min(10)),
     };
     base.mul_f64(time_scale.max(0.0)).max(Duration::from_millis(1))
 }
@@ -317,29 +458,31 @@ fn retry_delay(vendor: Vendor, n: u32, time_scale: f64) -> Duration {
 struct Body {
     content_type: &'static str,
     bytes: bytes::Bytes,
+    /// SendGrid's `X-Twilio-Email-Event-Webhook-Timestamp`, which its signature covers.
+    timestamp: Option<String>,
 }
 
-/// The webhook's body and signature header, the vendor's way.
-fn render(event: &AckEvent, recipient: &str, target: &Target) -> (Body, (&'static str, String)) {
-    match target.vendor {
-        Vendor::Twilio => {
-            let params = wire::twilio::callback_fields(event, recipient);
-            let signature = wire::twilio::signature(&target.key, &target.url, &params);
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &params {
-                form.append_pair(k, v);
-            }
-            let body = Body { content_type: "application/x-www-form-urlencoded", bytes: form.finish().into() };
-            (body, ("X-Twilio-Signature", signature))
-        }
-        Vendor::Whatsapp => {
-            let mut bytes = Vec::with_capacity(1024);
-            wire::whatsapp::webhook_with(event, recipient, target.data.as_deref(), &mut bytes);
-            let signature = wire::whatsapp::signature(&target.key, &bytes);
-            (Body { content_type: "application/json", bytes: bytes.into() }, ("X-Hub-Signature-256", signature))
-        }
-    }
+/// An event waiting for its delivery.
+struct Pending {
+    event: AckEvent,
+    recipient: Arc<str>,
+    /// Its lifecycle's [`Target::data`].
+    data: Option<Arc<str>>,
+    permit: OwnedSemaphorePermit,
+    joint: Option<Arc<Joint>>,
+    /// Told when the event is done with: the lifecycle's next event may go.
+    done: tokio::sync::oneshot::Sender<()>,
 }
+
+/// Events gathered for one URL (SendGrid).
+struct OpenBatch {
+    target: Arc<Target>,
+    items: Vec<Pending>,
+    since: Instant,
+}
+
+/// Events per SendGrid webhook, at most (SendGrid: about 30 s or 768 KB, whichever comes first).
+const SENDGRID_BATCH_EVENTS: usize = 1000;
 
 /// The signing keys of the vendors' accounts, by tenant (Twilio: account SID → auth token).
 #[derive(Debug, Default)]
@@ -360,6 +503,7 @@ impl Keys {
         let key = match callback.vendor {
             Vendor::Twilio => tenant.and_then(|t| self.twilio.get(t)).cloned(),
             Vendor::Whatsapp => Some(self.whatsapp_app_secret.clone()),
+            Vendor::Sendgrid => None,
         };
         let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
         target.data = callback.data.clone();
@@ -373,5 +517,6 @@ pub fn calls_back(vendor: Vendor, event: &AckEvent) -> bool {
         Vendor::Twilio => wire::twilio::calls_back(event.status),
         // WhatsApp has no status for a deferral.
         Vendor::Whatsapp => event.status != crate::model::Status::Deferred,
+        Vendor::Sendgrid => true,
     }
 }

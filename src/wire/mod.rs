@@ -21,6 +21,7 @@ pub use format::{AckFormat, Batching, FIELDS};
 pub enum Vendor {
     Twilio,
     Whatsapp,
+    Sendgrid,
 }
 
 impl Vendor {
@@ -28,6 +29,7 @@ impl Vendor {
         match self {
             Vendor::Twilio => "twilio",
             Vendor::Whatsapp => "whatsapp",
+            Vendor::Sendgrid => "sendgrid",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! SendGrid's event webhook: its event names, and one event object (an element of the webhook's array).
+//! SendGrid's event webhook: its event names, one event object (an element of the webhook's array) and
+//! the webhook's signature; the Mail Send API's errors.
 
 use super::hex_id;
 use super::smtp_status;
@@ -21,18 +22,50 @@ pub fn event_name(status: Status) -> &'static str {
 
 /// One SendGrid event object (an element of the webhook's array).
 pub fn event(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
+    event_with(e, recipient, None, out)
+}
+
+/// What a message taken by the SendGrid door carries into its events: the send call's `X-Message-Id`
+/// and the sender's `custom_args`, as SendGrid echoes them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sent {
+    pub message_id: String,
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub custom_args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One event object; `sent` when the message came in by the SendGrid door.
+pub fn event_with(e: &AckEvent, recipient: &str, sent: Option<&Sent>, out: &mut Vec<u8>) {
     let hex = hex_id(&e.vendor_message_id);
+    let sg_message_id = match sent {
+        Some(s) => format!("{}.filterdrecv-understudy-{}", s.message_id, s.index),
+        None => format!("{hex}.filterdrecv-understudy-1"),
+    };
     let mut w = ObjectWriter::new(out);
     w.str("email", recipient)
         .int("timestamp", e.scheduled_at.timestamp())
         .str("event", event_name(e.status))
         .str("sg_event_id", &e.event_id.simple().to_string())
-        .str("sg_message_id", &format!("{hex}.filterdrecv-understudy-1"))
-        .str("smtp-id", &format!("<{hex}@understudy.test>"))
-        // The message's custom args, as SendGrid returns them on every event.
-        .str("payload_id", &e.payload_id)
-        .str("batch_id", &e.batch_id)
-        .some_str("tenant_id", e.tenant_id.as_deref());
+        .str("sg_message_id", &sg_message_id)
+        .str("smtp-id", &format!("<{hex}@understudy.test>"));
+    match sent {
+        // The sender's custom args, as SendGrid returns them on every event.
+        Some(s) => {
+            for (k, v) in &s.custom_args {
+                match v {
+                    serde_json::Value::String(t) => w.str(k, t),
+                    other => w.raw(k, |out| out.extend_from_slice(other.to_string().as_bytes())),
+                };
+            }
+        }
+        // A Kafka message's ids, as custom args.
+        None => {
+            w.str("payload_id", &e.payload_id)
+                .str("batch_id", &e.batch_id)
+                .some_str("tenant_id", e.tenant_id.as_deref());
+        }
+    }
     let (status, _) = smtp_status(e.error_code.as_deref(), e.error_reason.as_deref());
     let reason = || {
         format!("{} {}", e.error_code.as_deref().unwrap_or(""), e.error_reason.as_deref().unwrap_or(""))
@@ -57,6 +90,48 @@ pub fn event(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
         _ => {}
     }
     w.end();
+}
+
+/// One entry of the Mail Send API's `{errors: [{message, field, help}]}`.
+pub fn write_errors(errors: &[(&str, Option<&str>)], out: &mut Vec<u8>) {
+    let mut w = ObjectWriter::new(out);
+    w.raw("errors", |out| {
+        out.push(b'[');
+        for (i, (message, field)) in errors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let mut e = ObjectWriter::new(out);
+            e.str("message", message).opt_str("field", *field);
+            match field {
+                Some(_) => e.str("help", "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"),
+                None => e.null("help"),
+            };
+            e.end();
+        }
+        out.push(b']');
+    });
+    w.end();
+}
+
+/// `X-Twilio-Email-Event-Webhook-Signature`: base64 of the DER ECDSA P-256 SHA-256 signature of the
+/// timestamp followed by the body.
+pub fn signature(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.extend_from_slice(body);
+    let sig: p256::ecdsa::DerSignature = key.sign(&signed);
+    base64::engine::general_purpose::STANDARD.encode(sig.as_bytes())
+}
+
+/// The verification key SendGrid shows for its signed event webhook: base64 of the public key's DER.
+pub fn verification_key(key: &p256::ecdsa::SigningKey) -> String {
+    use base64::Engine as _;
+    use p256::pkcs8::EncodePublicKey as _;
+    let der = key.verifying_key().to_public_key_der().expect("a P-256 key encodes");
+    base64::engine::general_purpose::STANDARD.encode(der.as_bytes())
 }
 
 #[cfg(test)]

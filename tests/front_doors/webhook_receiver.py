@@ -1,10 +1,11 @@
 """A webhook receiver that checks every callback the vendor's own way and writes one JSON line per
 callback to OUT: Twilio's `RequestValidator` (PyPI `twilio`) for `X-Twilio-Signature`; for Meta's
 `X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the app secret, as Meta documents it; and Meta's
-verification handshake (`GET` with `hub.challenge`), answered when `hub.verify_token` is right.
+verification handshake (`GET` with `hub.challenge`), answered when `hub.verify_token` is right; and
+SendGrid's `EventWebhook.verify_signature` (PyPI `sendgrid`) for its signed event webhook.
 
-Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN. Prints its port on the
-first line of stdout."""
+Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, SENDGRID_VERIFICATION_KEY.
+Prints its port on the first line of stdout."""
 
 import hashlib
 import hmac
@@ -15,11 +16,14 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from sendgrid.helpers.eventwebhook import EventWebhook
 from twilio.request_validator import RequestValidator
 
 validator = RequestValidator(os.environ.get("TWILIO_AUTH_TOKEN", ""))
 app_secret = os.environ.get("META_APP_SECRET", "").encode()
 verify_token = os.environ.get("META_VERIFY_TOKEN", "")
+sendgrid_key = os.environ.get("SENDGRID_VERIFICATION_KEY")
+sendgrid = EventWebhook(sendgrid_key) if sendgrid_key else None
 out = open(os.environ["OUT"], "a", buffering=1)
 lock = threading.Lock()
 
@@ -43,6 +47,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        sg_signature = self.headers.get("X-Twilio-Email-Event-Webhook-Signature")
+        if sg_signature is not None:
+            timestamp = self.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")
+            valid = sendgrid is not None and sendgrid.verify_signature(body.decode(), sg_signature, timestamp)
+            self.write(
+                {
+                    "path": self.path,
+                    "content_type": self.headers.get("Content-Type"),
+                    "valid": valid,
+                    "json": json.loads(body),
+                }
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         meta = self.headers.get("X-Hub-Signature-256")
         if meta is not None:
             expected = "sha256=" + hmac.new(app_secret, body, hashlib.sha256).hexdigest()

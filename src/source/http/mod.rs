@@ -8,7 +8,9 @@
 //!
 //! - [`twilio`]: Twilio Programmable Messaging.
 //! - [`whatsapp`]: the WhatsApp Cloud API.
+//! - [`sendgrid`]: SendGrid's Mail Send API.
 
+pub mod sendgrid;
 pub mod twilio;
 pub mod whatsapp;
 
@@ -56,6 +58,13 @@ pub struct Door {
     /// Requests seen per key, for ids that are the same on every rerun ([`Door::payload_id`]).
     keys: Mutex<HashMap<u64, u32>>,
     settings: HttpSettings,
+}
+
+/// One message of a request.
+pub struct Item {
+    pub payload_id: String,
+    pub recipient: Arc<str>,
+    pub callback: Option<Callback>,
 }
 
 /// Why a taken message got no answer.
@@ -137,7 +146,8 @@ impl Door {
         }
     }
 
-    /// Take one message: planned, durable, its lifecycle started; what it came to comes back.
+    /// Take one message: planned, durable, its lifecycle started; what it came to comes back. A REJECT
+    /// is the send call's error.
     #[allow(clippy::too_many_arguments)]
     pub async fn take(
         &self,
@@ -149,24 +159,47 @@ impl Door {
         body: Vec<u8>,
         callback: Option<Callback>,
     ) -> Result<Taken, NotTaken> {
-        let outbound = Outbound {
-            source: self.position(),
-            payload_id: payload_id.into(),
-            batch_id: batch_id.into(),
-            channel,
-            recipient: recipient.into(),
-            tenant_id: Some(tenant_id.into()),
-            headers: Vec::new(),
-            rule_headers: Vec::new(),
-            body,
-            received_at: Utc::now(),
-        };
+        let item = Item { payload_id, recipient: recipient.into(), callback };
+        let mut taken = self.take_all(channel, batch_id, tenant_id, body.into(), vec![item], true).await?;
+        taken.pop().flatten().ok_or(NotTaken::NoBehaviour)
+    }
+
+    /// Take the messages of one request (SendGrid: one per recipient), durable together; what each came
+    /// to comes back, in order. Every message keeps the request's body.
+    pub async fn take_all(
+        &self,
+        channel: Channel,
+        batch_id: &str,
+        tenant_id: &str,
+        body: bytes::Bytes,
+        items: Vec<Item>,
+        refuse_rejects: bool,
+    ) -> Result<Vec<Option<Taken>>, NotTaken> {
+        let (batch_id, tenant_id): (Arc<str>, Arc<str>) = (batch_id.into(), tenant_id.into());
+        let received_at = Utc::now();
+        let batch = items
+            .into_iter()
+            .map(|i| {
+                let outbound = Outbound {
+                    source: self.position(),
+                    payload_id: i.payload_id.into(),
+                    batch_id: batch_id.clone(),
+                    channel,
+                    recipient: i.recipient,
+                    tenant_id: Some(tenant_id.clone()),
+                    headers: Vec::new(),
+                    rule_headers: Vec::new(),
+                    body: body.to_vec(),
+                    received_at,
+                };
+                (outbound, i.callback)
+            })
+            .collect();
         let scenario = self.scenario.borrow().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let accept = Accept { scenario, claim: self.claim.clone(), batch: vec![(outbound, callback)], reply };
+        let accept = Accept { scenario, claim: self.claim.clone(), batch, reply, refuse_rejects };
         self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
-        let mut taken = answer.await.map_err(|_| NotTaken::Unavailable)?;
-        taken.pop().flatten().ok_or(NotTaken::NoBehaviour)
+        answer.await.map_err(|_| NotTaken::Unavailable)
     }
 }
 
@@ -196,7 +229,12 @@ impl Server {
         let workers = door.settings.workers;
         let data = web::Data::from(door);
         let server = HttpServer::new(move || {
-            App::new().app_data(data.clone()).configure(twilio::routes).configure(whatsapp::routes).default_service(web::to(twilio::not_found))
+            App::new()
+                .app_data(data.clone())
+                .configure(twilio::routes)
+                .configure(whatsapp::routes)
+                .configure(sendgrid::routes)
+                .default_service(web::to(twilio::not_found))
         })
         .workers(workers)
         .disable_signals()
