@@ -62,6 +62,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &std::path::Path) -> Self {
+        Self::start_failing(dir, 0)
+    }
+
+    /// A receiver that answers its first `fail_first` webhooks 500.
+    fn start_failing(dir: &std::path::Path, fail_first: usize) -> Self {
         use std::io::BufRead;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/webhook_receiver.py");
         let out = dir.join("callbacks.jsonl");
@@ -71,6 +76,7 @@ impl Receiver {
             .env("TWILIO_AUTH_TOKEN", TOKEN)
             .env("META_APP_SECRET", APP_SECRET)
             .env("META_VERIFY_TOKEN", VERIFY_TOKEN)
+            .env("FAIL_FIRST", fail_first.to_string())
             .env("SENDGRID_VERIFICATION_KEY", understudy::wire::sendgrid::verification_key(&sendgrid_key()))
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -281,7 +287,8 @@ async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
     let store_url = common::postgres_url().await;
     let store = Store::connect(&store_url, 2).await.expect("store");
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(dir.path());
+    // The receiver fails its first five webhooks: Meta retries them, and nothing is lost or reordered.
+    let receiver = Receiver::start_failing(dir.path(), 5);
     let webhook = format!("http://127.0.0.1:{}/meta", receiver.port);
     let tune = |s: &mut understudy::config::Settings| {
         s.http.whatsapp.access_tokens = vec![TOKEN.into()];
@@ -338,14 +345,16 @@ async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
     // sender's biz_opaque_callback_data echoed.
     let got = common::eventually(Duration::from_secs(30), "every status webhook", || async {
         let got = receiver.received();
-        (got.iter().filter(|c| c["handshake"].is_null()).count() >= 3 * (N + 1)).then_some(got)
+        let delivered = got.iter().filter(|c| c["handshake"].is_null() && c["failed"].is_null()).count();
+        (delivered >= 3 * (N + 1)).then_some(got)
     })
     .await;
     let handshakes: Vec<&Value> = got.iter().filter(|c| c["handshake"] == true).collect();
     assert_eq!(handshakes.len(), 1, "one verification handshake");
     assert_eq!(handshakes[0]["valid"], true);
-    let webhooks: Vec<&Value> = got.iter().filter(|c| c["handshake"].is_null()).collect();
-    assert_eq!(webhooks.len(), 3 * (N + 1));
+    assert_eq!(got.iter().filter(|c| c["failed"] == true).count(), 5, "five answered 500, then retried");
+    let webhooks: Vec<&Value> = got.iter().filter(|c| c["handshake"].is_null() && c["failed"].is_null()).collect();
+    assert_eq!(webhooks.len(), 3 * (N + 1), "each status delivered once");
     for w in &webhooks {
         assert_eq!(w["valid"], true, "X-Hub-Signature-256 checks out: {w}");
         assert_eq!(w["json"]["object"], "whatsapp_business_account");
@@ -442,8 +451,34 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// A callback URL nobody listens on: Twilio tries each callback twice (one retry after a connection
+/// failure) and gives up; the lifecycles finish, every ack is stored and still on the ack topic, and the
+/// door goes on answering.
+async fn twilio_callbacks_to_a_dead_receiver_stop_nothing(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("dead-{}", common::suffix());
+    let (pipeline, url, settings) = start(k, &store_url, &instance).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = twilio_script_with(&url, Some(&format!("http://127.0.0.1:{dead}/status")), true).await;
+    assert_eq!(out["created"].as_array().unwrap().len(), N);
+    common::all_finished(&store, N as i64, Duration::from_secs(60)).await;
+    let events = store.totals().await.unwrap().events as usize;
+    assert_eq!(events, 2 * N, "SEND and DELIVERY of every message, stored though their callbacks failed");
+    let acks = read_topic(&k.brokers(), &settings.kafka.ack_topic, events, Duration::from_secs(10)).unwrap();
+    assert_eq!(acks.len(), events);
+    // Still serving.
+    let again = twilio_script_with(&url, None, true).await;
+    assert_eq!(again["created"].as_array().unwrap().len(), N);
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    twilio_callbacks_to_a_dead_receiver_stop_nothing,
     sendgrid_mail_is_accepted_and_its_events_are_signed,
     whatsapp_messages_are_sent_answered_and_acked,
     twilio_messages_are_created_answered_and_acked,

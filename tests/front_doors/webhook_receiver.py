@@ -4,7 +4,8 @@ callback to OUT: Twilio's `RequestValidator` (PyPI `twilio`) for `X-Twilio-Signa
 verification handshake (`GET` with `hub.challenge`), answered when `hub.verify_token` is right; and
 SendGrid's `EventWebhook.verify_signature` (PyPI `sendgrid`) for its signed event webhook.
 
-Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, SENDGRID_VERIFICATION_KEY.
+Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, SENDGRID_VERIFICATION_KEY,
+FAIL_FIRST (answer the first that many webhooks 500, and record them as failed).
 Prints its port on the first line of stdout."""
 
 import hashlib
@@ -24,6 +25,7 @@ app_secret = os.environ.get("META_APP_SECRET", "").encode()
 verify_token = os.environ.get("META_VERIFY_TOKEN", "")
 sendgrid_key = os.environ.get("SENDGRID_VERIFICATION_KEY")
 sendgrid = EventWebhook(sendgrid_key) if sendgrid_key else None
+fail_first = [int(os.environ.get("FAIL_FIRST") or 0)]
 out = open(os.environ["OUT"], "a", buffering=1)
 lock = threading.Lock()
 
@@ -47,6 +49,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with lock:
+            fail = fail_first[0] > 0
+            fail_first[0] -= 1 if fail else 0
+        if fail:
+            self.write({"path": self.path, "failed": True})
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         sg_signature = self.headers.get("X-Twilio-Email-Event-Webhook-Signature")
         if sg_signature is not None:
             timestamp = self.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", "")

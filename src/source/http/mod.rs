@@ -28,7 +28,7 @@ use crate::actors::channel::{Accept, ChannelActor, Resume, Taken};
 use crate::config::HttpSettings;
 use crate::kafka::offsets::{Assignments, Claim};
 use crate::model::{Channel, Outbound, SourcePosition};
-use crate::plan::Callback;
+use crate::plan::{Callback, Plan, PlannedStep};
 use crate::scenario::Scenario;
 use crate::store::{Store, StoreError};
 
@@ -200,6 +200,20 @@ impl Door {
         let accept = Accept { scenario, claim: self.claim.clone(), batch, reply, refuse_rejects };
         self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
         answer.await.map_err(|_| NotTaken::Unavailable)
+    }
+}
+
+/// The plan of a message a door took, or the vendor's error: `refused` for a REJECT that is the send
+/// call's answer, `not_taken` when the message was not taken.
+pub fn plan_or<E>(
+    taken: Result<Taken, NotTaken>,
+    refused: impl FnOnce(&PlannedStep) -> E,
+    not_taken: impl FnOnce(NotTaken) -> E,
+) -> Result<Plan, E> {
+    match taken {
+        Ok(Taken { refused: Some(step), .. }) => Err(refused(&step)),
+        Ok(Taken { plan, refused: None }) => Ok(plan),
+        Err(n) => Err(not_taken(n)),
     }
 }
 

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 
-use super::{Door, NotTaken, read_body};
+use super::{Door, NotTaken, plan_or, read_body};
 use crate::model::{Channel, Fault};
 use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
@@ -199,22 +199,19 @@ async fn create(
         data: None,
     });
     let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec(), callback).await;
-    let plan = match taken {
-        Ok(t) => match t.refused {
-            Some(step) => return error(&refusal(&step)),
-            None => t.plan,
-        },
-        Err(NotTaken::NoBehaviour) => {
-            return error(&ApiError::new(
-                400,
-                21612,
-                format!(
-                    "The 'To' phone number: {}, is not currently reachable using the 'From' phone number via {channel}: the scenario has no {channel} channel",
-                    form.to.as_deref().unwrap_or("")
-                ),
-            ));
-        }
-        Err(NotTaken::Unavailable) => return error(&ApiError::new(503, 20503, "Service Unavailable")),
+    let to = form.to.as_deref().unwrap_or("");
+    let plan = match plan_or(taken, refusal, |not| match not {
+        NotTaken::NoBehaviour => ApiError::new(
+            400,
+            21612,
+            format!(
+                "The 'To' phone number: {to}, is not currently reachable via {channel}: the scenario has no {channel} channel"
+            ),
+        ),
+        NotTaken::Unavailable => ApiError::new(503, 20503, "Service Unavailable"),
+    }) {
+        Ok(plan) => plan,
+        Err(e) => return error(&e),
     };
     let now = chrono::Utc::now();
     let sid = message_sid(&plan.vendor_message_id);

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::{Door, NotTaken, read_body};
+use super::{Door, NotTaken, plan_or, read_body};
 use crate::model::{Channel, Fault};
 use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
@@ -172,19 +172,14 @@ async fn send(
     let taken = door
         .take(Channel::Whatsapp, payload_id, &phone_number_id, &send.to, &phone_number_id, bytes.to_vec(), callback)
         .await;
-    let plan = match taken {
-        Ok(t) => match t.refused {
-            Some(step) => return error(&refusal(&step)),
-            None => t.plan,
-        },
-        Err(NotTaken::NoBehaviour) => {
-            return error(&ApiError::new(
-                400,
-                131026,
-                "(#131026) Message undeliverable: the scenario has no whatsapp channel",
-            ));
+    let plan = match plan_or(taken, refusal, |not| match not {
+        NotTaken::NoBehaviour => {
+            ApiError::new(400, 131026, "(#131026) Message undeliverable: the scenario has no whatsapp channel")
         }
-        Err(NotTaken::Unavailable) => return error(&ApiError::new(503, 131016, "(#131016) Service unavailable")),
+        NotTaken::Unavailable => ApiError::new(503, 131016, "(#131016) Service unavailable"),
+    }) {
+        Ok(plan) => plan,
+        Err(e) => return error(&e),
     };
     let mut body = Vec::with_capacity(256);
     let input = serde_json::from_slice::<Value>(&bytes)
