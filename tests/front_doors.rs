@@ -110,21 +110,30 @@ async fn twilio_script(url: &str, callback: Option<&str>) -> Value {
 }
 
 async fn twilio_script_with(url: &str, callback: Option<&str>, bulk_only: bool) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/twilio_send.py");
+    let n = N.to_string();
+    let envs = [
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("N", n.as_str()),
+        ("CALLBACK_URL", callback.unwrap_or("")),
+        ("BULK_ONLY", if bulk_only { "1" } else { "" }),
+    ];
+    client_script("twilio_send.py", url, &envs).await
+}
+
+/// Run a vendor client script of `tests/front_doors/` against the doors at `url`; its JSON output.
+async fn client_script(name: &str, url: &str, envs: &[(&str, &str)]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/front_doors").join(name);
     let out = tokio::process::Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .env("UNDERSTUDY_URL", url)
-        .env("TWILIO_ACCOUNT_SID", ACCOUNT)
-        .env("TWILIO_AUTH_TOKEN", TOKEN)
-        .env("N", N.to_string())
-        .env("CALLBACK_URL", callback.unwrap_or(""))
-        .env("BULK_ONLY", if bulk_only { "1" } else { "" })
+        .envs(envs.iter().copied())
         .output()
         .await
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "the Twilio client script failed (is PyPI `twilio` installed? `.ci/run` installs it):\n{}",
+        "{name} failed (are the vendors' PyPI libraries installed? `.ci/run` installs them):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
@@ -298,18 +307,9 @@ async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
     };
     let instance = format!("wa-{}", common::suffix());
     let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/whatsapp_send.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("UNDERSTUDY_URL", &url)
-        .env("PHONE_NUMBER_ID", PHONE_NUMBER_ID)
-        .env("ACCESS_TOKEN", TOKEN)
-        .env("N", N.to_string())
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let n = N.to_string();
+    let envs = [("PHONE_NUMBER_ID", PHONE_NUMBER_ID), ("ACCESS_TOKEN", TOKEN), ("N", n.as_str())];
+    let out = client_script("whatsapp_send.py", &url, &envs).await;
 
     let sent = out["sent"].as_array().unwrap();
     assert_eq!(sent.len(), N + 1);
@@ -391,17 +391,7 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
     };
     let instance = format!("sg-{}", common::suffix());
     let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/sendgrid_send.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("UNDERSTUDY_URL", &url)
-        .env("SENDGRID_API_KEY", SENDGRID_API_KEY)
-        .env("N", "10")
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(out.status.success(), "the SendGrid client script failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let out: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let out = client_script("sendgrid_send.py", &url, &[("SENDGRID_API_KEY", SENDGRID_API_KEY), ("N", "10")]).await;
     let sent = out["sent"].as_array().unwrap();
     assert_eq!(sent.len(), 10);
     let mut message_ids = HashSet::new();
