@@ -200,6 +200,21 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"{"personalizations":[{"to":[{"email":"b@x.test"}],"cc":[{"email":"c@x.test"}],"custom_args":{"k":"p"}}],"from":{"email":"a@x.test"},"subject":"s","content":[{"type":"text/plain","value":"v"}]}"#;
+
+    proptest! {
+        /// Any body, and any cut or corruption of a good one, gets an answer: never a panic.
+        #[test]
+        fn any_body_is_answered(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in 0..GOOD.len(), at in 0..GOOD.len(), byte in any::<u8>()) {
+            let _ = parse(&bytes);
+            let _ = parse(&GOOD.as_bytes()[..cut]);
+            let mut bad = GOOD.as_bytes().to_vec();
+            bad[at] = byte;
+            let _ = parse(&bad);
+        }
+    }
 
     #[test]
     fn requests_get_sendgrids_errors() {

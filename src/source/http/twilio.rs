@@ -238,6 +238,20 @@ async fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any body, and any mix of Twilio's own fields with any values, gets an answer: never a panic.
+        #[test]
+        fn any_form_is_answered(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            fields in proptest::collection::vec(("(To|From|Body|MediaUrl|ContentSid|MessagingServiceSid|StatusCallback|x)", "[ -~]{0,40}"), 0..8),
+        ) {
+            let _ = Form::parse(&bytes).check();
+            let form: String = fields.iter().map(|(k, v)| format!("{k}={}&", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())).collect();
+            let _ = Form::parse(form.as_bytes()).check();
+        }
+    }
 
     fn form(s: &str) -> Form {
         Form::parse(s.as_bytes())

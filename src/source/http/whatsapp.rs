@@ -193,6 +193,21 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"{"messaging_product":"whatsapp","to":"15551234567","type":"text","text":{"body":"hi"},"biz_opaque_callback_data":"x"}"#;
+
+    proptest! {
+        /// Any body, and any cut or corruption of a good one, gets an answer: never a panic.
+        #[test]
+        fn any_body_is_answered(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in 0..GOOD.len(), at in 0..GOOD.len(), byte in any::<u8>()) {
+            let _ = parse(&bytes);
+            let _ = parse(&GOOD.as_bytes()[..cut]);
+            let mut bad = GOOD.as_bytes().to_vec();
+            bad[at] = byte;
+            let _ = parse(&bad);
+        }
+    }
 
     #[test]
     fn requests_get_metas_errors() {
