@@ -287,6 +287,15 @@ async fn twilio_lifecycles_resume_after_a_restart(k: Kafka) {
         assert_eq!(statuses, ["sent", "delivered"], "{sid}");
     }
     assert!(callbacks.iter().all(|c| c["valid"] == true));
+    // The same requests again, to the restarted instance and its store: new messages, new SIDs (the
+    // counters go on from what is stored), never an id given twice.
+    let url = format!("http://{}", pipeline.http_addr().unwrap());
+    let again = twilio_script_with(&url, None, true).await;
+    let again: HashSet<String> =
+        again["created"].as_array().unwrap().iter().map(|m| m["sid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(again.len(), N);
+    assert!(again.iter().all(|s| !sids.contains(s)), "a SID given twice after the restart");
+    common::all_finished(&store, 2 * N as i64, Duration::from_secs(60)).await;
     pipeline.shutdown().await;
 }
 

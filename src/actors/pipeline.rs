@@ -291,9 +291,9 @@ impl Pipeline {
         self.shared.asleep.load(Ordering::Relaxed)
     }
 
-    /// Partitions this instance owns now.
+    /// Kafka partitions this instance owns now.
     pub fn owned_partitions(&self) -> usize {
-        self.shared.assignments.owned().len()
+        self.shared.assignments.owned().iter().filter(|(t, _)| t != crate::source::http::SOURCE_TOPIC).count()
     }
 
     /// Consumed messages not yet durable.
@@ -341,6 +341,8 @@ impl Pipeline {
         .await;
         // Webhook deliveries under way finish (or their vendor gives up), up to the grace period.
         if let Some(w) = &self.shared.webhooks {
+            // Open batches (SendGrid) go now rather than after their wait.
+            w.send_open_batches();
             let deadline = Instant::now() + self.grace.max(Duration::from_secs(5));
             while w.in_flight() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -68,6 +68,6 @@ pub async fn emit(kafka: &Emitter, webhooks: Option<&WebhookSender>, mut event: 
         }
         (false, true) => sender.deliver(permit, event, envelope.recipient.clone(), target.clone(), None),
         // Nowhere to go (a status the vendor does not call back for): stored, so it is not sent again.
-        (false, false) => sender.record(permit, event),
+        (false, false) => sender.record(permit, event, target.clone()),
     }
 }

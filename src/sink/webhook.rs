@@ -93,8 +93,8 @@ pub struct WebhookSender {
     /// Where deliveries run: an arbiter of their own, so that shutdown can let them finish.
     arbiter: ArbiterHandle,
     time_scale: f64,
-    /// URLs that passed Meta's verification handshake.
-    verified: Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Meta's verification handshake, per URL.
+    handshakes: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>>,
     verify_token: Arc<str>,
     /// Open batches by URL (SendGrid).
     batches: Arc<std::sync::Mutex<std::collections::HashMap<String, OpenBatch>>>,
@@ -133,7 +133,7 @@ impl WebhookSender {
             in_flight: Arc::new(AtomicI64::new(0)),
             arbiter,
             time_scale,
-            verified: Arc::default(),
+            handshakes: Arc::default(),
             verify_token: http.whatsapp.verify_token.as_str().into(),
             batches: Arc::default(),
             sendgrid_key: Arc::new(sendgrid_key(http)),
@@ -197,7 +197,7 @@ impl WebhookSender {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            let item = Pending { event, recipient, data: target.data.clone(), permit, joint, done };
+            let item = Pending { event, recipient, data: target.data.clone(), permit, joint, done: Some(done) };
             if target.vendor == Vendor::Sendgrid {
                 this.batch(target, item);
             } else {
@@ -208,7 +208,11 @@ impl WebhookSender {
 
     /// Add an item to its URL's open batch; the batch goes out when full, or from the ticker once its
     /// wait is over.
-    fn batch(&self, target: Arc<Target>, item: Pending) {
+    fn batch(&self, target: Arc<Target>, mut item: Pending) {
+        // The batches keep the order: the lifecycle's next event may join this batch or a later one.
+        if let Some(done) = item.done.take() {
+            let _ = done.send(());
+        }
         let full = {
             let mut open = self.batches.lock().expect("batch lock");
             let b = open.entry(target.url.to_string()).or_insert_with(|| OpenBatch {
@@ -228,9 +232,18 @@ impl WebhookSender {
         }
     }
 
+    /// Send every open batch now (shutdown).
+    pub fn send_open_batches(&self) {
+        self.send_batches(Duration::ZERO);
+    }
+
     /// Send the batches whose wait is over.
     fn send_due_batches(&self) {
-        let wait = Duration::from_secs(30).mul_f64(self.time_scale.max(0.0));
+        self.send_batches(Duration::from_secs(30).mul_f64(self.time_scale.max(0.0)));
+    }
+
+    /// Send the batches open for `wait` or longer.
+    fn send_batches(&self, wait: Duration) {
         let due: Vec<(Arc<Target>, Vec<Pending>)> = {
             let mut open = self.batches.lock().expect("batch lock");
             open.values_mut()
@@ -277,6 +290,8 @@ impl WebhookSender {
         let Pending { event, permit, joint, done, .. } = item;
         let store_at = match &joint {
             Some(j) => j.finish(),
+            // An injected copy is not stored: the original's row stands for both, as on Kafka.
+            None if event.fault == Some(crate::model::Fault::Duplicate) => None,
             None => Some((-1, -1)),
         };
         match store_at {
@@ -294,7 +309,9 @@ impl WebhookSender {
             None => drop(permit),
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let _ = done.send(());
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
     }
 
     /// The webhook's body and signature header, the vendor's way.
@@ -344,14 +361,19 @@ impl WebhookSender {
     }
 
     /// Store `event` without delivering it (its room taken): a status its vendor does not call back for.
-    pub fn record(&self, permit: OwnedSemaphorePermit, event: AckEvent) {
-        self.unforwarded.fetch_add(1, Ordering::SeqCst);
-        if self.delivered.send(EventRow { event, ack_partition: -1, ack_offset: -1 }).is_err() {
-            self.unforwarded.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
-        } else {
-            permit.forget();
-        }
+    /// In its lifecycle's order too, after the webhooks before it are done.
+    pub fn record(&self, permit: OwnedSemaphorePermit, event: AckEvent, target: Arc<Target>) {
+        let this = self.clone();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = target.previous.lock().expect("order lock").replace(next);
+        self.arbiter.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let recipient: Arc<str> = Arc::from("");
+            this.done(Pending { event, recipient, data: None, permit, joint: None, done: Some(done) });
+        });
     }
 
     async fn attempt(&self, target: &Target, body: &Body, signature: &(&'static str, String)) -> Attempt {
@@ -381,10 +403,37 @@ impl WebhookSender {
     /// Meta's verification handshake, once per URL before its first webhook: `GET` with `hub.mode`,
     /// `hub.verify_token` and `hub.challenge`, answered with the challenge.
     async fn verified(&self, target: &Target) -> Result<(), Attempt> {
-        let mut verified = self.verified.lock().await;
-        if verified.contains(&*target.url) {
+        let handshake =
+            self.handshakes.lock().expect("handshake lock").entry(target.url.to_string()).or_default().clone();
+        if handshake.done.initialized() {
             return Ok(());
         }
+        // One handshake per URL at a time; a failed one is not tried again for a while (the deliveries
+        // waiting for it fail at once, and retry on their own schedule).
+        let retry_after = Duration::from_secs(15).mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10));
+        if let Some(at) = *handshake.failed_at.lock().expect("handshake lock")
+            && at.elapsed() < retry_after
+        {
+            return Err(Attempt::Unreachable("the verification handshake failed".into()));
+        }
+        let outcome = handshake
+            .done
+            .get_or_try_init(|| async {
+                let failed = *handshake.failed_at.lock().expect("handshake lock");
+                if failed.is_some_and(|at| at.elapsed() < retry_after) {
+                    return Err(Attempt::Unreachable("the verification handshake failed".into()));
+                }
+                let r = self.handshake(target).await;
+                if r.is_err() {
+                    *handshake.failed_at.lock().expect("handshake lock") = Some(Instant::now());
+                }
+                r
+            })
+            .await;
+        outcome.map(|_| ())
+    }
+
+    async fn handshake(&self, target: &Target) -> Result<(), Attempt> {
         let challenge = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let mut url = url::Url::parse(&target.url).map_err(|e| Attempt::Unreachable(e.to_string()))?;
         url.query_pairs_mut()
@@ -398,7 +447,6 @@ impl WebhookSender {
                     tracing::warn!(url = %target.url, "the webhook receiver did not answer the verification challenge");
                     return Err(Attempt::Refused(200));
                 }
-                verified.insert(target.url.to_string());
                 Ok(())
             }
             Ok(r) => Err(Attempt::Refused(r.status().as_u16())),
@@ -470,8 +518,16 @@ struct Pending {
     data: Option<Arc<str>>,
     permit: OwnedSemaphorePermit,
     joint: Option<Arc<Joint>>,
-    /// Told when the event is done with: the lifecycle's next event may go.
-    done: tokio::sync::oneshot::Sender<()>,
+    /// Told when the event is done with (or, in a batch, once it has its place): the lifecycle's next
+    /// event may go.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The state of Meta's verification handshake with one URL.
+#[derive(Default)]
+struct Handshake {
+    done: tokio::sync::OnceCell<()>,
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Events gathered for one URL (SendGrid).

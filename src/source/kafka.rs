@@ -338,7 +338,9 @@ impl ConsumerLoop {
         topics: &mut TopicKeys,
         next_offsets: &mut PartitionMap<(u64, i64)>,
     ) {
-        let owned = self.assignments.owned();
+        // The front doors' source is no Kafka topic.
+        let owned: Vec<(String, i32)> =
+            self.assignments.owned().into_iter().filter(|(t, _)| t != crate::source::http::SOURCE_TOPIC).collect();
         let mut names: Vec<String> = owned.iter().map(|(t, _)| t.clone()).collect();
         names.sort();
         names.dedup();

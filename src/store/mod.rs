@@ -343,6 +343,19 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    /// The payload ids stored from one source (every partition).
+    pub async fn payload_ids(&self, topic: &str, topic_id: &str) -> Result<Vec<String>> {
+        let q = match self {
+            Store::Postgres(_) => include_str!("sql/postgres/message_payload_ids.sql"),
+            Store::Sqlite(_) => include_str!("sql/sqlite/message_payload_ids.sql"),
+        };
+        let rows: Vec<(String,)> = match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(topic).bind(topic_id).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(topic).bind(topic_id).fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// The highest offset stored for one partition of one source, or -1 when it has none.
     pub async fn max_offset(&self, topic: &str, topic_id: &str, partition: i32) -> Result<i64> {
         let q = match self {

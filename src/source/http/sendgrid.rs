@@ -17,6 +17,9 @@ use crate::wire::sendgrid::{Sent, write_errors};
 /// Recipients of one request, at most.
 const MAX_RECIPIENTS: usize = 1000;
 
+/// The size of a request's (or a personalization's) `custom_args`, at most, in bytes of JSON.
+const MAX_CUSTOM_ARGS_BYTES: usize = 10_000;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v3/mail/send", web::post().to(send));
 }
@@ -132,6 +135,15 @@ fn parse(body: &[u8]) -> Result<Mail, Vec<(String, Option<String>)>> {
             "Unless a valid template_id is provided, the content parameter is required. There must be at least one defined content block. We typically suggest both text/plain and text/html blocks are included, but only one block is required.",
             "content",
         );
+    }
+    let too_long = |a: &Map<String, Value>| serde_json::to_string(a).map_or(0, |s| s.len()) > MAX_CUSTOM_ARGS_BYTES;
+    if too_long(&top_args)
+        || personalizations
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("custom_args").and_then(Value::as_object).is_some_and(too_long))
+    {
+        err("The custom_args may not exceed 10,000 bytes.", "custom_args");
     }
     if recipients.len() > MAX_RECIPIENTS {
         err("The total number of recipients must be 1000 or fewer.", "personalizations");
