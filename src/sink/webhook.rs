@@ -189,20 +189,35 @@ impl WebhookSender {
         target: Arc<Target>,
         joint: Option<Arc<Joint>>,
     ) {
-        let this = self.clone();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let (done, next) = tokio::sync::oneshot::channel();
-        let previous = target.previous.lock().expect("order lock").replace(next);
-        self.arbiter.spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
+        let t = target.clone();
+        self.after_previous(&t, move |this, done| async move {
             let item = Pending { event, recipient, data: target.data.clone(), permit, joint, done: Some(done) };
             if target.vendor == Vendor::Sendgrid {
                 this.batch(target, item);
             } else {
                 this.post(target, vec![item]).await;
             }
+        });
+    }
+
+    /// Run `then` once the lifecycle's previous event is done with, counted in flight; it gets the signal
+    /// to give when this event is done with.
+    fn after_previous<F>(
+        &self,
+        target: &Target,
+        then: impl FnOnce(Self, tokio::sync::oneshot::Sender<()>) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = target.previous.lock().expect("order lock").replace(next);
+        let this = self.clone();
+        self.arbiter.spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            then(this, done).await
         });
     }
 
@@ -363,14 +378,7 @@ impl WebhookSender {
     /// Store `event` without delivering it (its room taken): a status its vendor does not call back for.
     /// In its lifecycle's order too, after the webhooks before it are done.
     pub fn record(&self, permit: OwnedSemaphorePermit, event: AckEvent, target: Arc<Target>) {
-        let this = self.clone();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let (done, next) = tokio::sync::oneshot::channel();
-        let previous = target.previous.lock().expect("order lock").replace(next);
-        self.arbiter.spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
+        self.after_previous(&target, move |this, done| async move {
             let recipient: Arc<str> = Arc::from("");
             this.done(Pending { event, recipient, data: None, permit, joint: None, done: Some(done) });
         });
