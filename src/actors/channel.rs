@@ -13,7 +13,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::lifecycle::{LifecycleShared, Sleepers, WAKE_EVERY, Waiting, Walk};
-use super::persister::{PersistAccepted, PersistMessages, Persister};
+use super::persister::{PersistMessages, Persister};
 use super::supervisor::{StageGuard, StopStage};
 use crate::kafka::offsets::Claim;
 use crate::model::{Channel, Fault, Outbound, Status};
@@ -152,7 +152,7 @@ impl Handler<Dispatch> for ChannelActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let t = Instant::now();
-                if persister.send(PersistMessages(rows)).await.is_err() {
+                if persister.send(PersistMessages::new(rows)).await.is_err() {
                     tracing::error!("persister stopped; messages stay uncommitted and are consumed again");
                 }
                 telemetry::backpressure("persister_messages", t.elapsed());
@@ -198,7 +198,7 @@ impl Handler<Accept> for ChannelActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let t = Instant::now();
-                let sent = persister.send(PersistAccepted { rows, durable: durable_tx }).await;
+                let sent = persister.send(PersistMessages { rows, durable: Some(durable_tx) }).await;
                 telemetry::backpressure("persister_messages", t.elapsed());
                 sent.is_ok()
             }

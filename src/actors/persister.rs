@@ -7,7 +7,7 @@
 //! - A failed write is retried until it succeeds; nothing is dropped while the store is away.
 //! - The offsets of a batch's messages become committable ([`OffsetTracker::done_many`]) only after the
 //!   batch's transaction committed.
-//! - The waiter of an [`PersistAccepted`] is told only after the batch holding its rows committed; a
+//! - The waiter in [`PersistMessages::durable`] is told only after the batch holding its rows committed; a
 //!   front door answers its request then, not before.
 //! - [`Flush`] answers only when every row handed over before it is durable: it writes what is buffered
 //!   and awaits that write itself, then waits until every earlier write has finished. By construction,
@@ -27,18 +27,20 @@ use crate::kafka::offsets::OffsetTracker;
 use crate::store::{EventRow, MessageRow, Store};
 use crate::telemetry;
 
-/// Message rows to store; their offsets become committable once written.
+/// Message rows to store; their offsets become committable once written. `durable`, when given (a front
+/// door's request), is told once the batch holding them committed (dropped unsent if the persister stops
+/// first).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PersistMessages(pub Vec<MessageRow>);
-
-/// Message rows a front door took, and who waits for them to be durable: told once the batch holding
-/// them committed (dropped unsent if the persister stops first).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PersistAccepted {
+pub struct PersistMessages {
     pub rows: Vec<MessageRow>,
-    pub durable: tokio::sync::oneshot::Sender<()>,
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl PersistMessages {
+    pub fn new(rows: Vec<MessageRow>) -> Self {
+        Self { rows, durable: None }
+    }
 }
 
 /// Delivered event rows to store.
@@ -65,7 +67,7 @@ pub struct Persister {
     tracker: Arc<OffsetTracker>,
     messages: Vec<MessageRow>,
     events: Vec<EventRow>,
-    /// Waiting for the buffered messages to be durable ([`PersistAccepted`]).
+    /// Waiting for the buffered messages to be durable ([`PersistMessages::durable`]).
     waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     batch_rows: usize,
     flush_interval: Duration,
@@ -216,22 +218,14 @@ fn take_rows<T>(buffer: &mut Vec<T>, mut rows: Vec<T>) {
 impl Handler<PersistMessages> for Persister {
     type Result = ();
     fn handle(&mut self, msg: PersistMessages, ctx: &mut Self::Context) {
-        take_rows(&mut self.messages, msg.0);
-        if self.buffered() >= self.batch_rows {
-            self.flush(ctx);
-        }
-    }
-}
-
-impl Handler<PersistAccepted> for Persister {
-    type Result = ();
-    fn handle(&mut self, msg: PersistAccepted, ctx: &mut Self::Context) {
-        if msg.rows.is_empty() {
-            let _ = msg.durable.send(());
-            return;
+        if let Some(durable) = msg.durable {
+            if msg.rows.is_empty() {
+                let _ = durable.send(());
+                return;
+            }
+            self.waiters.push(durable);
         }
         take_rows(&mut self.messages, msg.rows);
-        self.waiters.push(msg.durable);
         if self.buffered() >= self.batch_rows {
             self.flush(ctx);
         }
@@ -336,7 +330,7 @@ mod tests {
         // Large batch and long interval: only `Flush` (and the size trigger, every 7 rows) writes.
         let persister = Persister::new(store.clone(), tracker.clone(), 7, Duration::from_secs(3600)).start();
         for i in 0..n {
-            persister.send(PersistMessages(vec![row(i)])).await.unwrap();
+            persister.send(PersistMessages::new(vec![row(i)])).await.unwrap();
             if i % 5 == 0 {
                 persister.send(Flush).await.unwrap();
                 assert_eq!(store.totals().await.unwrap().messages, i + 1, "every row before the Flush is stored");
@@ -354,8 +348,8 @@ mod tests {
         let (store, _dir) = store().await;
         let tracker = tracker(10);
         let persister = Persister::new(store.clone(), tracker.clone(), 4, Duration::from_millis(50)).start();
-        persister.send(PersistMessages((0..4).map(row).collect())).await.unwrap();
-        persister.send(PersistMessages((4..6).map(row).collect())).await.unwrap();
+        persister.send(PersistMessages::new((0..4).map(row).collect())).await.unwrap();
+        persister.send(PersistMessages::new((4..6).map(row).collect())).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.totals().await.unwrap().messages < 6 {
             assert!(Instant::now() < deadline, "rows under the batch size are written at the interval");
@@ -379,7 +373,7 @@ mod tests {
         let persister = Persister::new(lazy.clone(), tracker.clone(), 100, Duration::from_secs(3600));
         let stats = persister.stats();
         let persister = persister.start();
-        persister.send(PersistMessages((0..3).map(row).collect())).await.unwrap();
+        persister.send(PersistMessages::new((0..3).map(row).collect())).await.unwrap();
         let flushed = tokio::spawn(persister.send(Flush));
         let deadline = Instant::now() + Duration::from_secs(10);
         while stats.failed_writes.load(Ordering::Relaxed) == 0 {

@@ -110,13 +110,7 @@ impl Pipeline {
         // The webhook sender, when the front doors are open: deliveries on an arbiter of their own.
         let webhooks = settings.http.listen_addr.map(|_| {
             let arbiter = Arbiter::new();
-            let (sender, delivered) = WebhookSender::new(
-                arbiter.handle(),
-                settings.http.webhooks_in_flight,
-                Duration::from_millis(settings.http.webhook_timeout_ms),
-                scenario.file.time_scale,
-                &settings.http,
-            );
+            let (sender, delivered) = WebhookSender::new(arbiter.handle(), scenario.file.time_scale, &settings.http);
             let (unforwarded, room) = sender.forwarding();
             arbiter.spawn(forward_deliveries(
                 delivered,

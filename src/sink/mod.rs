@@ -55,7 +55,7 @@ pub async fn emit(kafka: &Emitter, webhooks: Option<&WebhookSender>, mut event: 
     };
     let permit = sender.room().await;
     event.emitted_at = Utc::now();
-    let calls_back = webhook::calls_back(target.vendor, &event);
+    let calls_back = target.vendor.calls_back(event.status);
     match (envelope.kafka, calls_back) {
         (true, true) => {
             let joint = Joint::new();

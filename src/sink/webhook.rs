@@ -109,14 +109,14 @@ impl std::fmt::Debug for WebhookSender {
 }
 
 impl WebhookSender {
-    /// A sender running its deliveries on `arbiter`; delivered events arrive on the returned receiver.
+    /// A sender running its deliveries on `arbiter`, retrying on the scenario's `time_scale`; delivered
+    /// events arrive on the returned receiver.
     pub fn new(
         arbiter: ArbiterHandle,
-        max_in_flight: usize,
-        timeout: Duration,
         time_scale: f64,
         http: &crate::config::HttpSettings,
     ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
+        let (max_in_flight, timeout) = (http.webhooks_in_flight, Duration::from_millis(http.webhook_timeout_ms));
         let (tx, rx) = mpsc::unbounded_channel();
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -419,11 +419,6 @@ impl WebhookSender {
         // One handshake per URL at a time; a failed one is not tried again for a while (the deliveries
         // waiting for it fail at once, and retry on their own schedule).
         let retry_after = Duration::from_secs(15).mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10));
-        if let Some(at) = *handshake.failed_at.lock().expect("handshake lock")
-            && at.elapsed() < retry_after
-        {
-            return Err(Attempt::Unreachable("the verification handshake failed".into()));
-        }
         let outcome = handshake
             .done
             .get_or_try_init(|| async {
@@ -572,15 +567,5 @@ impl Keys {
         let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
         target.data = callback.data.clone();
         target
-    }
-}
-
-/// Whether `vendor` calls back for this event at all.
-pub fn calls_back(vendor: Vendor, event: &AckEvent) -> bool {
-    match vendor {
-        Vendor::Twilio => wire::twilio::calls_back(event.status),
-        // WhatsApp has no status for a deferral.
-        Vendor::Whatsapp => event.status != crate::model::Status::Deferred,
-        Vendor::Sendgrid => true,
     }
 }

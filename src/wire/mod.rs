@@ -25,6 +25,15 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    /// Whether the vendor calls back for this status at all: Twilio not for a deferral (it never reports
+    /// `queued` after `sent`), WhatsApp neither (it has no status for one); SendGrid for every one.
+    pub fn calls_back(self, status: crate::model::Status) -> bool {
+        match self {
+            Vendor::Twilio | Vendor::Whatsapp => status != crate::model::Status::Deferred,
+            Vendor::Sendgrid => true,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Vendor::Twilio => "twilio",

@@ -183,12 +183,6 @@ pub(super) fn status_callback(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) 
     w.end();
 }
 
-/// Whether Twilio calls back for this status at all: a deferral is not seen (Twilio never reports
-/// `queued` after `sent`).
-pub fn calls_back(status: Status) -> bool {
-    status != Status::Deferred
-}
-
 /// `X-Twilio-Signature`: base64 of HMAC-SHA1, keyed by the account's auth token, over the URL followed
 /// by every parameter's name and value, sorted by name.
 pub fn signature(auth_token: &str, url: &str, params: &[(&str, String)]) -> String {

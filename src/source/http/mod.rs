@@ -225,6 +225,27 @@ pub fn plan_or<E>(
     }
 }
 
+/// A JSON answer with status `status` (400 if it is no HTTP status); `challenge`, the vendor's
+/// `WWW-Authenticate` on a 401.
+pub fn json_answer(status: u16, body: Vec<u8>, challenge: Option<&str>) -> actix_web::HttpResponse {
+    use actix_web::http::StatusCode;
+    let mut r = actix_web::HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST));
+    if let Some(c) = challenge.filter(|_| status == 401) {
+        r.insert_header(("WWW-Authenticate", c));
+    }
+    r.content_type("application/json").body(body)
+}
+
+/// Whether the request's Bearer token is one of `accepted` (any non-empty token when none are set).
+pub fn bearer_accepted(req: &actix_web::HttpRequest, accepted: &[String]) -> bool {
+    let token =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match token.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => accepted.is_empty() || accepted.iter().any(|t| t == token),
+        None => false,
+    }
+}
+
 /// Read a request body of at most `limit` bytes; `None` when it is larger.
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Option<web::Bytes>, actix_web::Error> {
     let mut body = web::BytesMut::new();

@@ -4,11 +4,10 @@
 //! SendGrid's `{errors: [...]}`. A scenario's REJECT is SendGrid's `dropped` event, as SendGrid reports
 //! suppressions, not an error of the call. Events go to `http.sendgrid.webhook_url` in signed batches.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
-use super::{Door, Item, NotTaken, read_body};
+use super::{Door, Item, NotTaken, bearer_accepted, json_answer, read_body};
 use crate::model::Channel;
 use crate::plan::Callback;
 use crate::wire::Vendor;
@@ -27,18 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn errors(status: u16, errors: &[(&str, Option<&str>)]) -> HttpResponse {
     let mut body = Vec::with_capacity(256);
     write_errors(errors, &mut body);
-    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
-        .content_type("application/json")
-        .body(body)
-}
-
-fn authorized(door: &Door, req: &HttpRequest) -> bool {
-    let key = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) else {
-        return false;
-    };
-    let keys = &door.settings.sendgrid.api_keys;
-    keys.is_empty() || keys.iter().any(|k| k == key)
+    json_answer(status, body, None)
 }
 
 /// An address as SendGrid takes it: one `@`, something on each side, no spaces.
@@ -153,7 +141,7 @@ fn parse(body: &[u8]) -> Result<Mail, Vec<(String, Option<String>)>> {
 
 /// `POST /v3/mail/send`.
 async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) -> HttpResponse {
-    if !authorized(&door, &req) {
+    if !bearer_accepted(&req, &door.settings.sendgrid.api_keys) {
         return errors(401, &[("The provided authorization grant is invalid, expired, or revoked", None)]);
     }
     let bytes = match read_body(payload, door.settings.max_body_bytes).await {

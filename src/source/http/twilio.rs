@@ -3,11 +3,10 @@
 //! `StatusCallback`), HTTP Basic auth. Answers `201` with the Message resource once the message is
 //! durable, or Twilio's error.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 
-use super::{Door, NotTaken, plan_or, read_body};
+use super::{Door, NotTaken, json_answer, plan_or, read_body};
 use crate::model::{Channel, Fault};
 use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
@@ -28,11 +27,7 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 fn error(e: &ApiError) -> HttpResponse {
     let mut body = Vec::with_capacity(160);
     e.write(&mut body);
-    let mut r = HttpResponse::build(StatusCode::from_u16(e.http_status).unwrap_or(StatusCode::BAD_REQUEST));
-    if e.http_status == 401 {
-        r.insert_header(("WWW-Authenticate", "Basic realm=\"Twilio API\""));
-    }
-    r.content_type("application/json").body(body)
+    json_answer(e.http_status, body, Some("Basic realm=\"Twilio API\""))
 }
 
 /// The request's Basic credentials, `(user, password)`.

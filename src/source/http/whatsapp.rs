@@ -3,11 +3,10 @@
 //! `200` with the message id once the message is durable, or Meta's error. Statuses go to
 //! `http.whatsapp.webhook_url`, signed with the app secret, after Meta's verification handshake.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::{Door, NotTaken, plan_or, read_body};
+use super::{Door, NotTaken, bearer_accepted, json_answer, plan_or, read_body};
 use crate::model::{Channel, Fault};
 use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
@@ -35,11 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn error(e: &ApiError) -> HttpResponse {
     let mut body = Vec::with_capacity(256);
     e.write(&mut body);
-    let mut r = HttpResponse::build(StatusCode::from_u16(e.http_status).unwrap_or(StatusCode::BAD_REQUEST));
-    if e.http_status == 401 {
-        r.insert_header(("WWW-Authenticate", "OAuth \"Facebook Platform\" \"invalid_token\""));
-    }
-    r.content_type("application/json").body(body)
+    json_answer(e.http_status, body, Some("OAuth \"Facebook Platform\" \"invalid_token\""))
 }
 
 /// A Graph API version in the path: `v` and `NN.0`.
@@ -47,16 +42,6 @@ fn is_version(v: &str) -> bool {
     v.strip_prefix('v')
         .and_then(|v| v.split_once('.'))
         .is_some_and(|(major, minor)| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && minor == "0")
-}
-
-fn authorized(door: &Door, req: &HttpRequest) -> bool {
-    let token =
-        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-        return false;
-    };
-    let tokens = &door.settings.whatsapp.access_tokens;
-    tokens.is_empty() || tokens.iter().any(|t| t == token)
 }
 
 /// What the door needs of a send request, or Meta's error for the first thing wrong.
@@ -145,7 +130,7 @@ async fn send(
     if !is_version(&version) {
         return error(&ApiError::new(400, 2500, format!("Unknown path components: /{version}")));
     }
-    if !authorized(&door, &req) {
+    if !bearer_accepted(&req, &door.settings.whatsapp.access_tokens) {
         return error(&ApiError::bad_token());
     }
     if phone_number_id.is_empty() || !phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
