@@ -1,7 +1,9 @@
 //! What the embedded broker was patched for (vendor/README.md), checked against Apache Kafka as well: a
 //! fetch from inside a record batch starts at its offset (tansu 0.6.0 skipped the rest of the batch), and
 //! a fetch waiting for records answers when one arrives (tansu 0.6.0 always waited its whole
-//! `fetch.wait.max.ms`).
+//! `fetch.wait.max.ms`), and a consumer group member that stops without leaving (static membership, or a
+//! crash) hands its partitions to the others once its session times out (tansu 0.6.0 kept them with it
+//! for good when it had led the group).
 
 mod common;
 
@@ -120,8 +122,74 @@ async fn a_waiting_fetch_answers_when_a_record_arrives(k: Kafka) {
     assert!(*slowest < Duration::from_secs(1), "records waited for the fetch's whole wait: {waits:?}");
 }
 
+/// Two static members share a topic's four partitions; the one that led the group stops (a static member
+/// sends no LeaveGroup). Once its 10 s session is over (the service's) the group forms again and the other owns all four.
+async fn a_stopped_leader_s_partitions_go_to_the_others_after_its_session(k: Kafka) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let brokers = k.brokers();
+    let settings = common::settings(k, "sqlite://unused", 4);
+    let topic = settings.kafka.input_topics[0].clone();
+    understudy::kafka::admin::ensure_topics(&settings.kafka, &brokers, &[&topic]).await.unwrap();
+    let group = format!("static-{}", common::suffix());
+    // A member polls on a thread of its own until told to stop.
+    let member = |name: &str| {
+        let c: BaseConsumer<Dbg> = ClientConfig::new().set("debug","cgrp,broker")
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("group.instance.id", format!("{group}-{name}"))
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.auto.commit", "false")
+            .create_with_context(Dbg)
+            .unwrap();
+        c.subscribe(&[&topic]).unwrap();
+        let (c, stop) = (Arc::new(c), Arc::new(AtomicBool::new(false)));
+        let (polled, stopped) = (c.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let _ = polled.poll(Duration::from_millis(50));
+            }
+        });
+        (c, stop, thread)
+    };
+    let owned = |c: &BaseConsumer<Dbg>| c.assignment().map(|a| a.count()).unwrap_or(0);
+    let (leader, stop_leader, leader_thread) = member("leader");
+    common::eventually(Duration::from_secs(60), "the first member owns the four partitions", || async {
+        (owned(&leader) == 4).then_some(())
+    })
+    .await;
+    let (other, stop_other, other_thread) = member("other");
+    common::eventually(Duration::from_secs(60), "two partitions each", || async {
+        (owned(&leader) == 2 && owned(&other) == 2).then_some(())
+    })
+    .await;
+
+    stop_leader.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || leader_thread.join().unwrap()).await.unwrap();
+    drop(leader);
+    let stopped = std::time::Instant::now();
+    common::eventually(Duration::from_secs(60), "the other member owns the four partitions", || async {
+        (owned(&other) == 4).then_some(())
+    })
+    .await;
+    let took = stopped.elapsed();
+    stop_other.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || other_thread.join().unwrap()).await.unwrap();
+    assert!(took >= Duration::from_secs(8), "a static member's partitions wait for its session to end ({took:?})");
+}
+
 crate::on_both_brokers!(
     actix::test,
     a_fetch_from_inside_a_batch_starts_at_its_offset,
-    a_waiting_fetch_answers_when_a_record_arrives
+    a_waiting_fetch_answers_when_a_record_arrives,
+    a_stopped_leader_s_partitions_go_to_the_others_after_its_session
 );
+
+struct Dbg;
+impl rdkafka::ClientContext for Dbg {
+    fn log(&self, _l: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        eprintln!("RDK {fac} {log_message}");
+    }
+}
+impl rdkafka::consumer::ConsumerContext for Dbg {}
