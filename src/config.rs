@@ -304,6 +304,7 @@ pub struct HttpSettings {
     pub twilio: TwilioSettings,
     pub whatsapp: WhatsappSettings,
     pub sendgrid: SendgridSettings,
+    pub ses: SesSettings,
 }
 
 impl Default for HttpSettings {
@@ -319,6 +320,7 @@ impl Default for HttpSettings {
             twilio: TwilioSettings::default(),
             whatsapp: WhatsappSettings::default(),
             sendgrid: SendgridSettings::default(),
+            ses: SesSettings::default(),
         }
     }
 }
@@ -357,6 +359,62 @@ pub struct SendgridSettings {
     /// The event webhook's signing key, a P-256 private key in PKCS#8 PEM. Unset: one made at start-up,
     /// its verification key logged.
     pub signing_key_pem: Option<String>,
+}
+
+/// Amazon SES (API v2) at `/v2/email/outbound-emails`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SesSettings {
+    /// The AWS credentials the door takes: requests must carry a valid SigV4 signature by one of them.
+    /// Empty: signatures are not checked (any `Authorization: AWS4-HMAC-SHA256 …` is taken).
+    pub credentials: Vec<AwsCredential>,
+    /// Where events go (an SNS HTTP(S) subscription endpoint, or the receiver of raw or EventBridge-shaped
+    /// events); unset: none.
+    pub webhook_url: Option<String>,
+    /// How events are delivered: `sns` (the SNS envelope, signed, after a SubscriptionConfirmation),
+    /// `raw` (SNS raw message delivery: the event alone) or `eventbridge` (an EventBridge event).
+    pub delivery: SesDelivery,
+    /// SNS's `SignatureVersion`: 1 (SHA1withRSA, SNS's default) or 2 (SHA256withRSA).
+    pub signature_version: u8,
+    /// The RSA private key SNS messages are signed with, in PEM. Unset: one made at start-up. Set it when
+    /// several replicas sign for one receiver: the signing certificate is then the same on all of them.
+    pub signing_key_pem: Option<String>,
+    /// Where the receiver reaches this instance for the signing certificate and the SubscribeURL, such
+    /// as `http://understudy:8080`. Unset: the address the doors listen on.
+    pub public_url: Option<String>,
+    /// The topic the events are published to, as the envelopes name it.
+    pub topic_arn: String,
+}
+
+impl Default for SesSettings {
+    fn default() -> Self {
+        Self {
+            credentials: Vec::new(),
+            webhook_url: None,
+            delivery: SesDelivery::Sns,
+            signature_version: 1,
+            signing_key_pem: None,
+            public_url: None,
+            topic_arn: "arn:aws:sns:us-east-1:123456789012:understudy-ses-events".into(),
+        }
+    }
+}
+
+/// How SES events reach `http.ses.webhook_url`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SesDelivery {
+    #[default]
+    Sns,
+    Raw,
+    Eventbridge,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsCredential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 /// The WhatsApp Cloud API at `/v{NN}.0/{phone-number-id}/messages`.
@@ -553,6 +611,32 @@ impl Settings {
                 return bad("http.sendgrid.signing_key_pem", format!("not a P-256 private key in PKCS#8 PEM ({e})"));
             }
         }
+        if let Some(url) = &self.http.ses.webhook_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad("http.ses.webhook_url", format!("`{url}` is not an http(s) URL"));
+        }
+        if let Some(url) = &self.http.ses.public_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad("http.ses.public_url", format!("`{url}` is not an http(s) URL"));
+        }
+        if !matches!(self.http.ses.signature_version, 1 | 2) {
+            return bad("http.ses.signature_version", "is 1 (SHA1withRSA) or 2 (SHA256withRSA)".into());
+        }
+        if let Some(pem) = &self.http.ses.signing_key_pem
+            && let Err(e) = openssl::pkey::PKey::private_key_from_pem(pem.as_bytes()).and_then(|k| k.rsa())
+        {
+            return bad("http.ses.signing_key_pem", format!("not an RSA private key in PEM ({e})"));
+        }
+        for (i, c) in self.http.ses.credentials.iter().enumerate() {
+            if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+                return bad(
+                    &format!("http.ses.credentials[{i}]"),
+                    "needs an access_key_id and a secret_access_key".into(),
+                );
+            }
+        }
         if self.http.webhooks_in_flight == 0 {
             return bad("http.webhooks_in_flight", "must be at least 1".into());
         }
@@ -585,6 +669,12 @@ impl Settings {
         }
         if shown.http.sendgrid.signing_key_pem.is_some() {
             shown.http.sendgrid.signing_key_pem = Some("***".into());
+        }
+        if shown.http.ses.signing_key_pem.is_some() {
+            shown.http.ses.signing_key_pem = Some("***".into());
+        }
+        for c in &mut shown.http.ses.credentials {
+            c.secret_access_key = "***".into();
         }
         for s in [&mut shown.http.whatsapp.app_secret, &mut shown.http.whatsapp.verify_token] {
             if !s.is_empty() {

@@ -25,6 +25,8 @@ fn sendgrid_key() -> p256::ecdsa::SigningKey {
     p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("a valid scalar")
 }
 const APP_SECRET: &str = "understudy-app-secret";
+const AWS_KEY_ID: &str = "AKIAUNDERSTUDYTEST01";
+const AWS_SECRET: &str = "understudy/test/secret+access+key0123456";
 const VERIFY_TOKEN: &str = "understudy-verify-token";
 
 /// Messages the script sends (and two more: WhatsApp, a messaging service).
@@ -450,6 +452,96 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// The SES door, driven by boto3's `sesv2` client: SigV4 checked (a wrong secret and an unknown key get
+/// SES's 403s), one lifecycle per recipient, `200 {MessageId}`; events through SNS, after a
+/// SubscriptionConfirmation the receiver confirms, each signed and checked by `aws-sns-message-validator`
+/// against the certificate the door serves; the send time, EmailTags and configuration set in every event;
+/// one `Send` per message; a suppressed address a permanent `OnAccountSuppressionList` bounce.
+async fn ses_mail_is_sent_and_its_events_come_signed_through_sns(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let webhook = format!("http://127.0.0.1:{}/ses/events", receiver.port);
+    let tune = |s: &mut understudy::config::Settings| {
+        s.http.ses.credentials = vec![understudy::config::AwsCredential {
+            access_key_id: AWS_KEY_ID.into(),
+            secret_access_key: AWS_SECRET.into(),
+        }];
+        s.http.ses.webhook_url = Some(webhook.clone());
+    };
+    let instance = format!("ses-{}", common::suffix());
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
+    let out =
+        client_script("ses_send.py", &url, &[("AWS_KEY_ID", AWS_KEY_ID), ("AWS_SECRET", AWS_SECRET), ("N", "10")])
+            .await;
+    let sent = out["sent"].as_array().unwrap();
+    let message_ids: HashSet<&str> = sent.iter().map(|s| s["message_id"].as_str().unwrap()).collect();
+    assert!(sent.iter().all(|s| s["status"] == 200), "{out}");
+    assert_eq!(message_ids.len(), 10, "a MessageId per message");
+    let errors = &out["errors"];
+    let case = |name: &str| (errors[name]["status"].as_i64().unwrap_or(0), errors[name]["code"].as_str().unwrap_or(""));
+    assert_eq!(case("bad_secret"), (403, "InvalidSignatureException"), "{errors}");
+    assert_eq!(case("unknown_key"), (403, "UnrecognizedClientException"));
+    assert_eq!(case("bad_address"), (400, "BadRequestException"));
+    assert_eq!(case("too_many"), (400, "BadRequestException"));
+    assert_eq!(errors["too_many"]["message"], "Recipient count exceeds 50.");
+    assert_eq!(case("bad_tag"), (400, "BadRequestException"));
+    assert_eq!(case("too_large"), (413, "MessageRejected"));
+    // 10 messages to two recipients, the suppressed address and the raw message: a lifecycle each.
+    common::all_finished(&store, 22, Duration::from_secs(60)).await;
+    assert_eq!(store.totals().await.unwrap().events, 20 * 3 + 3 + 1, "SEND, DELIVERY, OPEN each; the suppression");
+
+    // One Send per message; a Delivery and an Open per recipient; the raw message's three; the bounce.
+    let got = common::eventually(Duration::from_secs(30), "every notification", || async {
+        let got = receiver.received();
+        (got.iter().filter(|r| r["sns"] == "Notification").count() >= 54).then_some(got)
+    })
+    .await;
+    assert_eq!(got[0]["sns"], "SubscriptionConfirmation", "the subscription is confirmed before any notification");
+    assert_eq!((got[0]["valid"].as_bool(), got[0]["confirmed"].as_i64()), (Some(true), Some(200)), "{}", got[0]);
+    let notes: Vec<&Value> = got.iter().filter(|r| r["sns"] == "Notification").collect();
+    assert_eq!(notes.len(), 54);
+    assert_eq!(got.iter().filter(|r| r["sns"] == "SubscriptionConfirmation").count(), 1);
+    for n in &notes {
+        assert_eq!(n["valid"], true, "SNSMessageValidator accepts the signature: {n}");
+        assert_eq!(n["content_type"], "text/plain; charset=UTF-8");
+        assert_eq!(n["envelope"]["TopicArn"], "arn:aws:sns:us-east-1:123456789012:understudy-ses-events");
+    }
+    let mut by_message: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+    for n in &notes {
+        by_message.entry(n["json"]["mail"]["messageId"].as_str().unwrap().to_owned()).or_default().push(&n["json"]);
+    }
+    for id in &message_ids {
+        let events = &by_message[*id];
+        let kinds: Vec<&str> = events.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == "Send").count(), 1, "{id}: {kinds:?}");
+        assert_eq!(kinds.len(), 5, "{id}: {kinds:?}");
+        let sent_at = &events[0]["mail"]["timestamp"];
+        for e in events {
+            let mail = &e["mail"];
+            assert_eq!(&mail["timestamp"], sent_at, "the send time on every event");
+            assert_eq!(mail["tags"]["campaign"][0], "winter");
+            assert_eq!(mail["tags"]["ses:configuration-set"][0], "events");
+            assert_eq!(mail["tags"]["ses:caller-identity"][0], AWS_KEY_ID);
+            assert_eq!(mail["destination"].as_array().unwrap().len(), 2);
+            assert_eq!(mail["source"], "news@shop.example");
+            assert!(mail["commonHeaders"]["subject"].as_str().unwrap().starts_with("issue "));
+        }
+    }
+    let suppressed = &by_message[out["suppressed"].as_str().unwrap()];
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0]["eventType"], "Bounce");
+    assert_eq!(
+        (suppressed[0]["bounce"]["bounceType"].as_str(), suppressed[0]["bounce"]["bounceSubType"].as_str()),
+        (Some("Permanent"), Some("OnAccountSuppressionList"))
+    );
+    let raw = &by_message[out["raw"].as_str().unwrap()];
+    assert_eq!(raw.len(), 3);
+    assert_eq!(raw[0]["mail"]["destination"][0], "raw@example.com");
+    pipeline.shutdown().await;
+}
+
 /// A callback URL nobody listens on: Twilio tries each callback twice (one retry after a connection
 /// failure) and gives up; the lifecycles finish, every ack is stored and still on the ack topic, and the
 /// door goes on answering.
@@ -479,6 +571,7 @@ crate::on_both_brokers!(
     actix::test,
     twilio_callbacks_to_a_dead_receiver_stop_nothing,
     sendgrid_mail_is_accepted_and_its_events_are_signed,
+    ses_mail_is_sent_and_its_events_come_signed_through_sns,
     whatsapp_messages_are_sent_answered_and_acked,
     twilio_messages_are_created_answered_and_acked,
     twilio_lifecycles_resume_after_a_restart

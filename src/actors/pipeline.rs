@@ -66,6 +66,8 @@ pub enum PipelineError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Http(#[from] crate::source::http::HttpError),
+    #[error(transparent)]
+    Sns(#[from] crate::sink::sns::SnsError),
 }
 
 impl Pipeline {
@@ -108,9 +110,16 @@ impl Pipeline {
         ));
 
         // The webhook sender, when the front doors are open: deliveries on an arbiter of their own.
-        let webhooks = settings.http.listen_addr.map(|_| {
+        // SNS's signer is shared by the sender (it signs) and the doors (they serve its certificate and
+        // SubscribeURL).
+        let sns = match settings.http.listen_addr {
+            Some(_) => Some(Arc::new(crate::sink::sns::Sns::from_settings(&settings.http)?)),
+            None => None,
+        };
+        let webhooks = sns.clone().map(|sns| {
             let arbiter = Arbiter::new();
-            let (sender, delivered) = WebhookSender::new(arbiter.handle(), scenario.file.time_scale, &settings.http);
+            let (sender, delivered) =
+                WebhookSender::new(arbiter.handle(), scenario.file.time_scale, &settings.http, sns);
             let (unforwarded, room) = sender.forwarding();
             arbiter.spawn(forward_deliveries(
                 delivered,
@@ -152,12 +161,12 @@ impl Pipeline {
         }
 
         // Source ends last: the front doors, then the consumer.
-        let http = match settings.http.listen_addr {
-            Some(_) => {
+        let http = match sns {
+            Some(sns) => {
                 let store = Store::connect(&store_url, 2).await?;
                 let channels = channels.clone().map(|c| c.expect("every channel has its actor"));
                 let door =
-                    crate::source::http::Door::open(&settings.http, &store, &assignments, channels, live.clone())
+                    crate::source::http::Door::open(&settings.http, &store, &assignments, channels, live.clone(), sns)
                         .await?;
                 Some(crate::source::http::Server::start(door)?)
             }

@@ -4,10 +4,12 @@
 //!
 //! - [`kafka`]: the ack topic, through one shared producer.
 //! - [`webhook`]: the vendor's own webhooks, to the message's callback URL, signed.
+//! - [`sns`]: SNS's signing key, certificate and subscriptions, for SES events.
 //!
 //! An event that goes to both is stored once both are done ([`webhook::Joint`]).
 
 pub mod kafka;
+pub mod sns;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -55,7 +57,7 @@ pub async fn emit(kafka: &Emitter, webhooks: Option<&WebhookSender>, mut event: 
     };
     let permit = sender.room().await;
     event.emitted_at = Utc::now();
-    let calls_back = target.vendor.calls_back(event.status);
+    let calls_back = target.calls_back(event.status);
     match (envelope.kafka, calls_back) {
         (true, true) => {
             let joint = Joint::new();

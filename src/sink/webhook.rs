@@ -4,8 +4,12 @@
 //! deliveries under way at once; beyond that `emit` waits (backpressure).
 //!
 //! An event is done when the receiver answered 2xx, or when the vendor's retry policy gave up (Twilio:
-//! one retry after a connection failure, none after an HTTP error). Only then is it stored, so a restart
-//! before that delivers it again, with the same event id. Every attempt is logged and counted.
+//! one retry after a connection failure, none after an HTTP error; SNS: 3 retries 20 s apart). Only then
+//! is it stored, so a restart before that delivers it again, with the same event id. Every attempt is
+//! logged and counted.
+//!
+//! Before the first webhook to a URL comes the vendor's handshake: Meta's `hub.challenge`, SNS's
+//! SubscriptionConfirmation (the receiver must visit its SubscribeURL, served by the doors).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 use actix::ArbiterHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::config::SesDelivery;
 use crate::model::AckEvent;
+use crate::sink::sns::Sns;
 use crate::store::EventRow;
 use crate::telemetry;
 use crate::wire::{self, Vendor};
@@ -28,6 +34,9 @@ pub struct Target {
     pub key: Arc<str>,
     /// Echoed in every webhook (WhatsApp's `biz_opaque_callback_data`).
     pub data: Option<Arc<str>>,
+    /// A recipient of a message to several whose first recipient's lifecycle sends what is sent once per
+    /// message (SES's `Send` event).
+    pub secondary: bool,
     /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
     /// one before it was answered (or given up on), so that a receiver sees a message's statuses in the
     /// lifecycle's order however close together they are due.
@@ -36,7 +45,13 @@ pub struct Target {
 
 impl Target {
     pub fn new(vendor: Vendor, url: Arc<str>, key: Arc<str>) -> Self {
-        Self { vendor, url, key, data: None, previous: std::sync::Mutex::new(None) }
+        Self { vendor, url, key, data: None, secondary: false, previous: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether this lifecycle's `status` is called back: as its vendor does, and SES's `Send` once per
+    /// message.
+    pub fn calls_back(&self, status: crate::model::Status) -> bool {
+        self.vendor.calls_back(status) && !(self.secondary && status == crate::model::Status::Send)
     }
 }
 
@@ -100,6 +115,13 @@ pub struct WebhookSender {
     batches: Arc<std::sync::Mutex<std::collections::HashMap<String, OpenBatch>>>,
     /// What SendGrid's event webhooks are signed with.
     sendgrid_key: Arc<p256::ecdsa::SigningKey>,
+    /// SNS's signer and subscriptions (SES events), and how SES events go out.
+    sns: Arc<Sns>,
+    ses_delivery: SesDelivery,
+    /// SNS's subscription handshake, per URL.
+    subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>>,
+    /// How long a receiver has to confirm an SNS subscription.
+    confirm_within: Duration,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -109,12 +131,13 @@ impl std::fmt::Debug for WebhookSender {
 }
 
 impl WebhookSender {
-    /// A sender running its deliveries on `arbiter`, retrying on the scenario's `time_scale`; delivered
-    /// events arrive on the returned receiver.
+    /// A sender running its deliveries on `arbiter`, retrying on the scenario's `time_scale`, signing SNS
+    /// messages with `sns`; delivered events arrive on the returned receiver.
     pub fn new(
         arbiter: ArbiterHandle,
         time_scale: f64,
         http: &crate::config::HttpSettings,
+        sns: Arc<Sns>,
     ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
         let (max_in_flight, timeout) = (http.webhooks_in_flight, Duration::from_millis(http.webhook_timeout_ms));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -137,6 +160,10 @@ impl WebhookSender {
             verify_token: http.whatsapp.verify_token.as_str().into(),
             batches: Arc::default(),
             sendgrid_key: Arc::new(sendgrid_key(http)),
+            sns,
+            ses_delivery: http.ses.delivery,
+            subscriptions: Arc::default(),
+            confirm_within: timeout,
         };
         // Sends SendGrid's batches whose wait is over.
         let ticker = sender.clone();
@@ -274,10 +301,10 @@ impl WebhookSender {
 
     /// Post `items` as one webhook, retrying as the vendor does; then each is done.
     async fn post(&self, target: Arc<Target>, items: Vec<Pending>) {
-        let (body, signature) = self.render(&items, &target);
+        let body = self.render(&items, &target);
         let mut attempt = 1u32;
         let outcome = loop {
-            let outcome = self.attempt(&target, &body, &signature).await;
+            let outcome = self.attempt(&target, &body).await;
             telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
             if attempt > retries(target.vendor, &outcome) {
                 break outcome;
@@ -329,8 +356,8 @@ impl WebhookSender {
         }
     }
 
-    /// The webhook's body and signature header, the vendor's way.
-    fn render(&self, items: &[Pending], target: &Target) -> (Body, (&'static str, String)) {
+    /// The webhook's body and headers (its signature among them), the vendor's way.
+    fn render(&self, items: &[Pending], target: &Target) -> Body {
         match target.vendor {
             Vendor::Twilio => {
                 let item = &items[0];
@@ -340,20 +367,22 @@ impl WebhookSender {
                 for (k, v) in &params {
                     form.append_pair(k, v);
                 }
-                let body = Body {
+                Body {
                     content_type: "application/x-www-form-urlencoded",
                     bytes: form.finish().into(),
-                    timestamp: None,
-                };
-                (body, ("X-Twilio-Signature", signature))
+                    headers: vec![("X-Twilio-Signature", signature)],
+                }
             }
             Vendor::Whatsapp => {
                 let item = &items[0];
                 let mut bytes = Vec::with_capacity(1024);
                 wire::whatsapp::webhook_with(&item.event, &item.recipient, target.data.as_deref(), &mut bytes);
                 let signature = wire::whatsapp::signature(&target.key, &bytes);
-                let body = Body { content_type: "application/json", bytes: bytes.into(), timestamp: None };
-                (body, ("X-Hub-Signature-256", signature))
+                Body {
+                    content_type: "application/json",
+                    bytes: bytes.into(),
+                    headers: vec![("X-Hub-Signature-256", signature)],
+                }
             }
             Vendor::Sendgrid => {
                 let mut bytes = Vec::with_capacity(512 * items.len());
@@ -369,8 +398,60 @@ impl WebhookSender {
                 bytes.push(b']');
                 let timestamp = chrono::Utc::now().timestamp().to_string();
                 let signature = wire::sendgrid::signature(&self.sendgrid_key, &timestamp, &bytes);
-                let body = Body { content_type: "application/json", bytes: bytes.into(), timestamp: Some(timestamp) };
-                (body, ("X-Twilio-Email-Event-Webhook-Signature", signature))
+                Body {
+                    content_type: "application/json",
+                    bytes: bytes.into(),
+                    headers: vec![
+                        ("X-Twilio-Email-Event-Webhook-Signature", signature),
+                        ("X-Twilio-Email-Event-Webhook-Timestamp", timestamp),
+                    ],
+                }
+            }
+            Vendor::Ses => {
+                let item = &items[0];
+                let sent: Option<wire::ses::Sent> = item.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+                let mut event = Vec::with_capacity(2048);
+                match self.ses_delivery {
+                    SesDelivery::Eventbridge => {
+                        wire::ses::eventbridge(&item.event, &item.recipient, sent.as_ref(), &mut event);
+                        return Body { content_type: "application/json", bytes: event.into(), headers: Vec::new() };
+                    }
+                    SesDelivery::Sns | SesDelivery::Raw => {
+                        wire::ses::event_with(&item.event, &item.recipient, sent.as_ref(), &mut event)
+                    }
+                }
+                let message_id = item.event.event_id.to_string();
+                let mut headers = vec![
+                    ("x-amz-sns-message-type", "Notification".to_owned()),
+                    ("x-amz-sns-message-id", message_id.clone()),
+                    ("x-amz-sns-topic-arn", self.sns.topic_arn.clone()),
+                    ("x-amz-sns-subscription-arn", format!("{}:understudy", self.sns.topic_arn)),
+                ];
+                if self.ses_delivery == SesDelivery::Raw {
+                    headers.push(("x-amz-sns-rawdelivery", "true".to_owned()));
+                    return Body { content_type: "text/plain; charset=UTF-8", bytes: event.into(), headers };
+                }
+                let message = String::from_utf8(event).expect("JSON is UTF-8");
+                let timestamp = wire::iso(chrono::Utc::now());
+                let envelope = wire::ses::Envelope {
+                    kind: "Notification",
+                    message_id: &message_id,
+                    topic_arn: &self.sns.topic_arn,
+                    message: &message,
+                    timestamp: &timestamp,
+                    token: None,
+                    subscribe_url: None,
+                };
+                let signature = self.sns.sign(&envelope.string_to_sign());
+                let mut bytes = Vec::with_capacity(message.len() + 1024);
+                envelope.write(
+                    self.sns.signature_version,
+                    &signature,
+                    &self.sns.cert_url(),
+                    &self.sns.unsubscribe_url(),
+                    &mut bytes,
+                );
+                Body { content_type: "text/plain; charset=UTF-8", bytes: bytes.into(), headers }
             }
         }
     }
@@ -384,20 +465,22 @@ impl WebhookSender {
         });
     }
 
-    async fn attempt(&self, target: &Target, body: &Body, signature: &(&'static str, String)) -> Attempt {
+    async fn attempt(&self, target: &Target, body: &Body) -> Attempt {
         if target.vendor == Vendor::Whatsapp
             && let Err(failed) = self.verified(target).await
         {
             return failed;
         }
-        let mut request = self
-            .client
-            .post(&*target.url)
-            .header("content-type", body.content_type)
-            .header(signature.0, &signature.1)
-            .body(body.bytes.clone());
-        if let Some(t) = &body.timestamp {
-            request = request.header("X-Twilio-Email-Event-Webhook-Timestamp", t);
+        if target.vendor == Vendor::Ses
+            && self.ses_delivery == SesDelivery::Sns
+            && let Err(failed) = self.subscribed(target).await
+        {
+            return failed;
+        }
+        let mut request =
+            self.client.post(&*target.url).header("content-type", body.content_type).body(body.bytes.clone());
+        for (name, value) in &body.headers {
+            request = request.header(*name, value);
         }
         match request.send().await {
             Ok(r) if r.status().is_success() => Attempt::Delivered,
@@ -434,6 +517,74 @@ impl WebhookSender {
             })
             .await;
         outcome.map(|_| ())
+    }
+
+    /// SNS's subscription, once per URL before its first notification: a signed
+    /// `SubscriptionConfirmation`, then the receiver's visit to its SubscribeURL.
+    async fn subscribed(&self, target: &Target) -> Result<(), Attempt> {
+        let handshake =
+            self.subscriptions.lock().expect("subscription lock").entry(target.url.to_string()).or_default().clone();
+        if handshake.done.initialized() {
+            return Ok(());
+        }
+        let retry_after = Duration::from_secs(20).mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10));
+        handshake
+            .done
+            .get_or_try_init(|| async {
+                let failed = *handshake.failed_at.lock().expect("handshake lock");
+                if failed.is_some_and(|at| at.elapsed() < retry_after) {
+                    return Err(Attempt::Unreachable("the SNS subscription is not confirmed".into()));
+                }
+                let r = self.subscribe(target).await;
+                if r.is_err() {
+                    *handshake.failed_at.lock().expect("handshake lock") = Some(Instant::now());
+                }
+                r
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn subscribe(&self, target: &Target) -> Result<(), Attempt> {
+        let (token, subscribe_url) = self.sns.new_subscription(&target.url);
+        let message = format!(
+            "You have chosen to subscribe to the topic {}.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
+            self.sns.topic_arn
+        );
+        let (message_id, timestamp) = (uuid::Uuid::new_v4().to_string(), wire::iso(chrono::Utc::now()));
+        let envelope = wire::ses::Envelope {
+            kind: "SubscriptionConfirmation",
+            message_id: &message_id,
+            topic_arn: &self.sns.topic_arn,
+            message: &message,
+            timestamp: &timestamp,
+            token: Some(&token),
+            subscribe_url: Some(&subscribe_url),
+        };
+        let signature = self.sns.sign(&envelope.string_to_sign());
+        let mut body = Vec::with_capacity(1024);
+        envelope.write(self.sns.signature_version, &signature, &self.sns.cert_url(), "", &mut body);
+        let sent = self
+            .client
+            .post(&*target.url)
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header("x-amz-sns-message-type", "SubscriptionConfirmation")
+            .header("x-amz-sns-message-id", &message_id)
+            .header("x-amz-sns-topic-arn", &self.sns.topic_arn)
+            .body(body)
+            .send()
+            .await;
+        telemetry::webhook_attempt("ses", if sent.is_ok() { "subscription" } else { "unreachable" });
+        if let Err(e) = sent {
+            return Err(Attempt::Unreachable(e.to_string()));
+        }
+        if self.sns.confirmed(&token, self.confirm_within).await {
+            tracing::info!(url = %target.url, "SNS subscription confirmed");
+            Ok(())
+        } else {
+            tracing::warn!(url = %target.url, "the webhook receiver did not visit the SubscribeURL; SES events wait");
+            Err(Attempt::Unreachable("the SNS subscription was not confirmed".into()))
+        }
     }
 
     async fn handshake(&self, target: &Target) -> Result<(), Attempt> {
@@ -486,13 +637,14 @@ fn sendgrid_key(http: &crate::config::HttpSettings) -> p256::ecdsa::SigningKey {
 }
 
 /// Retries after a failed attempt: Twilio retries once, after a connection failure only; Meta and
-/// SendGrid retry any failure, backing off (for days, or 24 hours; here 8 times).
+/// SendGrid retry any failure, backing off (for days, or 24 hours; here 8 times); SNS 3 times.
 fn retries(vendor: Vendor, outcome: &Attempt) -> u32 {
     match (vendor, outcome) {
         (_, Attempt::Delivered) => 0,
         (Vendor::Twilio, Attempt::Unreachable(_)) => 1,
         (Vendor::Twilio, Attempt::Refused(_)) => 0,
         (Vendor::Whatsapp | Vendor::Sendgrid, _) => 8,
+        (Vendor::Ses, _) => 3,
     }
 }
 
@@ -502,6 +654,8 @@ fn retry_delay(vendor: Vendor, n: u32, time_scale: f64) -> Duration {
         Vendor::Twilio => Duration::from_secs(1),
         Vendor::Whatsapp => Duration::from_secs(15) * 2u32.pow(n.saturating_sub(1).min(10)),
         Vendor::Sendgrid => Duration::from_secs(10) * 2u32.pow(n.saturating_sub(1).min(10)),
+        // SNS's default HTTP delivery policy: 3 retries, 20 s apart.
+        Vendor::Ses => Duration::from_secs(20),
     };
     base.mul_f64(time_scale.max(0.0)).max(Duration::from_millis(1))
 }
@@ -509,8 +663,8 @@ fn retry_delay(vendor: Vendor, n: u32, time_scale: f64) -> Duration {
 struct Body {
     content_type: &'static str,
     bytes: bytes::Bytes,
-    /// SendGrid's `X-Twilio-Email-Event-Webhook-Timestamp`, which its signature covers.
-    timestamp: Option<String>,
+    /// The vendor's headers: its signature, and what the signature covers.
+    headers: Vec<(&'static str, String)>,
 }
 
 /// An event waiting for its delivery.
@@ -562,10 +716,14 @@ impl Keys {
         let key = match callback.vendor {
             Vendor::Twilio => tenant.and_then(|t| self.twilio.get(t)).cloned(),
             Vendor::Whatsapp => Some(self.whatsapp_app_secret.clone()),
-            Vendor::Sendgrid => None,
+            Vendor::Sendgrid | Vendor::Ses => None,
         };
         let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
         target.data = callback.data.clone();
+        if callback.vendor == Vendor::Ses {
+            let sent: Option<wire::ses::Sent> = callback.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+            target.secondary = sent.is_some_and(|s| s.index > 0);
+        }
         target
     }
 }

@@ -22,15 +22,17 @@ pub enum Vendor {
     Twilio,
     Whatsapp,
     Sendgrid,
+    Ses,
 }
 
 impl Vendor {
     /// Whether the vendor calls back for this status at all: Twilio not for a deferral (it never reports
-    /// `queued` after `sent`), WhatsApp neither (it has no status for one); SendGrid for every one.
+    /// `queued` after `sent`), WhatsApp neither (it has no status for one); SendGrid and SES for every
+    /// one (SES: `DeliveryDelay`).
     pub fn calls_back(self, status: crate::model::Status) -> bool {
         match self {
             Vendor::Twilio | Vendor::Whatsapp => status != crate::model::Status::Deferred,
-            Vendor::Sendgrid => true,
+            Vendor::Sendgrid | Vendor::Ses => true,
         }
     }
 
@@ -39,6 +41,7 @@ impl Vendor {
             Vendor::Twilio => "twilio",
             Vendor::Whatsapp => "whatsapp",
             Vendor::Sendgrid => "sendgrid",
+            Vendor::Ses => "ses",
         }
     }
 }

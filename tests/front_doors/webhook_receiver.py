@@ -2,7 +2,10 @@
 callback to OUT: Twilio's `RequestValidator` (PyPI `twilio`) for `X-Twilio-Signature`; for Meta's
 `X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the app secret, as Meta documents it; and Meta's
 verification handshake (`GET` with `hub.challenge`), answered when `hub.verify_token` is right; and
-SendGrid's `EventWebhook.verify_signature` (PyPI `sendgrid`) for its signed event webhook.
+SendGrid's `EventWebhook.verify_signature` (PyPI `sendgrid`) for its signed event webhook; and for SNS
+(SES events), `SNSMessageValidator` (PyPI `aws-sns-message-validator`), which fetches the signing
+certificate from the message's `SigningCertURL`; a SubscriptionConfirmation is confirmed by visiting its
+`SubscribeURL`, as SNS asks.
 
 Environment: OUT (file), TWILIO_AUTH_TOKEN, META_APP_SECRET, META_VERIFY_TOKEN, SENDGRID_VERIFICATION_KEY,
 FAIL_FIRST (answer the first that many webhooks 500, and record them as failed).
@@ -17,7 +20,10 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import urllib.request
+
 from sendgrid.helpers.eventwebhook import EventWebhook
+from sns_message_validator import SNSMessageValidator
 from twilio.request_validator import RequestValidator
 
 validator = RequestValidator(os.environ.get("TWILIO_AUTH_TOKEN", ""))
@@ -26,6 +32,8 @@ verify_token = os.environ.get("META_VERIFY_TOKEN", "")
 sendgrid_key = os.environ.get("SENDGRID_VERIFICATION_KEY")
 sendgrid = EventWebhook(sendgrid_key) if sendgrid_key else None
 fail_first = [int(os.environ.get("FAIL_FIRST") or 0)]
+# Understudy serves the certificate itself, not from sns.<region>.amazonaws.com.
+sns = SNSMessageValidator(cert_url_regex=r"^http://127\.0\.0\.1:\d+/understudy/sns/")
 out = open(os.environ["OUT"], "a", buffering=1)
 lock = threading.Lock()
 
@@ -55,6 +63,30 @@ class Handler(BaseHTTPRequestHandler):
         if fail:
             self.write({"path": self.path, "failed": True})
             self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        sns_type = self.headers.get("x-amz-sns-message-type")
+        if sns_type is not None:
+            message = json.loads(body) if self.headers.get("x-amz-sns-rawdelivery") != "true" else None
+            record = {"path": self.path, "sns": sns_type, "content_type": self.headers.get("Content-Type")}
+            if message is None:
+                record["json"] = json.loads(body)
+            else:
+                try:
+                    sns.validate_message(message)
+                    record["valid"] = True
+                except Exception as e:
+                    record["valid"] = False
+                    record["error"] = repr(e)
+                record["envelope"] = message
+                if sns_type == "SubscriptionConfirmation":
+                    with urllib.request.urlopen(message["SubscribeURL"]) as r:
+                        record["confirmed"] = r.status
+                else:
+                    record["json"] = json.loads(message["Message"])
+            self.write(record)
+            self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

@@ -9,8 +9,10 @@
 //! - [`twilio`]: Twilio Programmable Messaging.
 //! - [`whatsapp`]: the WhatsApp Cloud API.
 //! - [`sendgrid`]: SendGrid's Mail Send API.
+//! - [`ses`]: Amazon SES (API v2), and SNS's certificate and SubscribeURL for its events.
 
 pub mod sendgrid;
+pub mod ses;
 pub mod twilio;
 pub mod whatsapp;
 
@@ -55,6 +57,8 @@ pub struct Door {
     /// Requests seen per key, for ids that are the same on every rerun ([`Door::payload_id`]).
     keys: Mutex<HashMap<u64, u32>>,
     settings: HttpSettings,
+    /// SNS's signer, whose certificate and SubscribeURL the SES door serves.
+    sns: Arc<crate::sink::sns::Sns>,
 }
 
 /// One message of a request.
@@ -82,6 +86,7 @@ impl Door {
         assignments: &Assignments,
         channels: [Addr<ChannelActor>; 3],
         scenario: tokio::sync::watch::Receiver<Arc<Scenario>>,
+        sns: Arc<crate::sink::sns::Sns>,
     ) -> Result<Arc<Self>, HttpError> {
         let topic_id: Arc<str> = format!("http/{}", settings.instance_or_host()).into();
         assignments.assign(SOURCE_TOPIC, 0);
@@ -121,6 +126,7 @@ impl Door {
             next_offset: AtomicI64::new(next),
             keys: Mutex::new(keys),
             settings: settings.clone(),
+            sns,
         }))
     }
 
@@ -270,6 +276,7 @@ impl Server {
     pub fn start(door: Arc<Door>) -> Result<Self, HttpError> {
         let addr = door.settings.listen_addr.expect("started only with a listen address");
         let workers = door.settings.workers;
+        let sns = door.sns.clone();
         let data = web::Data::from(door);
         let server = HttpServer::new(move || {
             App::new()
@@ -277,6 +284,7 @@ impl Server {
                 .configure(twilio::routes)
                 .configure(whatsapp::routes)
                 .configure(sendgrid::routes)
+                .configure(ses::routes)
                 .default_service(web::to(twilio::not_found))
         })
         .workers(workers)
@@ -285,6 +293,7 @@ impl Server {
         .bind(addr)
         .map_err(|source| HttpError::Bind { addr, source })?;
         let addr = server.addrs().first().copied().unwrap_or(addr);
+        sns.listening_on(addr);
         let server = server.run();
         let handle = server.handle();
         actix::spawn(async move {
