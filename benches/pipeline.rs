@@ -22,117 +22,19 @@
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)] // shared with the other benches
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
+use support::{create_topics, drop_database, fresh_database, metric, proc_usage, start_service, stop};
 use understudy::demo::{publish, sample_batch};
 use understudy::load::{self, Progress};
 use understudy::model::Status;
 use understudy::scenario::Scenario;
 use understudy::store::Store;
-
-fn ticks_per_sec() -> f64 {
-    100.0
-}
-
-/// (user + system CPU seconds, RSS bytes) of a process, from /proc.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let rss_pages: u64 = f.get(21).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (ticks / ticks_per_sec(), rss_pages * 4096)
-}
-
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let total: f64 = body
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Some(total)
-}
-
-/// The server the benchmark databases are made on: `DATABASE_URL`, or the local Postgres.
-fn base_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// Drop a benchmark database once its part is done: repeated runs would otherwise leave hundreds of MB
-/// each for Postgres to checkpoint and vacuum while the next run measures.
-async fn drop_database(url: &str) {
-    let base = base_url();
-    let name = url::Url::parse(url).unwrap().path().trim_start_matches('/').to_owned();
-    let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
-
-async fn fresh_database() -> String {
-    let base = base_url();
-    let name = format!("understudy_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut conn = sqlx::PgConnection::connect(&base).await.expect("Postgres for the benchmark");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    url.to_string()
-}
-
-struct Service {
-    child: Child,
-    metrics_port: u16,
-}
-
-fn start_service(dir: &Path, brokers: &str, url: &str, scenario: &Path, tag: &str, extra: &str) -> Service {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.join(format!("{tag}.yaml"));
-    // Extra librdkafka settings for the service, for experiments: `BENCH_LIBRDKAFKA='{linger.ms: "20"}'`.
-    let librdkafka = std::env::var("BENCH_LIBRDKAFKA").map(|m| format!("  librdkafka: {m}\n")).unwrap_or_default();
-    std::fs::write(
-        &config,
-        format!(
-            "kafka:\n  brokers: \"{brokers}\"\n  group_id: bench-{tag}\n  input_topics: [bench.{tag}.outbound]\n  ack_topic: bench.{tag}.acks\n  dlq_topic: bench.{tag}.dlq\n  partitions: 6\n{librdkafka}store:\n  url: \"{url}\"\ntelemetry:\n  metrics_addr: \"127.0.0.1:{metrics_port}\"\n  log_level: warn\n{extra}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_understudy"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--scenario")
-        .arg(scenario)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("service starts");
-    Service { child, metrics_port }
-}
-
-fn stop(mut s: Service) {
-    let _ = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status();
-    let _ = s.child.wait();
-}
-
-async fn create_topics(brokers: &str, tag: &str) {
-    let mut k = understudy::config::KafkaSettings::default();
-    k.partitions = 6;
-    let names = [format!("bench.{tag}.outbound"), format!("bench.{tag}.acks"), format!("bench.{tag}.dlq")];
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    understudy::kafka::admin::ensure_topics(&k, brokers, &refs).await.unwrap();
-}
 
 async fn throughput(dir: &Path, brokers: &str, n: usize) {
     let url = fresh_database().await;

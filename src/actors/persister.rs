@@ -3,7 +3,8 @@
 //! # Durability contract
 //! - Every row handed over ([`PersistMessages`], [`PersistEvents`]) is written exactly once as far as the
 //!   store can tell (a repeated row is skipped by the store's keys), in a batch that starts when the
-//!   buffer holds `batch_rows` rows or at the next `flush_interval`, whichever comes first.
+//!   buffer holds `batch_rows` rows or at the next `flush_interval`, whichever comes first; rows a front
+//!   door waits for as soon as a write slot is free (group commit: what came meanwhile shares the write).
 //! - A failed write is retried until it succeeds; nothing is dropped while the store is away.
 //! - The offsets of a batch's messages become committable ([`OffsetTracker::done_many`]) only after the
 //!   batch's transaction committed.
@@ -139,6 +140,13 @@ impl Persister {
         }
     }
 
+    /// Write now if someone waits for buffered rows and a write slot is free.
+    fn flush_for_waiters(&mut self, ctx: &mut Context<Self>) {
+        if !self.waiters.is_empty() && self.slots.available_permits() > 0 {
+            self.flush(ctx);
+        }
+    }
+
     /// Hand the buffers to a writer. Up to `concurrency` writes run at once; when all are busy the actor
     /// waits for a free one and takes no new rows meanwhile (backpressure).
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -197,12 +205,18 @@ async fn write_until_done(store: &Store, stats: &PersisterStats, messages: &[Mes
     }
 }
 
+/// How often the persister looks for rows someone waits for while every write slot was busy.
+const GROUP_COMMIT_TICK: Duration = Duration::from_millis(2);
+
 impl Actor for Persister {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(8);
         ctx.run_interval(self.flush_interval, |act, ctx| act.flush(ctx));
+        // Group commit for the front doors: rows someone waits for are written as soon as a write slot is
+        // free, together with whatever came meanwhile, not at the next interval.
+        ctx.run_interval(GROUP_COMMIT_TICK, |act, ctx| act.flush_for_waiters(ctx));
     }
 }
 
@@ -228,6 +242,8 @@ impl Handler<PersistMessages> for Persister {
         take_rows(&mut self.messages, msg.rows);
         if self.buffered() >= self.batch_rows {
             self.flush(ctx);
+        } else {
+            self.flush_for_waiters(ctx);
         }
     }
 }

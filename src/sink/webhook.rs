@@ -37,6 +37,8 @@ pub struct Target {
     /// A recipient of a message to several whose first recipient's lifecycle sends what is sent once per
     /// message (SES's `Send` event).
     pub secondary: bool,
+    /// The receiver's concurrency limit, looked up on the first attempt.
+    limit: std::sync::OnceLock<Arc<HostLimit>>,
     /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
     /// one before it was answered (or given up on), so that a receiver sees a message's statuses in the
     /// lifecycle's order however close together they are due.
@@ -45,7 +47,15 @@ pub struct Target {
 
 impl Target {
     pub fn new(vendor: Vendor, url: Arc<str>, key: Arc<str>) -> Self {
-        Self { vendor, url, key, data: None, secondary: false, previous: std::sync::Mutex::new(None) }
+        Self {
+            vendor,
+            url,
+            key,
+            data: None,
+            secondary: false,
+            limit: std::sync::OnceLock::new(),
+            previous: std::sync::Mutex::new(None),
+        }
     }
 
     /// Whether this lifecycle's `status` is called back: as its vendor does, and SES's `Send` once per
@@ -122,6 +132,8 @@ pub struct WebhookSender {
     subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>>,
     /// How long a receiver has to confirm an SNS subscription.
     confirm_within: Duration,
+    /// Requests under way per receiver (scheme, host and port), each with a limit of its own.
+    limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<HostLimit>>>>,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -143,7 +155,7 @@ impl WebhookSender {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = reqwest::Client::builder()
             .timeout(timeout)
-            .pool_max_idle_per_host(max_in_flight.min(1024))
+            .pool_max_idle_per_host(max_in_flight)
             .user_agent("Understudy-Webhooks/1.0")
             .build()
             .expect("an HTTP client with default TLS");
@@ -164,6 +176,7 @@ impl WebhookSender {
             ses_delivery: http.ses.delivery,
             subscriptions: Arc::default(),
             confirm_within: timeout,
+            limits: Arc::default(),
         };
         // Sends SendGrid's batches whose wait is over.
         let ticker = sender.clone();
@@ -482,7 +495,12 @@ impl WebhookSender {
         for (name, value) in &body.headers {
             request = request.header(*name, value);
         }
-        match request.send().await {
+        let limit = target.limit.get_or_init(|| self.limit_for(&target.url)).clone();
+        let _slot = limit.acquire().await;
+        let started = Instant::now();
+        let sent = request.send().await;
+        limit.sample(started.elapsed(), self.max_in_flight);
+        match sent {
             Ok(r) if r.status().is_success() => Attempt::Delivered,
             Ok(r) => Attempt::Refused(r.status().as_u16()),
             Err(e) => Attempt::Unreachable(e.to_string()),
@@ -491,6 +509,16 @@ impl WebhookSender {
 }
 
 impl WebhookSender {
+    /// The limit of the receiver at `url` (all URLs of one scheme, host and port share it).
+    fn limit_for(&self, url: &str) -> Arc<HostLimit> {
+        let key = url::Url::parse(url)
+            .map(|u| {
+                format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
+            })
+            .unwrap_or_else(|_| url.to_owned());
+        self.limits.lock().expect("limit lock").entry(key).or_insert_with(|| Arc::new(HostLimit::new())).clone()
+    }
+
     /// Meta's verification handshake, once per URL before its first webhook: `GET` with `hub.mode`,
     /// `hub.verify_token` and `hub.challenge`, answered with the challenge.
     async fn verified(&self, target: &Target) -> Result<(), Attempt> {
@@ -678,6 +706,96 @@ struct Pending {
     /// Told when the event is done with (or, in a batch, once it has its place): the lifecycle's next
     /// event may go.
     done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How many requests go to one receiver at once. The limit adapts as TCP Vegas does: while the requests
+/// of a window (as many as the limit) take not much longer than the fastest seen, it grows (doubling
+/// while they take no longer); once they take more than twice as long, the receiver is queueing and it
+/// shrinks. A fast receiver is then served over a few dozen kept-alive connections instead of one per
+/// delivery waiting (measured: 20,000 webhooks/s with 10,000 connections, against 42,000 with 256), and
+/// a slow one gets as many at once as `http.webhooks_in_flight` allows (a receiver answering in 500 ms
+/// needs 10,000 at once for 20,000/s).
+#[derive(Debug)]
+struct HostLimit {
+    in_use: std::sync::atomic::AtomicUsize,
+    limit: std::sync::atomic::AtomicUsize,
+    freed: tokio::sync::Notify,
+    window: std::sync::Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    min_rtt: Duration,
+    sum: Duration,
+    samples: usize,
+}
+
+/// The smallest limit: enough for any receiver to be worth a try.
+const MIN_LIMIT: usize = 16;
+
+impl HostLimit {
+    fn new() -> Self {
+        Self {
+            in_use: std::sync::atomic::AtomicUsize::new(0),
+            limit: std::sync::atomic::AtomicUsize::new(MIN_LIMIT),
+            freed: tokio::sync::Notify::new(),
+            window: std::sync::Mutex::new(Window { min_rtt: Duration::MAX, sum: Duration::ZERO, samples: 0 }),
+        }
+    }
+
+    /// A slot for one request, waiting while the limit is reached.
+    async fn acquire(self: &Arc<Self>) -> HostSlot {
+        loop {
+            let freed = self.freed.notified();
+            let used = self.in_use.load(Ordering::Acquire);
+            if used < self.limit.load(Ordering::Acquire) {
+                if self.in_use.compare_exchange(used, used + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return HostSlot(self.clone());
+                }
+                continue;
+            }
+            freed.await;
+        }
+    }
+
+    /// One request took `rtt`; at the end of a window, the limit moves.
+    fn sample(&self, rtt: Duration, max: usize) {
+        let mut w = self.window.lock().expect("limit lock");
+        w.min_rtt = w.min_rtt.min(rtt);
+        w.sum += rtt;
+        w.samples += 1;
+        let limit = self.limit.load(Ordering::Acquire);
+        if w.samples < limit {
+            return;
+        }
+        let avg = w.sum / w.samples as u32;
+        // A millisecond of tolerance: a receiver answering in microseconds is not congested at 1 ms.
+        let base = w.min_rtt + Duration::from_millis(1);
+        let next = if avg <= base + base / 4 {
+            limit * 2
+        } else if avg <= base * 2 {
+            limit + limit / 4
+        } else {
+            limit * 3 / 4
+        };
+        let next = next.clamp(MIN_LIMIT, max.max(MIN_LIMIT));
+        self.limit.store(next, Ordering::Release);
+        // One waiter woken per new slot, not every waiter at once.
+        for _ in limit..next {
+            self.freed.notify_one();
+        }
+        (w.sum, w.samples) = (Duration::ZERO, 0);
+    }
+}
+
+/// A request's place under its receiver's limit, given back when dropped.
+struct HostSlot(Arc<HostLimit>);
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
 }
 
 /// The state of Meta's verification handshake with one URL.
