@@ -31,7 +31,9 @@ pub struct Sns {
     configured_url: bool,
     /// Tokens sent in SubscriptionConfirmations, and those confirmed.
     tokens: Mutex<HashMap<String, String>>,
+    /// Confirmed tokens, and the endpoints they confirmed.
     confirmed: Mutex<HashSet<String>>,
+    endpoints: Mutex<HashSet<String>>,
     confirmations: tokio::sync::Notify,
 }
 
@@ -63,6 +65,7 @@ impl Sns {
             public_url: RwLock::new(public_url.unwrap_or_default().trim_end_matches('/').to_owned()),
             tokens: Mutex::default(),
             confirmed: Mutex::default(),
+            endpoints: Mutex::default(),
             confirmations: tokio::sync::Notify::new(),
         })
     }
@@ -101,10 +104,26 @@ impl Sns {
         base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec().expect("signing"))
     }
 
-    /// A new SubscriptionConfirmation for `endpoint`: its token and SubscribeURL.
+    /// Whether a receiver at `endpoint` has confirmed a subscription, by any token sent to it (a late
+    /// visit to an earlier confirmation's SubscribeURL counts).
+    pub fn is_confirmed(&self, endpoint: &str) -> bool {
+        self.endpoints.lock().expect("confirm lock").contains(endpoint)
+    }
+
+    /// A SubscriptionConfirmation for `endpoint`: its token (the same each time for one endpoint) and
+    /// SubscribeURL.
     pub fn new_subscription(&self, endpoint: &str) -> (String, String) {
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        self.tokens.lock().expect("token lock").insert(token.clone(), endpoint.to_owned());
+        let token = {
+            let mut tokens = self.tokens.lock().expect("token lock");
+            match tokens.iter().find(|(_, e)| e.as_str() == endpoint) {
+                Some((t, _)) => t.clone(),
+                None => {
+                    let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                    tokens.insert(t.clone(), endpoint.to_owned());
+                    t
+                }
+            }
+        };
         let arn = crate::wire::ses::uri_encode(&self.topic_arn, false);
         let url = self.url(&format!("?Action=ConfirmSubscription&TopicArn={arn}&Token={token}"));
         (token, url)
@@ -115,6 +134,7 @@ impl Sns {
     pub fn confirm(&self, token: &str) -> Option<String> {
         let endpoint = self.tokens.lock().expect("token lock").get(token).cloned()?;
         self.confirmed.lock().expect("confirm lock").insert(token.to_owned());
+        self.endpoints.lock().expect("confirm lock").insert(endpoint.clone());
         self.confirmations.notify_waiters();
         Some(endpoint)
     }

@@ -274,16 +274,16 @@ impl WebhookSender {
                 target: target.clone(),
                 items: Vec::new(),
                 since: Instant::now(),
+                turn: Arc::default(),
             });
             if b.items.is_empty() {
                 b.since = Instant::now();
             }
             b.items.push(item);
-            (b.items.len() >= SENDGRID_BATCH_EVENTS).then(|| std::mem::take(&mut b.items))
+            (b.items.len() >= SENDGRID_BATCH_EVENTS).then(|| (std::mem::take(&mut b.items), b.turn.clone()))
         };
-        if let Some(items) = full {
-            let this = self.clone();
-            self.arbiter.spawn(async move { this.post(target, items).await });
+        if let Some((items, turn)) = full {
+            self.post_in_turn(target, items, turn);
         }
     }
 
@@ -299,17 +299,26 @@ impl WebhookSender {
 
     /// Send the batches open for `wait` or longer.
     fn send_batches(&self, wait: Duration) {
-        let due: Vec<(Arc<Target>, Vec<Pending>)> = {
+        let due: Vec<(Arc<Target>, Vec<Pending>, Turn)> = {
             let mut open = self.batches.lock().expect("batch lock");
             open.values_mut()
                 .filter(|b| !b.items.is_empty() && b.since.elapsed() >= wait)
-                .map(|b| (b.target.clone(), std::mem::take(&mut b.items)))
+                .map(|b| (b.target.clone(), std::mem::take(&mut b.items), b.turn.clone()))
                 .collect()
         };
-        for (target, items) in due {
-            let this = self.clone();
-            self.arbiter.spawn(async move { this.post(target, items).await });
+        for (target, items, turn) in due {
+            self.post_in_turn(target, items, turn);
         }
+    }
+
+    /// Post a batch after the URL's batches before it: one batch per URL at a time, in order, so that a
+    /// lifecycle's events in two batches arrive in order.
+    fn post_in_turn(&self, target: Arc<Target>, items: Vec<Pending>, turn: Turn) {
+        let this = self.clone();
+        self.arbiter.spawn(async move {
+            let _turn = turn.lock().await;
+            this.post(target, items).await
+        });
     }
 
     /// Post `items` as one webhook, retrying as the vendor does; then each is done.
@@ -522,48 +531,62 @@ impl WebhookSender {
     /// Meta's verification handshake, once per URL before its first webhook: `GET` with `hub.mode`,
     /// `hub.verify_token` and `hub.challenge`, answered with the challenge.
     async fn verified(&self, target: &Target) -> Result<(), Attempt> {
-        let handshake =
-            self.handshakes.lock().expect("handshake lock").entry(target.url.to_string()).or_default().clone();
-        if handshake.done.initialized() {
-            return Ok(());
-        }
-        // One handshake per URL at a time; a failed one is not tried again for a while (the deliveries
-        // waiting for it fail at once, and retry on their own schedule).
-        let retry_after = Duration::from_secs(15).mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10));
-        let outcome = handshake
-            .done
-            .get_or_try_init(|| async {
-                let failed = *handshake.failed_at.lock().expect("handshake lock");
-                if failed.is_some_and(|at| at.elapsed() < retry_after) {
-                    return Err(Attempt::Unreachable("the verification handshake failed".into()));
-                }
-                let r = self.handshake(target).await;
-                if r.is_err() {
-                    *handshake.failed_at.lock().expect("handshake lock") = Some(Instant::now());
-                }
-                r
-            })
-            .await;
-        outcome.map(|_| ())
+        let retry_after = Duration::from_secs(15);
+        Self::once_per_url(
+            &self.handshakes,
+            target,
+            self.scaled(retry_after),
+            "the verification handshake failed",
+            || self.handshake(target),
+        )
+        .await
     }
 
     /// SNS's subscription, once per URL before its first notification: a signed
     /// `SubscriptionConfirmation`, then the receiver's visit to its SubscribeURL.
     async fn subscribed(&self, target: &Target) -> Result<(), Attempt> {
-        let handshake =
-            self.subscriptions.lock().expect("subscription lock").entry(target.url.to_string()).or_default().clone();
+        let retry_after = Duration::from_secs(20);
+        Self::once_per_url(
+            &self.subscriptions,
+            target,
+            self.scaled(retry_after),
+            "the SNS subscription is not confirmed",
+            || self.subscribe(target),
+        )
+        .await
+    }
+
+    /// `d` on the scenario's time scale, at least 10 ms.
+    fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10))
+    }
+
+    /// Run a vendor's handshake with the target's URL once: one at a time per URL; a failed one is not
+    /// tried again for `retry_after` (the deliveries waiting for it fail at once with `failed`, and retry
+    /// on their own schedule).
+    async fn once_per_url<F, Fut>(
+        map: &std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>,
+        target: &Target,
+        retry_after: Duration,
+        failed: &str,
+        run: F,
+    ) -> Result<(), Attempt>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Attempt>>,
+    {
+        let handshake = map.lock().expect("handshake lock").entry(target.url.to_string()).or_default().clone();
         if handshake.done.initialized() {
             return Ok(());
         }
-        let retry_after = Duration::from_secs(20).mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10));
         handshake
             .done
             .get_or_try_init(|| async {
-                let failed = *handshake.failed_at.lock().expect("handshake lock");
-                if failed.is_some_and(|at| at.elapsed() < retry_after) {
-                    return Err(Attempt::Unreachable("the SNS subscription is not confirmed".into()));
+                let failed_at = *handshake.failed_at.lock().expect("handshake lock");
+                if failed_at.is_some_and(|at| at.elapsed() < retry_after) {
+                    return Err(Attempt::Unreachable(failed.to_owned()));
                 }
-                let r = self.subscribe(target).await;
+                let r = run().await;
                 if r.is_err() {
                     *handshake.failed_at.lock().expect("handshake lock") = Some(Instant::now());
                 }
@@ -574,6 +597,9 @@ impl WebhookSender {
     }
 
     async fn subscribe(&self, target: &Target) -> Result<(), Attempt> {
+        if self.sns.is_confirmed(&target.url) {
+            return Ok(());
+        }
         let (token, subscribe_url) = self.sns.new_subscription(&target.url);
         let message = format!(
             "You have chosen to subscribe to the topic {}.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
@@ -714,12 +740,12 @@ struct Pending {
 /// shrinks. A fast receiver is then served over a few dozen kept-alive connections instead of one per
 /// delivery waiting (measured: 20,000 webhooks/s with 10,000 connections, against 42,000 with 256), and
 /// a slow one gets as many at once as `http.webhooks_in_flight` allows (a receiver answering in 500 ms
-/// needs 10,000 at once for 20,000/s).
+/// needs 10,000 at once for 20,000/s). Requests get their slots in the order they asked for them.
 #[derive(Debug)]
 struct HostLimit {
-    in_use: std::sync::atomic::AtomicUsize,
+    /// As many permits as the limit (FIFO: requests go in the order they asked).
+    slots: Arc<Semaphore>,
     limit: std::sync::atomic::AtomicUsize,
-    freed: tokio::sync::Notify,
     window: std::sync::Mutex<Window>,
 }
 
@@ -736,26 +762,15 @@ const MIN_LIMIT: usize = 16;
 impl HostLimit {
     fn new() -> Self {
         Self {
-            in_use: std::sync::atomic::AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(MIN_LIMIT)),
             limit: std::sync::atomic::AtomicUsize::new(MIN_LIMIT),
-            freed: tokio::sync::Notify::new(),
             window: std::sync::Mutex::new(Window { min_rtt: Duration::MAX, sum: Duration::ZERO, samples: 0 }),
         }
     }
 
-    /// A slot for one request, waiting while the limit is reached.
-    async fn acquire(self: &Arc<Self>) -> HostSlot {
-        loop {
-            let freed = self.freed.notified();
-            let used = self.in_use.load(Ordering::Acquire);
-            if used < self.limit.load(Ordering::Acquire) {
-                if self.in_use.compare_exchange(used, used + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    return HostSlot(self.clone());
-                }
-                continue;
-            }
-            freed.await;
-        }
+    /// A slot for one request, waiting (in turn) while the limit is reached.
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.slots.clone().acquire_owned().await.expect("never closed")
     }
 
     /// One request took `rtt`; at the end of a window, the limit moves.
@@ -779,22 +794,15 @@ impl HostLimit {
             limit * 3 / 4
         };
         let next = next.clamp(MIN_LIMIT, max.max(MIN_LIMIT));
+        let next = if next >= limit {
+            self.slots.add_permits(next - limit);
+            next
+        } else {
+            // Only free permits can go; the limit is what is left.
+            limit - self.slots.forget_permits(limit - next)
+        };
         self.limit.store(next, Ordering::Release);
-        // One waiter woken per new slot, not every waiter at once.
-        for _ in limit..next {
-            self.freed.notify_one();
-        }
         (w.sum, w.samples) = (Duration::ZERO, 0);
-    }
-}
-
-/// A request's place under its receiver's limit, given back when dropped.
-struct HostSlot(Arc<HostLimit>);
-
-impl Drop for HostSlot {
-    fn drop(&mut self) {
-        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
     }
 }
 
@@ -810,7 +818,12 @@ struct OpenBatch {
     target: Arc<Target>,
     items: Vec<Pending>,
     since: Instant,
+    /// Held while one of this URL's batches is being posted.
+    turn: Turn,
 }
+
+/// A URL's turn to post a batch.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// Events per SendGrid webhook, at most (SendGrid: about 30 s or 768 KB, whichever comes first).
 const SENDGRID_BATCH_EVENTS: usize = 1000;

@@ -1,7 +1,8 @@
 //! The Amazon SES door: SESv2's `SendEmail`, `POST /v2/email/outbound-emails`, JSON as the AWS SDKs send
 //! it (`FromEmailAddress`, `Destination`, `Content` as `Simple`, `Raw` or `Template`, `EmailTags`,
-//! `ConfigurationSetName`), signed with SigV4 and checked against `http.ses.credentials` (or not checked
-//! when there are none). One lifecycle per recipient (at most 50), `200 {"MessageId"}` once they are all
+//! `ConfigurationSetName`), signed with SigV4 and checked against `http.ses.credentials` (when there are
+//! none, any request with an `Authorization` header is taken; one without gets SES's 403, as unsigned
+//! requests do). One lifecycle per recipient (at most 50), `200 {"MessageId"}` once they are all
 //! durable, or SES's error: its type in `x-amzn-ErrorType`, `{"message"}` in the body. A scenario's
 //! REJECT stays an event (SES's `Reject`, or a suppression's `Bounce`), as SES reports them.
 //!
@@ -107,7 +108,11 @@ fn authenticate(req: &HttpRequest, body: &[u8], door: &Door) -> Result<String, B
     };
     let header = |name: &str| {
         let values: Vec<&str> = req.headers().get_all(name).filter_map(|v| v.to_str().ok()).collect();
-        values.join(",")
+        match values.is_empty() && name == "host" {
+            // Over HTTP/2 the host is the `:authority`.
+            true => req.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
+            false => values.join(","),
+        }
     };
     let amz_date = header("x-amz-date");
     let Ok(at) = chrono::NaiveDateTime::parse_from_str(&amz_date, "%Y%m%dT%H%M%SZ") else {
@@ -117,6 +122,15 @@ fn authenticate(req: &HttpRequest, body: &[u8], door: &Door) -> Result<String, B
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
         ));
     };
+    // The scope names the request's own day and this service.
+    let scope_ok = auth.scope.starts_with(amz_date.get(..8).unwrap_or("-"))
+        && (auth.scope.ends_with("/ses/aws4_request") || auth.scope.ends_with("/email/aws4_request"));
+    if !scope_ok {
+        return Err(forbidden(
+            "InvalidSignatureException",
+            &format!("Credential should be scoped to a valid date and to the service `ses`: {}", auth.scope),
+        ));
+    }
     let now = Utc::now().naive_utc();
     let fmt = |t: chrono::NaiveDateTime| t.format("%Y%m%dT%H%M%SZ").to_string();
     if at < now - MAX_SKEW {
@@ -141,10 +155,14 @@ fn authenticate(req: &HttpRequest, body: &[u8], door: &Door) -> Result<String, B
     }
     let headers: Vec<(String, String)> =
         auth.signed_headers.split(';').map(|name| (name.to_owned(), header(name))).collect();
-    let payload = match req.headers().get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
-        Some(h) if h != "UNSIGNED-PAYLOAD" => h.to_owned(),
-        _ => hex(&Sha256::digest(body)),
-    };
+    // The payload's hash as the client signed it: its `x-amz-content-sha256` (which may be
+    // `UNSIGNED-PAYLOAD`), or the body's.
+    let body_hash = hex(&Sha256::digest(body));
+    let payload = req
+        .headers()
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| body_hash.clone(), str::to_owned);
     let canonical = canonical_request(
         req.method().as_str(),
         req.uri().path(),
@@ -154,7 +172,7 @@ fn authenticate(req: &HttpRequest, body: &[u8], door: &Door) -> Result<String, B
         &payload,
     );
     let expected = sigv4_signature(&secret.secret_access_key, &amz_date, &auth.scope, &canonical);
-    let body_matches = payload == hex(&Sha256::digest(body));
+    let body_matches = payload == "UNSIGNED-PAYLOAD" || payload == body_hash;
     if !body_matches || !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         return Err(forbidden(
             "InvalidSignatureException",
@@ -189,6 +207,23 @@ fn address_error(a: &str) -> Option<String> {
     bad.then(|| format!("Illegal address <{a}>."))
 }
 
+/// The addresses of a header's list: split at the commas outside quotes (`"Doe, John" <j@x.test>`).
+fn split_addresses(list: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in list.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&list[start..]);
+    parts
+}
+
 /// What the door needs of a `SendEmail` request, or SES's error.
 #[derive(Debug, PartialEq)]
 struct Email {
@@ -217,7 +252,9 @@ fn raw_headers(mime: &[u8]) -> (Option<String>, Vec<String>, Option<String>) {
         let Some((name, value)) = line.split_once(':') else { continue };
         match name.trim().to_ascii_lowercase().as_str() {
             "from" => from = Some(address(value).to_owned()),
-            "to" | "cc" => to.extend(value.split(',').map(address).filter(|a| !a.is_empty()).map(str::to_owned)),
+            "to" | "cc" => {
+                to.extend(split_addresses(value).into_iter().map(address).filter(|a| !a.is_empty()).map(str::to_owned))
+            }
             "subject" => subject = Some(value.trim().to_owned()),
             _ => {}
         }
@@ -486,7 +523,7 @@ mod tests {
         assert_eq!(err(&over), "Recipient count exceeds 50.");
         // A raw message: its header says who it is from and to.
         let mime = base64::engine::general_purpose::STANDARD
-            .encode("From: Shop <news@shop.example>\r\nTo: a@x.test,\r\n  B <b@x.test>\r\nSubject: hi\r\n\r\nbody");
+            .encode("From: Shop <news@shop.example>\r\nTo: a@x.test,\r\n  \"B, the second\" <b@x.test>\r\nSubject: hi\r\n\r\nbody");
         let raw = parse(format!(r#"{{"Content":{{"Raw":{{"Data":"{mime}"}}}}}}"#).as_bytes()).unwrap();
         assert_eq!(
             (raw.from.as_str(), raw.recipients.len(), raw.subject.as_deref()),
