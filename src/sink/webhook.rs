@@ -32,11 +32,8 @@ pub struct Target {
     pub url: Arc<str>,
     /// The signing key (Twilio: the account's auth token; WhatsApp: the app secret).
     pub key: Arc<str>,
-    /// Echoed in every webhook (WhatsApp's `biz_opaque_callback_data`).
-    pub data: Option<Arc<str>>,
-    /// A recipient of a message to several whose first recipient's lifecycle sends what is sent once per
-    /// message (SES's `Send` event).
-    pub secondary: bool,
+    /// What every webhook echoes of the send call, read once per lifecycle.
+    pub echo: Arc<Echo>,
     /// The receiver's concurrency limit, looked up on the first attempt.
     limit: std::sync::OnceLock<Arc<HostLimit>>,
     /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
@@ -51,17 +48,40 @@ impl Target {
             vendor,
             url,
             key,
-            data: None,
-            secondary: false,
+            echo: Arc::new(Echo::Nothing),
             limit: std::sync::OnceLock::new(),
             previous: std::sync::Mutex::new(None),
         }
     }
 
     /// Whether this lifecycle's `status` is called back: as its vendor does, and SES's `Send` once per
-    /// message.
+    /// message (by its first recipient's lifecycle).
     pub fn calls_back(&self, status: crate::model::Status) -> bool {
-        self.vendor.calls_back(status) && !(self.secondary && status == crate::model::Status::Send)
+        let secondary = matches!(&*self.echo, Echo::Ses(s) if s.index > 0);
+        self.vendor.calls_back(status) && !(secondary && status == crate::model::Status::Send)
+    }
+}
+
+/// What a lifecycle's webhooks echo of its send call ([`crate::plan::Callback::data`], parsed).
+#[derive(Debug)]
+pub enum Echo {
+    Nothing,
+    /// WhatsApp's `biz_opaque_callback_data`.
+    Text(Arc<str>),
+    Sendgrid(wire::sendgrid::Sent),
+    Ses(wire::ses::Sent),
+}
+
+impl Echo {
+    fn of(vendor: Vendor, data: Option<&str>) -> Self {
+        let Some(data) = data else { return Echo::Nothing };
+        let parsed = match vendor {
+            Vendor::Whatsapp => Some(Echo::Text(data.into())),
+            Vendor::Sendgrid => serde_json::from_str(data).ok().map(Echo::Sendgrid),
+            Vendor::Ses => serde_json::from_str(data).ok().map(Echo::Ses),
+            Vendor::Twilio => None,
+        };
+        parsed.unwrap_or(Echo::Nothing)
     }
 }
 
@@ -231,7 +251,7 @@ impl WebhookSender {
     ) {
         let t = target.clone();
         self.after_previous(&t, move |this, done| async move {
-            let item = Pending { event, recipient, data: target.data.clone(), permit, joint, done: Some(done) };
+            let item = Pending { event, recipient, echo: target.echo.clone(), permit, joint, done: Some(done) };
             if target.vendor == Vendor::Sendgrid {
                 this.batch(target, item);
             } else {
@@ -398,7 +418,11 @@ impl WebhookSender {
             Vendor::Whatsapp => {
                 let item = &items[0];
                 let mut bytes = Vec::with_capacity(1024);
-                wire::whatsapp::webhook_with(&item.event, &item.recipient, target.data.as_deref(), &mut bytes);
+                let data = match &*target.echo {
+                    Echo::Text(t) => Some(&**t),
+                    _ => None,
+                };
+                wire::whatsapp::webhook_with(&item.event, &item.recipient, data, &mut bytes);
                 let signature = wire::whatsapp::signature(&target.key, &bytes);
                 Body {
                     content_type: "application/json",
@@ -413,9 +437,11 @@ impl WebhookSender {
                     if i > 0 {
                         bytes.push(b',');
                     }
-                    let sent: Option<wire::sendgrid::Sent> =
-                        item.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
-                    wire::sendgrid::event_with(&item.event, &item.recipient, sent.as_ref(), &mut bytes);
+                    let sent = match &*item.echo {
+                        Echo::Sendgrid(s) => Some(s),
+                        _ => None,
+                    };
+                    wire::sendgrid::event_with(&item.event, &item.recipient, sent, &mut bytes);
                 }
                 bytes.push(b']');
                 let timestamp = chrono::Utc::now().timestamp().to_string();
@@ -431,15 +457,18 @@ impl WebhookSender {
             }
             Vendor::Ses => {
                 let item = &items[0];
-                let sent: Option<wire::ses::Sent> = item.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
+                let sent = match &*item.echo {
+                    Echo::Ses(s) => Some(s),
+                    _ => None,
+                };
                 let mut event = Vec::with_capacity(2048);
                 match self.ses_delivery {
                     SesDelivery::Eventbridge => {
-                        wire::ses::eventbridge(&item.event, &item.recipient, sent.as_ref(), &mut event);
+                        wire::ses::eventbridge(&item.event, &item.recipient, sent, &mut event);
                         return Body { content_type: "application/json", bytes: event.into(), headers: Vec::new() };
                     }
                     SesDelivery::Sns | SesDelivery::Raw => {
-                        wire::ses::event_with(&item.event, &item.recipient, sent.as_ref(), &mut event)
+                        wire::ses::event_with(&item.event, &item.recipient, sent, &mut event)
                     }
                 }
                 let message_id = item.event.event_id.to_string();
@@ -481,9 +510,10 @@ impl WebhookSender {
     /// Store `event` without delivering it (its room taken): a status its vendor does not call back for.
     /// In its lifecycle's order too, after the webhooks before it are done.
     pub fn record(&self, permit: OwnedSemaphorePermit, event: AckEvent, target: Arc<Target>) {
+        let echo = target.echo.clone();
         self.after_previous(&target, move |this, done| async move {
             let recipient: Arc<str> = Arc::from("");
-            this.done(Pending { event, recipient, data: None, permit, joint: None, done: Some(done) });
+            this.done(Pending { event, recipient, echo, permit, joint: None, done: Some(done) });
         });
     }
 
@@ -725,8 +755,8 @@ struct Body {
 struct Pending {
     event: AckEvent,
     recipient: Arc<str>,
-    /// Its lifecycle's [`Target::data`].
-    data: Option<Arc<str>>,
+    /// Its lifecycle's [`Target::echo`].
+    echo: Arc<Echo>,
     permit: OwnedSemaphorePermit,
     joint: Option<Arc<Joint>>,
     /// Told when the event is done with (or, in a batch, once it has its place): the lifecycle's next
@@ -850,11 +880,7 @@ impl Keys {
             Vendor::Sendgrid | Vendor::Ses => None,
         };
         let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
-        target.data = callback.data.clone();
-        if callback.vendor == Vendor::Ses {
-            let sent: Option<wire::ses::Sent> = callback.data.as_deref().and_then(|d| serde_json::from_str(d).ok());
-            target.secondary = sent.is_some_and(|s| s.index > 0);
-        }
+        target.echo = Arc::new(Echo::of(callback.vendor, callback.data.as_deref()));
         target
     }
 }
