@@ -233,6 +233,28 @@ async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
     }
     // Stored once each, whether it went to Kafka, to the webhook, or both.
     assert_eq!(store.totals().await.unwrap().events as usize, acks.len());
+
+    // Twilio's library fetches each message as its lifecycle stands: finished here, so delivered (read
+    // on WhatsApp), with the time it was sent; a SID nobody was given is Twilio's 20404.
+    let list = sids.join(",");
+    let fetched = client_script(
+        "twilio_fetch.py",
+        &url,
+        &[("TWILIO_ACCOUNT_SID", ACCOUNT), ("TWILIO_AUTH_TOKEN", TOKEN), ("SIDS", &list)],
+    )
+    .await;
+    for (m, sid) in created.iter().zip(&sids) {
+        let f = &fetched["fetched"][*sid];
+        let expected = if m["to"].as_str().unwrap().starts_with("whatsapp:") { "read" } else { "delivered" };
+        assert_eq!((f["sid"].as_str(), f["status"].as_str()), (Some(*sid), Some(expected)), "{f}");
+        assert_eq!((&f["to"], &f["body"], &f["date_created"]), (&m["to"], &m["body"], &m["date_created"]), "{f}");
+        assert!(f["date_sent"].is_string() && f["error_code"].is_null(), "{f}");
+    }
+    let errors = &fetched["errors"];
+    let error = |case: &str| (errors[case]["code"].as_i64(), errors[case]["status"].as_i64());
+    assert_eq!(error("unknown_sid"), (Some(20404), Some(404)), "{errors}");
+    assert_eq!(error("not_a_sid"), (Some(20404), Some(404)), "{errors}");
+    assert_eq!(error("bad_token"), (Some(20003), Some(401)), "{errors}");
     pipeline.shutdown().await;
 
     // A rerun of the same test against a fresh store gets the same SIDs.

@@ -57,11 +57,13 @@ pub struct Taken {
     /// it, and the message is stored with the step as not sent ([`Fault::Answered`], or the fault that
     /// caused it) and no lifecycle.
     pub refused: Option<PlannedStep>,
+    /// When the door took it, as stored: the vendor's creation time.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Taken {
     /// Move a first-step REJECT out of the plan's steps (with `refuse`).
-    fn of(mut plan: Plan, refuse: bool) -> Self {
+    fn of(mut plan: Plan, refuse: bool, received_at: chrono::DateTime<chrono::Utc>) -> Self {
         let refused = plan.steps.first().filter(|s| refuse && s.status == Status::Reject).cloned();
         if refused.is_some() {
             for s in std::mem::take(&mut plan.steps) {
@@ -71,7 +73,7 @@ impl Taken {
                 }
             }
         }
-        Self { plan, refused }
+        Self { plan, refused, received_at }
     }
 }
 
@@ -184,7 +186,7 @@ impl Handler<Accept> for ChannelActor {
                 continue;
             };
             plan.callback = callback;
-            let t = Taken::of(plan, refuse_rejects);
+            let t = Taken::of(plan, refuse_rejects, outbound.received_at);
             let mut pm = PlannedMessage { outbound, plan: t.plan.clone() };
             taken.push(Some(t));
             rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));

@@ -54,6 +54,8 @@ pub struct MessageRow {
     pub rule: Option<Arc<str>>,
     /// Kinds of injected fault in the plan, comma-separated.
     pub faults: Option<String>,
+    /// The id the vendor gave the message ([`Plan::vendor_message_id`]).
+    pub vendor_message_id: Arc<str>,
 }
 
 impl MessageRow {
@@ -84,6 +86,7 @@ impl MessageRow {
             scenario_version: scenario_version.clone(),
             rule: m.plan.rule.clone(),
             faults: m.plan.fault_kinds(),
+            vendor_message_id: m.plan.vendor_message_id.clone(),
         }
     }
 }
@@ -192,6 +195,50 @@ impl PendingRow {
             plan,
         })
     }
+}
+
+/// A stored message found by the id its vendor gave it, with its events stored so far, oldest first.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    pub payload_id: String,
+    pub channel: Channel,
+    pub recipient: String,
+    pub tenant_id: Option<String>,
+    pub received_at_us: i64,
+    /// The request as it came (empty for a request's second and later messages).
+    pub body: Vec<u8>,
+    pub plan: Plan,
+    pub events: Vec<StoredEvent>,
+}
+
+/// One stored event of a [`StoredMessage`].
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub status: crate::model::Status,
+    pub attempt: i32,
+    pub emitted_at_us: i64,
+    pub error_code: Option<String>,
+    pub error_reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct VendorIdRow {
+    payload_id: String,
+    channel: String,
+    recipient: String,
+    tenant_id: Option<String>,
+    received_at_us: i64,
+    body: Vec<u8>,
+    plan: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventStateRow {
+    status: String,
+    attempt: i32,
+    emitted_at_us: i64,
+    error_code: Option<String>,
+    error_reason: Option<String>,
 }
 
 /// Per channel and status counts, for reports.
@@ -404,6 +451,49 @@ impl Store {
             Store::Postgres(p) => sqlx::query_as(q).fetch_one(p).await?,
             Store::Sqlite(p) => sqlx::query_as(q).fetch_one(p).await?,
         })
+    }
+
+    /// The message stored under either of two vendor ids (one id, written the ways its channels write it:
+    /// Twilio's `SM…` is an SMS's id and a WhatsApp message's `wamid.…`), and its events so far.
+    pub async fn message_by_vendor_id(&self, ids: [&str; 2]) -> Result<Option<StoredMessage>> {
+        let q = include_str!("sql/message_by_vendor_id.sql");
+        let row: Option<VendorIdRow> = match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(ids[0]).bind(ids[1]).fetch_optional(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(ids[0]).bind(ids[1]).fetch_optional(p).await?,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt { payload_id: row.payload_id.clone(), reason };
+        let plan: Plan = serde_json::from_str(&row.plan).map_err(|e| corrupt(e.to_string()))?;
+        let channel = Channel::from_str(&row.channel).map_err(corrupt)?;
+        let q = include_str!("sql/events_by_payload.sql");
+        let events: Vec<EventStateRow> = match self {
+            Store::Postgres(p) => sqlx::query_as(q).bind(&row.payload_id).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).bind(&row.payload_id).fetch_all(p).await?,
+        };
+        let events = events
+            .into_iter()
+            .filter_map(|e| {
+                Some(StoredEvent {
+                    status: e.status.parse().ok()?,
+                    attempt: e.attempt,
+                    emitted_at_us: e.emitted_at_us,
+                    error_code: e.error_code,
+                    error_reason: e.error_reason,
+                })
+            })
+            .collect();
+        Ok(Some(StoredMessage {
+            payload_id: row.payload_id,
+            channel,
+            recipient: row.recipient,
+            tenant_id: row.tenant_id,
+            received_at_us: row.received_at_us,
+            body: row.body,
+            plan,
+            events,
+        }))
     }
 
     /// All stored event ids, for checks against the ack topic.

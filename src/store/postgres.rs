@@ -50,7 +50,7 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
         let mut c = tx.copy_in_raw(include_str!("sql/postgres/message_copy.sql")).await?;
         b.header();
         for r in messages {
-            b.row(19)
+            b.row(20)
                 .text(&r.topic)
                 .int4(r.partition)
                 .int8(r.offset)
@@ -69,7 +69,8 @@ async fn copy(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> Re
                 .text(&r.scenario_version)
                 .opt_text(r.rule.as_deref())
                 .opt_text(r.faults.as_deref())
-                .text(&r.topic_id);
+                .text(&r.topic_id)
+                .text(&r.vendor_message_id);
             b.send_if_full(&mut c).await?;
         }
         b.finish(c).await?;
@@ -196,6 +197,7 @@ async fn insert(pool: &PgPool, messages: &[MessageRow], events: &[EventRow]) -> 
             .bind(m.iter().map(|r| r.rule.as_deref()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| r.faults.as_deref()).collect::<Vec<_>>())
             .bind(m.iter().map(|r| &*r.topic_id).collect::<Vec<_>>())
+            .bind(m.iter().map(|r| &*r.vendor_message_id).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
     }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{EventRow, MessageRow, PendingRow, Result};
 
-/// At most 18 columns a row (messages); SQLite allows 32,766 parameters.
-const ROWS_PER_INSERT: usize = 1600;
+/// At most 20 columns a row (messages); SQLite allows 32,766 parameters.
+const ROWS_PER_INSERT: usize = 1500;
 
 pub(super) fn connect_lazy(url: &str) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::from_str(url)?
@@ -28,7 +28,7 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (src_topic, src_partition, src_offset, payload_id, batch_id, channel, recipient, \
              tenant_id, received_at_us, scenario, path, planned_events, plan, headers, body, scenario_version, rule, faults, \
-             src_topic_id) ",
+             src_topic_id, vendor_message_id) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(&*r.topic)
@@ -49,7 +49,8 @@ pub(super) async fn write(pool: &SqlitePool, messages: &[MessageRow], events: &[
                 .push_bind(&*r.scenario_version)
                 .push_bind(r.rule.as_deref())
                 .push_bind(r.faults.as_deref())
-                .push_bind(&*r.topic_id);
+                .push_bind(&*r.topic_id)
+                .push_bind(&*r.vendor_message_id);
         });
         q.push(" ON CONFLICT DO NOTHING");
         q.build().execute(&mut *tx).await?;

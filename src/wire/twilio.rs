@@ -142,6 +142,18 @@ pub fn message_status(status: Status) -> &'static str {
     }
 }
 
+/// The `status` a fetch of a message answers, and the status that set it, from its statuses so far
+/// (oldest first): `queued` before the first (`accepted` when sent through a Messaging Service), then
+/// the latest. A deferral never shows: Twilio has no `queued` after `sent`, and before it the message is
+/// queued anyway.
+pub fn fetched_status(statuses: impl IntoIterator<Item = Status>, via_service: bool) -> (&'static str, Option<Status>) {
+    match statuses.into_iter().filter(|s| *s != Status::Deferred).last() {
+        Some(s) => (message_status(s), Some(s)),
+        None if via_service => ("accepted", None),
+        None => ("queued", None),
+    }
+}
+
 /// A status callback's parameters, in Twilio's order: what its webhook posts form-encoded, and what the
 /// `twilio` ack format writes as a JSON object.
 pub fn callback_fields(e: &AckEvent, recipient: &str) -> Vec<(&'static str, String)> {
@@ -224,6 +236,20 @@ mod tests {
         let mut e = event(Channel::Sms, Status::Send, None);
         e.tenant_id = Some("AC0123456789abcdef0123456789abcdef".into());
         assert_eq!(json(&AckFormat::Twilio, &e, "+15005550006")["AccountSid"], "AC0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn a_fetch_shows_the_latest_status_and_never_a_deferral() {
+        use super::fetched_status;
+        use Status::*;
+        assert_eq!(fetched_status([], false), ("queued", None));
+        assert_eq!(fetched_status([], true), ("accepted", None));
+        assert_eq!(fetched_status([Deferred], false), ("queued", None));
+        assert_eq!(fetched_status([Send, Deferred], false), ("sent", Some(Send)));
+        assert_eq!(fetched_status([Send, Deferred, Delivery], false), ("delivered", Some(Delivery)));
+        assert_eq!(fetched_status([Send, Delivery, Read], false), ("read", Some(Read)));
+        assert_eq!(fetched_status([Send, Undelivered], false), ("undelivered", Some(Undelivered)));
+        assert_eq!(fetched_status([Send, Deferred, Bounce], false), ("failed", Some(Bounce)));
     }
 
     #[test]

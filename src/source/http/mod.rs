@@ -59,6 +59,8 @@ pub struct Door {
     settings: HttpSettings,
     /// SNS's signer, whose certificate and SubscribeURL the SES door serves.
     sns: Arc<crate::sink::sns::Sns>,
+    /// Where the doors look up the messages they took (Twilio's fetch).
+    store: Store,
 }
 
 /// One message of a request.
@@ -127,6 +129,7 @@ impl Door {
             keys: Mutex::new(keys),
             settings: settings.clone(),
             sns,
+            store: store.clone(),
         }))
     }
 
@@ -226,7 +229,7 @@ pub fn plan_or<E>(
 ) -> Result<Plan, E> {
     match taken {
         Ok(Taken { refused: Some(step), .. }) => Err(refused(&step)),
-        Ok(Taken { plan, refused: None }) => Ok(plan),
+        Ok(Taken { plan, refused: None, .. }) => Ok(plan),
         Err(n) => Err(not_taken(n)),
     }
 }

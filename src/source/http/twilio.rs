@@ -7,16 +7,17 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 
 use super::{Door, NotTaken, json_answer, plan_or, read_body};
-use crate::model::{Channel, Fault};
-use crate::plan::{Callback, PlannedStep};
+use crate::model::{Channel, Fault, Status, micros_to_time};
+use crate::plan::{Callback, Plan, PlannedStep};
 use crate::wire::Vendor;
-use crate::wire::twilio::{API_VERSION, ApiError, MessageResource, is_sid, message_sid};
+use crate::wire::twilio::{API_VERSION, ApiError, MessageResource, fetched_status, is_sid, message_sid};
 
 /// The longest body Twilio sends, in characters.
 const MAX_BODY_CHARS: usize = 1600;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(&format!("/{API_VERSION}/Accounts/{{account}}/Messages.json"), web::post().to(create));
+    cfg.route(&format!("/{API_VERSION}/Accounts/{{account}}/Messages.json"), web::post().to(create))
+        .route(&format!("/{API_VERSION}/Accounts/{{account}}/Messages/{{sid}}.json"), web::get().to(fetch));
 }
 
 /// Every other path: Twilio's 20404.
@@ -195,6 +196,7 @@ async fn create(
     });
     let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec(), callback).await;
     let to = form.to.as_deref().unwrap_or("");
+    let created = taken.as_ref().map_or_else(|_| chrono::Utc::now(), |t| t.received_at);
     let plan = match plan_or(taken, refusal, |not| match not {
         NotTaken::NoBehaviour => ApiError::new(
             400,
@@ -208,7 +210,6 @@ async fn create(
         Ok(plan) => plan,
         Err(e) => return error(&e),
     };
-    let now = chrono::Utc::now();
     let sid = message_sid(&plan.vendor_message_id);
     let resource = MessageResource {
         account_sid: &account,
@@ -219,8 +220,8 @@ async fn create(
         body: form.body.as_deref().unwrap_or(""),
         status: if service.is_some() { "accepted" } else { "queued" },
         num_media: form.media,
-        date_created: now,
-        date_updated: now,
+        date_created: created,
+        date_updated: created,
         date_sent: None,
         error_code: None,
         error_message: None,
@@ -228,6 +229,62 @@ async fn create(
     let mut body = Vec::with_capacity(1024);
     resource.write(&mut body);
     HttpResponse::Created().content_type("application/json").body(body)
+}
+
+/// Whether the send call of a stored message was answered with an error (a REJECT the scenario made
+/// the call's answer): Twilio never created such a message, so there is nothing to fetch.
+fn refused_at_send(plan: &Plan) -> bool {
+    plan.steps.first().is_none_or(|s| s.status != Status::Reject)
+        && plan.not_sent.iter().any(|n| n.status == Status::Reject && n.attempt == 1)
+}
+
+/// `GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`: the Message resource as its lifecycle
+/// stands in the store: `queued` (or `accepted`) until its first status, then the latest, with the
+/// error code of a failure; `date_sent` once it was sent.
+async fn fetch(req: HttpRequest, path: web::Path<(String, String)>, door: web::Data<Door>) -> HttpResponse {
+    let (account, sid) = path.into_inner();
+    if !is_sid(&account, "AC") {
+        return error(&ApiError::not_found(req.path()));
+    }
+    if !authorized(&door, &account, basic_auth(&req)) {
+        return error(&ApiError::authenticate());
+    }
+    if !is_sid(&sid, "SM") {
+        return error(&ApiError::not_found(req.path()));
+    }
+    let whatsapp = format!("wamid.{}", &sid[2..]);
+    let m = match door.store.message_by_vendor_id([&sid, &whatsapp]).await {
+        Ok(Some(m)) if m.tenant_id.as_deref() == Some(&account) && !refused_at_send(&m.plan) => m,
+        Ok(_) => return error(&ApiError::not_found(req.path())),
+        Err(e) => {
+            tracing::warn!(error = %e, %sid, "cannot look up a message for Twilio's fetch");
+            return error(&ApiError::new(503, 20503, "Service Unavailable"));
+        }
+    };
+    let form = Form::parse(&m.body);
+    let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
+    let (status, by) = fetched_status(m.events.iter().map(|e| e.status), service.is_some());
+    let last = m.events.iter().rev().find(|e| Some(e.status) == by);
+    let failure = last.filter(|e| e.status.is_failure());
+    let created = micros_to_time(m.received_at_us);
+    let resource = MessageResource {
+        account_sid: &account,
+        sid: &sid,
+        to: form.to.as_deref().unwrap_or(&m.recipient),
+        from: form.from.as_deref().filter(|f| !f.is_empty()),
+        messaging_service_sid: service,
+        body: form.body.as_deref().unwrap_or(""),
+        status,
+        num_media: form.media,
+        date_created: created,
+        date_updated: m.events.last().map_or(created, |e| micros_to_time(e.emitted_at_us)),
+        date_sent: m.events.iter().find(|e| e.status == Status::Send).map(|e| micros_to_time(e.emitted_at_us)),
+        error_code: failure.and_then(|e| e.error_code.as_deref()).and_then(|c| c.trim().parse().ok()),
+        error_message: failure.and_then(|e| e.error_reason.as_deref()),
+    };
+    let mut body = Vec::with_capacity(1024);
+    resource.write(&mut body);
+    HttpResponse::Ok().content_type("application/json").body(body)
 }
 
 #[cfg(test)]
