@@ -305,6 +305,25 @@ pub struct HttpSettings {
     pub whatsapp: WhatsappSettings,
     pub sendgrid: SendgridSettings,
     pub ses: SesSettings,
+    /// The vendors' rate limits: beyond them a send call is answered 429 the vendor's way, and nothing
+    /// is taken. The first entry of the request's vendor (and tenant, when it names one) applies.
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// One rate limit of the front doors: a token bucket per tenant (Twilio's account SID, WhatsApp's
+/// phone-number id, the sender's domain for SendGrid and SES), refilled at `per_second`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub vendor: crate::wire::Vendor,
+    /// Only this tenant; unset: every tenant, each its own bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Send calls a second (SES: recipients, as SES's maximum send rate counts them).
+    pub per_second: f64,
+    /// Calls at once; unset: one second's worth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
 }
 
 impl Default for HttpSettings {
@@ -321,6 +340,7 @@ impl Default for HttpSettings {
             whatsapp: WhatsappSettings::default(),
             sendgrid: SendgridSettings::default(),
             ses: SesSettings::default(),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -637,6 +657,19 @@ impl Settings {
                 );
             }
         }
+        for (i, l) in self.http.rate_limits.iter().enumerate() {
+            if !(l.per_second.is_finite() && l.per_second > 0.0) {
+                return bad(
+                    &format!("http.rate_limits[{i}].per_second"),
+                    format!("must be above 0, not {}", l.per_second),
+                );
+            }
+            if let Some(b) = l.burst
+                && !(b.is_finite() && b >= 1.0)
+            {
+                return bad(&format!("http.rate_limits[{i}].burst"), format!("must be at least 1, not {b}"));
+            }
+        }
         if self.http.webhooks_in_flight == 0 {
             return bad("http.webhooks_in_flight", "must be at least 1".into());
         }
@@ -718,6 +751,25 @@ mod tests {
         let text = "store:\n  batch_rows: many\n";
         let e = Settings::check_file(text, "u.yaml").unwrap_err().to_string();
         assert!(e.starts_with("u.yaml:2: `store.batch_rows`"), "{e}");
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let text = "http:\n  rate_limits:\n    - { vendor: sendgrid, per_second: 10, burst: 50 }\n    - { vendor: twilio, tenant: AC1, per_second: 1 }\n";
+        let s = Settings::check_file(text, "u.yaml").unwrap();
+        assert_eq!(s.http.rate_limits.len(), 2);
+        assert_eq!(
+            (s.http.rate_limits[1].vendor, s.http.rate_limits[1].tenant.as_deref()),
+            (crate::wire::Vendor::Twilio, Some("AC1"))
+        );
+        let mut bad = s.clone();
+        bad.http.rate_limits[0].per_second = 0.0;
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("http.rate_limits[0].per_second"), "{e}");
+        let e = Settings::check_file("http:\n  rate_limits: [{ vendor: mailgun, per_second: 1 }]\n", "u.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mailgun"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const CONSUMER_LAG: &str = "understudy_consumer_lag_messages";
 pub const BACKPRESSURE_SECONDS: &str = "understudy_backpressure_micros_total";
 pub const OFFSETS_COMMITTED: &str = "understudy_offsets_committed_total";
 pub const WEBHOOK_ATTEMPTS: &str = "understudy_webhook_attempts_total";
+pub const RATE_LIMITED: &str = "understudy_http_rate_limited_total";
 
 /// Handles of the per-message metrics, registered once: a handle records without the registry lookup
 /// (hashing of name and labels) that a `counter!` call pays each time.
@@ -137,6 +138,11 @@ pub fn webhook_attempt(vendor: &'static str, outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(1);
 }
 
+/// A front door's send call answered 429 by `http.rate_limits`, by vendor.
+pub fn rate_limited(vendor: &'static str) {
+    counter!(RATE_LIMITED, "vendor" => vendor).increment(1);
+}
+
 /// Install the tracing subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_tracing(settings: &TelemetrySettings) {
     use tracing_subscriber::EnvFilter;
@@ -163,6 +169,7 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         WEBHOOK_ATTEMPTS,
         "Webhook delivery attempts, by vendor and outcome (delivered, refused, unreachable)."
     );
+    metrics::describe_counter!(RATE_LIMITED, "Front doors' send calls answered 429 by http.rate_limits, by vendor.");
     metrics::describe_counter!(MESSAGES_CONSUMED, "Outbound messages consumed and decoded, by channel.");
     metrics::describe_counter!(MESSAGES_DEAD_LETTERED, "Outbound messages sent to the dead-letter topic, by reason.");
     metrics::describe_counter!(

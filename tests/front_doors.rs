@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::Kafka;
 use serde_json::Value;
 use understudy::actors::pipeline::Pipeline;
-use understudy::config::TwilioAccount;
+use understudy::config::{RateLimit, TwilioAccount};
 use understudy::demo::read_topic;
 use understudy::model::{AckEvent, Status};
 use understudy::store::Store;
@@ -589,8 +589,71 @@ async fn twilio_callbacks_to_a_dead_receiver_stop_nothing(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// `http.rate_limits`: beyond a tenant's limit each door answers the vendor's 429 (Twilio's 20429,
+/// SendGrid's with its `X-RateLimit-*` headers, SES's TooManyRequestsException counting recipients,
+/// Meta's 130429), as the vendors' own clients read them, and takes nothing.
+async fn each_door_answers_429_beyond_its_rate_limit(k: Kafka) {
+    use understudy::wire::Vendor;
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("limits-{}", common::suffix());
+    // Refilling a token every 1,000 s: only the bursts get through.
+    let limit = |vendor, tenant: Option<&str>, burst| RateLimit {
+        vendor,
+        tenant: tenant.map(str::to_owned),
+        per_second: 0.001,
+        burst: Some(burst),
+    };
+    let limits = |s: &mut understudy::config::Settings| {
+        s.http.rate_limits = vec![
+            limit(Vendor::Twilio, Some(ACCOUNT), 3.0),
+            limit(Vendor::Sendgrid, None, 2.0),
+            // Three recipients a call: two calls fit in seven.
+            limit(Vendor::Ses, Some("limited.example"), 7.0),
+            limit(Vendor::Whatsapp, None, 1.0),
+        ]
+    };
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, limits).await;
+    let envs = [
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("SENDGRID_API_KEY", SENDGRID_API_KEY),
+        ("PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+        ("ACCESS_TOKEN", TOKEN),
+        ("CALLS", "5"),
+    ];
+    let out = client_script("rate_limits.py", &url, &envs).await;
+    let field = |door: &str, f: &str| -> Vec<Value> {
+        out[door].as_array().expect("calls").iter().map(|c| c[f].clone()).collect()
+    };
+    let ints = |v: &[i64]| v.iter().map(|i| Value::from(*i)).collect::<Vec<_>>();
+    let null = Value::Null;
+    assert_eq!(field("twilio", "status"), ints(&[201, 201, 201, 429, 429]), "{out}");
+    assert_eq!(field("twilio", "code")[3..], ints(&[20429, 20429]), "{out}");
+    assert_eq!(field("sendgrid", "status"), ints(&[202, 202, 429, 429, 429]), "{out}");
+    let texts = |v: &[&str]| v.iter().map(|s| Value::from(*s)).collect::<Vec<_>>();
+    assert_eq!(field("sendgrid", "limit"), texts(&["2"; 5]), "{out}");
+    assert_eq!(field("sendgrid", "remaining"), texts(&["1", "0", "0", "0", "0"]), "{out}");
+    let now = chrono::Utc::now().timestamp();
+    for reset in field("sendgrid", "reset") {
+        let reset: i64 = reset.as_str().expect("X-RateLimit-Reset").parse().expect("Unix seconds");
+        assert!((now..now + 3_000).contains(&reset), "reset {reset}, now {now}");
+    }
+    assert_eq!(field("sendgrid", "body")[2]["errors"][0]["message"], "too many requests", "{out}");
+    assert_eq!(field("sendgrid", "body")[0], null);
+    assert_eq!(field("ses", "status"), ints(&[200, 200, 429, 429, 429]), "{out}");
+    assert_eq!(field("ses", "code")[2..], texts(&["TooManyRequestsException"; 3]), "{out}");
+    assert_eq!(field("ses", "message")[2], "Maximum sending rate exceeded.", "{out}");
+    assert_eq!(field("whatsapp", "status"), ints(&[200, 429, 429, 429, 429]), "{out}");
+    assert_eq!(field("whatsapp", "code")[1..], ints(&[130429; 4]), "{out}");
+    // Nothing was taken beyond the limits: the messages stored are the calls let through.
+    assert_eq!(store.totals().await.expect("totals").messages, 3 + 2 + 2 * 3 + 1);
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    each_door_answers_429_beyond_its_rate_limit,
     twilio_callbacks_to_a_dead_receiver_stop_nothing,
     sendgrid_mail_is_accepted_and_its_events_are_signed,
     ses_mail_is_sent_and_its_events_come_signed_through_sns,

@@ -10,7 +10,10 @@
 //! - [`whatsapp`]: the WhatsApp Cloud API.
 //! - [`sendgrid`]: SendGrid's Mail Send API.
 //! - [`ses`]: Amazon SES (API v2), and SNS's certificate and SubscribeURL for its events.
+//!
+//! [`limit`] holds the vendors' rate limits all doors answer 429 by.
 
+pub mod limit;
 pub mod sendgrid;
 pub mod ses;
 pub mod twilio;
@@ -61,6 +64,7 @@ pub struct Door {
     sns: Arc<crate::sink::sns::Sns>,
     /// Where the doors look up the messages they took (Twilio's fetch).
     store: Store,
+    limits: limit::RateLimits,
 }
 
 /// One message of a request.
@@ -130,6 +134,7 @@ impl Door {
             settings: settings.clone(),
             sns,
             store: store.clone(),
+            limits: limit::RateLimits::new(&settings.rate_limits),
         }))
     }
 
@@ -149,6 +154,16 @@ impl Door {
             *n
         };
         format!("{vendor}-{key:016x}-{n}")
+    }
+
+    /// A send call of `tenant` to `vendor`, costing `cost` (SES: its recipients), against
+    /// `http.rate_limits`: `None` when no limit applies; a refusal is counted.
+    pub fn quota(&self, vendor: crate::wire::Vendor, tenant: &str, cost: usize) -> Option<limit::Quota> {
+        let q = self.limits.check(vendor, tenant, cost as f64)?;
+        if !q.allowed {
+            crate::telemetry::rate_limited(vendor.as_str());
+        }
+        Some(q)
     }
 
     /// The next source position of this instance.

@@ -156,6 +156,26 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
             return errors(400, &list);
         }
     };
+    let tenant = mail.from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+    // SendGrid's X-RateLimit-* headers go with every answer a limit applies to, its 429 when it is spent.
+    let quota = door.quota(Vendor::Sendgrid, &tenant, 1);
+    let with_quota = |mut r: HttpResponse| {
+        if let Some(q) = quota {
+            let h = r.headers_mut();
+            for (name, value) in
+                [("x-ratelimit-limit", q.limit), ("x-ratelimit-remaining", q.remaining), ("x-ratelimit-reset", q.reset)]
+            {
+                h.insert(
+                    actix_web::http::header::HeaderName::from_static(name),
+                    actix_web::http::header::HeaderValue::from(value),
+                );
+            }
+        }
+        r
+    };
+    if quota.is_some_and(|q| !q.allowed) {
+        return with_quota(errors(429, &[("too many requests", None)]));
+    }
     // Each recipient's id is the same on every rerun: the sender, the recipient and the whole request.
     let request_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     let items: Vec<(String, Recipient)> = mail
@@ -170,7 +190,6 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         let h = xxhash_rust::xxh3::xxh3_128(first.as_bytes());
         format!("{:022x}", h >> 40)
     };
-    let tenant = mail.from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
     let items = items
         .into_iter()
         .enumerate()
@@ -187,14 +206,14 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
             Item { payload_id, recipient: r.email.into(), callback }
         })
         .collect();
-    match door.take_all(Channel::Email, &message_id, &tenant, bytes, items, false).await {
+    with_quota(match door.take_all(Channel::Email, &message_id, &tenant, bytes, items, false).await {
         Ok(taken) if taken.iter().all(Option::is_some) => {
             HttpResponse::Accepted().insert_header(("X-Message-Id", message_id)).finish()
         }
         Ok(_) => errors(400, &[("The scenario has no email channel", None)]),
         Err(NotTaken::NoBehaviour) => errors(400, &[("The scenario has no email channel", None)]),
         Err(NotTaken::Unavailable) => errors(503, &[("Service Unavailable", None)]),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -382,6 +382,11 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         Ok(e) => e,
         Err(message) => return bad_request(&message),
     };
+    let tenant = email.from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+    // SES's maximum send rate counts recipients.
+    if door.quota(Vendor::Ses, &tenant, email.recipients.len()).is_some_and(|q| !q.allowed) {
+        return error(429, "TooManyRequestsException", "Maximum sending rate exceeded.");
+    }
     // Each recipient's id is the same on every rerun: the sender, the recipient and the whole request.
     let request_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     let ids: Vec<String> = email
@@ -390,7 +395,6 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .map(|r| door.payload_id("ses", &[email.from.as_bytes(), r.as_bytes(), &request_hash.to_le_bytes()]))
         .collect();
     let message_id = message_id(&ids[0]);
-    let tenant = email.from.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
     let mut sent = Sent {
         message_id: message_id.clone(),
         timestamp: crate::wire::iso(Utc::now()),

@@ -166,6 +166,9 @@ async fn create(
     if !authorized(&door, &account, basic_auth(&req)) {
         return error(&ApiError::authenticate());
     }
+    if door.quota(Vendor::Twilio, &account, 1).is_some_and(|q| !q.allowed) {
+        return error(&ApiError::new(429, 20429, "Too Many Requests"));
+    }
     let bytes = match read_body(payload, door.settings.max_body_bytes).await {
         Ok(Some(b)) => b,
         Ok(None) => return error(&ApiError::new(413, 20413, "Request entity too large")),

@@ -138,6 +138,9 @@ async fn send(
             "(#100) Unsupported post request. Object with ID '{phone_number_id}' does not exist"
         )));
     }
+    if door.quota(Vendor::Whatsapp, &phone_number_id, 1).is_some_and(|q| !q.allowed) {
+        return error(&ApiError::new(429, 130429, "(#130429) Rate limit hit"));
+    }
     let bytes = match read_body(payload, door.settings.max_body_bytes).await {
         Ok(Some(b)) => b,
         Ok(None) => return error(&ApiError::new(413, 100, "(#100) The request body is too large")),
