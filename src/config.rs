@@ -366,6 +366,57 @@ pub struct TwilioSettings {
     /// The accounts it takes, by SID and auth token (HTTP Basic auth). Empty: any well-formed account
     /// SID, with any token.
     pub accounts: Vec<TwilioAccount>,
+    /// Where a message's lifecycle key comes from: `header:<name>` (an idempotency header). Unset: a
+    /// hash of the request's fields and a count.
+    pub lifecycle_key: Option<LifecycleKey>,
+}
+
+/// Where a front door finds a message's lifecycle key: the request names its message, so that a
+/// repeated call returns the first answer and a rerun gets the same ids, outcomes and delays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LifecycleKey {
+    /// A request header (`header:Idempotency-Key`): every door.
+    Header(String),
+    /// One of SendGrid's `custom_args` (`custom_arg:msg_id`), per personalization or for the request.
+    CustomArg(String),
+    /// One of SES's `EmailTags` (`tag:msg_id`).
+    Tag(String),
+    /// WhatsApp's `biz_opaque_callback_data`.
+    OpaqueData,
+}
+
+impl TryFrom<String> for LifecycleKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let named = |kind: &str, name: &str| {
+            if name.trim().is_empty() {
+                Err(format!("`{kind}:` needs a name after it"))
+            } else {
+                Ok(name.trim().to_owned())
+            }
+        };
+        match s.split_once(':') {
+            Some(("header", n)) => Ok(Self::Header(named("header", n)?)),
+            Some(("custom_arg", n)) => Ok(Self::CustomArg(named("custom_arg", n)?)),
+            Some(("tag", n)) => Ok(Self::Tag(named("tag", n)?)),
+            None if s == "biz_opaque_callback_data" => Ok(Self::OpaqueData),
+            _ => Err(format!(
+                "`{s}` is not a lifecycle key; write `header:<name>`, `custom_arg:<name>` (SendGrid), `tag:<name>` (SES) or `biz_opaque_callback_data` (WhatsApp)"
+            )),
+        }
+    }
+}
+
+impl From<LifecycleKey> for String {
+    fn from(k: LifecycleKey) -> String {
+        match k {
+            LifecycleKey::Header(n) => format!("header:{n}"),
+            LifecycleKey::CustomArg(n) => format!("custom_arg:{n}"),
+            LifecycleKey::Tag(n) => format!("tag:{n}"),
+            LifecycleKey::OpaqueData => "biz_opaque_callback_data".into(),
+        }
+    }
 }
 
 /// SendGrid's Mail Send API at `/v3/mail/send`.
@@ -379,6 +430,9 @@ pub struct SendgridSettings {
     /// The event webhook's signing key, a P-256 private key in PKCS#8 PEM. Unset: one made at start-up,
     /// its verification key logged.
     pub signing_key_pem: Option<String>,
+    /// Where a recipient's lifecycle key comes from: `custom_arg:<name>` or `header:<name>` (with the
+    /// recipient's address). Unset: a hash of the request and a count.
+    pub lifecycle_key: Option<LifecycleKey>,
 }
 
 /// Amazon SES (API v2) at `/v2/email/outbound-emails`.
@@ -404,6 +458,9 @@ pub struct SesSettings {
     pub public_url: Option<String>,
     /// The topic the events are published to, as the envelopes name it.
     pub topic_arn: String,
+    /// Where a recipient's lifecycle key comes from: `tag:<name>` (an EmailTag) or `header:<name>` (with
+    /// the recipient's address). Unset: a hash of the request and a count.
+    pub lifecycle_key: Option<LifecycleKey>,
 }
 
 impl Default for SesSettings {
@@ -416,6 +473,7 @@ impl Default for SesSettings {
             signing_key_pem: None,
             public_url: None,
             topic_arn: "arn:aws:sns:us-east-1:123456789012:understudy-ses-events".into(),
+            lifecycle_key: None,
         }
     }
 }
@@ -449,6 +507,9 @@ pub struct WhatsappSettings {
     pub app_secret: String,
     /// Sent in the verification handshake (`hub.verify_token`) before the first webhook to a URL.
     pub verify_token: String,
+    /// Where a message's lifecycle key comes from: `biz_opaque_callback_data` or `header:<name>`. Unset:
+    /// a hash of the request and a count.
+    pub lifecycle_key: Option<LifecycleKey>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -655,6 +716,23 @@ impl Settings {
                     &format!("http.ses.credentials[{i}]"),
                     "needs an access_key_id and a secret_access_key".into(),
                 );
+            }
+        }
+        for (field, key, fits) in [
+            ("http.twilio.lifecycle_key", &self.http.twilio.lifecycle_key, (|_| false) as fn(&LifecycleKey) -> bool),
+            ("http.sendgrid.lifecycle_key", &self.http.sendgrid.lifecycle_key, |k| {
+                matches!(k, LifecycleKey::CustomArg(_))
+            }),
+            ("http.ses.lifecycle_key", &self.http.ses.lifecycle_key, |k| matches!(k, LifecycleKey::Tag(_))),
+            ("http.whatsapp.lifecycle_key", &self.http.whatsapp.lifecycle_key, |k| {
+                matches!(k, LifecycleKey::OpaqueData)
+            }),
+        ] {
+            if let Some(k) = key
+                && !matches!(k, LifecycleKey::Header(_))
+                && !fits(k)
+            {
+                return bad(field, format!("`{}` is not a field of this vendor's requests", String::from(k.clone())));
             }
         }
         for (i, l) in self.http.rate_limits.iter().enumerate() {

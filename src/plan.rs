@@ -73,6 +73,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the send call was answered with this plan's REJECT (a front door's refusal): the message
+    /// was stored, with the step as not sent, but the vendor never took it.
+    pub fn refused_at_send(&self) -> bool {
+        self.steps.first().is_none_or(|s| s.status != Status::Reject)
+            && self.not_sent.iter().any(|n| n.status == Status::Reject && n.attempt == 1)
+    }
+
     /// Distinct events to store: distinct (status, attempt) among the steps, so a duplicate copy counts once.
     pub fn distinct_events(&self) -> usize {
         let mut seen: Vec<(Status, u16)> = self.steps.iter().map(|s| (s.status, s.attempt)).collect();

@@ -651,8 +651,62 @@ async fn each_door_answers_429_beyond_its_rate_limit(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// `http.<vendor>.lifecycle_key`: the request names its message (Twilio by a header, SendGrid by a
+/// custom arg, SES by an EmailTag, WhatsApp by `biz_opaque_callback_data`). A repeated key is answered
+/// as the first call was, with the same ids, and takes nothing more, even five calls at once.
+async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka) {
+    use understudy::config::LifecycleKey;
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("keys-{}", common::suffix());
+    let keys = |s: &mut understudy::config::Settings| {
+        s.http.twilio.lifecycle_key = Some(LifecycleKey::Header("Idempotency-Key".into()));
+        s.http.sendgrid.lifecycle_key = Some(LifecycleKey::CustomArg("msg_id".into()));
+        s.http.ses.lifecycle_key = Some(LifecycleKey::Tag("msg_id".into()));
+        s.http.whatsapp.lifecycle_key = Some(LifecycleKey::OpaqueData);
+    };
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, keys).await;
+    let envs = [
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("SENDGRID_API_KEY", SENDGRID_API_KEY),
+        ("PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+        ("ACCESS_TOKEN", TOKEN),
+    ];
+    let out = client_script("lifecycle_keys.py", &url, &envs).await;
+    let t = &out["twilio"];
+    assert_eq!(t[1], t[0], "a repeated key is answered as the first call was, whatever its body");
+    assert_eq!((t[0]["status"].as_str(), t[0]["body"].as_str()), (Some("queued"), Some("keyed")));
+    assert_ne!(t[2]["sid"], t[0]["sid"], "another key is another message");
+    let at_once: HashSet<&str> =
+        out["twilio_at_once"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(at_once.len(), 1, "five calls at once with one key are one message: {out}");
+    for door in ["sendgrid", "ses", "whatsapp"] {
+        let ids = &out[door];
+        assert!(ids[0].is_string() && ids[1] == ids[0] && ids[2] != ids[0], "{door}: {ids}");
+    }
+    // Stored once per key (SendGrid's: two recipients each), and every lifecycle ran once.
+    let expected = 3 + 2 * 2 + 2 + 2;
+    assert_eq!(store.totals().await.expect("totals").messages, expected);
+    common::all_finished(&store, expected, Duration::from_secs(60)).await;
+    pipeline.shutdown().await;
+
+    // A rerun against a fresh store gets the same ids.
+    let store_url = common::postgres_url().await;
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, keys).await;
+    let again = client_script("lifecycle_keys.py", &url, &envs).await;
+    for door in ["twilio", "twilio_at_once", "sendgrid", "ses", "whatsapp"] {
+        let ids = |v: &Value| -> Vec<Value> {
+            v[door].as_array().unwrap().iter().map(|m| m.get("sid").unwrap_or(m).clone()).collect()
+        };
+        assert_eq!(ids(&again), ids(&out), "{door}");
+    }
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    a_repeated_lifecycle_key_gets_the_first_answer,
     each_door_answers_429_beyond_its_rate_limit,
     twilio_callbacks_to_a_dead_receiver_stop_nothing,
     sendgrid_mail_is_accepted_and_its_events_are_signed,

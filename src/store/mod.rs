@@ -232,6 +232,24 @@ struct VendorIdRow {
     plan: String,
 }
 
+impl VendorIdRow {
+    fn into_stored(self, events: Vec<StoredEvent>) -> Result<StoredMessage> {
+        let corrupt = |reason: String| StoreError::Corrupt { payload_id: self.payload_id.clone(), reason };
+        let plan: Plan = serde_json::from_str(&self.plan).map_err(|e| corrupt(e.to_string()))?;
+        let channel = Channel::from_str(&self.channel).map_err(corrupt)?;
+        Ok(StoredMessage {
+            payload_id: self.payload_id,
+            channel,
+            recipient: self.recipient,
+            tenant_id: self.tenant_id,
+            received_at_us: self.received_at_us,
+            body: self.body,
+            plan,
+            events,
+        })
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct EventStateRow {
     status: String,
@@ -464,9 +482,6 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        let corrupt = |reason: String| StoreError::Corrupt { payload_id: row.payload_id.clone(), reason };
-        let plan: Plan = serde_json::from_str(&row.plan).map_err(|e| corrupt(e.to_string()))?;
-        let channel = Channel::from_str(&row.channel).map_err(corrupt)?;
         let q = include_str!("sql/events_by_payload.sql");
         let events: Vec<EventStateRow> = match self {
             Store::Postgres(p) => sqlx::query_as(q).bind(&row.payload_id).fetch_all(p).await?,
@@ -484,16 +499,40 @@ impl Store {
                 })
             })
             .collect();
-        Ok(Some(StoredMessage {
-            payload_id: row.payload_id,
-            channel,
-            recipient: row.recipient,
-            tenant_id: row.tenant_id,
-            received_at_us: row.received_at_us,
-            body: row.body,
-            plan,
-            events,
-        }))
+        Ok(Some(row.into_stored(events)?))
+    }
+
+    /// The stored messages of these payload ids that a front door took (not refused at the send call),
+    /// one each, without their events: what a repeated lifecycle key is answered from.
+    pub async fn taken_messages(&self, payload_ids: &[String]) -> Result<Vec<StoredMessage>> {
+        let mut rows: Vec<VendorIdRow> = Vec::new();
+        for chunk in payload_ids.chunks(500) {
+            rows.extend(match self {
+                Store::Postgres(p) => {
+                    sqlx::query_as(include_str!("sql/postgres/messages_by_payload_ids.sql")).bind(chunk).fetch_all(p).await?
+                }
+                Store::Sqlite(p) => {
+                    let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                        "SELECT payload_id, channel, recipient, tenant_id, received_at_us, body, plan FROM messages WHERE payload_id IN (",
+                    );
+                    let mut sep = q.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id);
+                    }
+                    q.push(") ORDER BY received_at_us");
+                    q.build_query_as().fetch_all(p).await?
+                }
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for row in rows {
+            let m = row.into_stored(Vec::new())?;
+            if !m.plan.refused_at_send() && seen.insert(m.payload_id.clone()) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// All stored event ids, for checks against the ack topic.

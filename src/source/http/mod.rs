@@ -65,7 +65,13 @@ pub struct Door {
     /// Where the doors look up the messages they took (Twilio's fetch).
     store: Store,
     limits: limit::RateLimits,
+    /// Striped over lifecycle keys: a call with a key waits while another with the same key is under
+    /// way, so that a repeated key always finds the first call's messages.
+    key_locks: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Door::key_locks`].
+const KEY_STRIPES: usize = 256;
 
 /// One message of a request.
 pub struct Item {
@@ -135,18 +141,14 @@ impl Door {
             sns,
             store: store.clone(),
             limits: limit::RateLimits::new(&settings.rate_limits),
+            key_locks: (0..KEY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
 
     /// A payload id that is the same on every rerun of the same test: the vendor's name, a hash of the
     /// fields that make the request what it is, and how many requests with that hash came before.
     pub fn payload_id(&self, vendor: &str, fields: &[&[u8]]) -> String {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for f in fields {
-            h.update(&(f.len() as u64).to_le_bytes());
-            h.update(f);
-        }
-        let key = h.digest();
+        let key = fields_hash(fields);
         let n = {
             let mut keys = self.keys.lock().expect("key lock");
             let n = keys.entry(key).or_insert(0);
@@ -164,6 +166,48 @@ impl Door {
             crate::telemetry::rate_limited(vendor.as_str());
         }
         Some(q)
+    }
+
+    /// The payload id of a lifecycle key the request gave (`http.<vendor>.lifecycle_key`): the vendor's
+    /// name, a hash of the key's fields, and `k`. The same key is the same message, on every call.
+    pub fn keyed_payload_id(&self, vendor: &str, fields: &[&[u8]]) -> String {
+        format!("{vendor}-{:016x}-k", fields_hash(fields))
+    }
+
+    /// Hold the locks of these keyed payload ids until the guards drop (in stripe order, so that two
+    /// calls never wait for each other).
+    pub async fn lock_keys(&self, payload_ids: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> =
+            payload_ids.iter().map(|id| xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as usize % KEY_STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.key_locks[s].lock().await);
+        }
+        guards
+    }
+
+    /// The messages of these keyed payload ids a call took before (see [`Store::taken_messages`]).
+    pub async fn taken_before(&self, payload_ids: &[String]) -> Result<Vec<crate::store::StoredMessage>, StoreError> {
+        if payload_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.taken_messages(payload_ids).await
+    }
+
+    /// Of a request's keyed payload ids, those an earlier call took, looked up under the keys' locks,
+    /// which the returned guards hold until the request is answered.
+    pub async fn repeated(
+        &self,
+        keyed: &[String],
+    ) -> Result<(Vec<tokio::sync::MutexGuard<'_, ()>>, std::collections::HashSet<String>), StoreError> {
+        if keyed.is_empty() {
+            return Ok((Vec::new(), Default::default()));
+        }
+        let held = self.lock_keys(&keyed.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let taken = self.taken_before(keyed).await?.into_iter().map(|m| m.payload_id).collect();
+        Ok((held, taken))
     }
 
     /// The next source position of this instance.
@@ -232,6 +276,25 @@ impl Door {
         let accept = Accept { scenario, claim: self.claim.clone(), batch, reply, refuse_rejects };
         self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
         answer.await.map_err(|_| NotTaken::Unavailable)
+    }
+}
+
+fn fields_hash(fields: &[&[u8]]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in fields {
+        h.update(&(f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    h.digest()
+}
+
+/// A request header's value, when the door's lifecycle key is one and the request has it.
+pub fn header_key<'a>(req: &'a actix_web::HttpRequest, key: Option<&crate::config::LifecycleKey>) -> Option<&'a str> {
+    match key {
+        Some(crate::config::LifecycleKey::Header(name)) => {
+            req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+        }
+        _ => None,
     }
 }
 

@@ -7,7 +7,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
-use super::{Door, Item, NotTaken, bearer_accepted, json_answer, read_body};
+use super::{Door, Item, NotTaken, bearer_accepted, header_key, json_answer, read_body};
+use crate::config::LifecycleKey;
 use crate::model::Channel;
 use crate::plan::Callback;
 use crate::wire::Vendor;
@@ -176,23 +177,52 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
     if quota.is_some_and(|q| !q.allowed) {
         return with_quota(errors(429, &[("too many requests", None)]));
     }
-    // Each recipient's id is the same on every rerun: the sender, the recipient and the whole request.
+    // Each recipient's id is the same on every rerun: its lifecycle key (a custom arg, or a header, with
+    // the address), else the sender, the recipient and the whole request.
     let request_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+    let header = header_key(&req, door.settings.sendgrid.lifecycle_key.as_ref());
+    let mut keyed = Vec::new();
     let items: Vec<(String, Recipient)> = mail
         .recipients
         .into_iter()
         .map(|r| {
-            (door.payload_id("sendgrid", &[mail.from.as_bytes(), r.email.as_bytes(), &request_hash.to_le_bytes()]), r)
+            let key = match &door.settings.sendgrid.lifecycle_key {
+                Some(LifecycleKey::CustomArg(name)) => match r.custom_args.get(name) {
+                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    Some(v) if !v.is_null() && !matches!(v, Value::String(_)) => Some(v.to_string()),
+                    _ => None,
+                },
+                _ => header.map(str::to_owned),
+            };
+            let id = match key {
+                Some(k) => {
+                    let id = door.keyed_payload_id("sendgrid", &[tenant.as_bytes(), k.as_bytes(), r.email.as_bytes()]);
+                    keyed.push(id.clone());
+                    id
+                }
+                None => door
+                    .payload_id("sendgrid", &[mail.from.as_bytes(), r.email.as_bytes(), &request_hash.to_le_bytes()]),
+            };
+            (id, r)
         })
         .collect();
+    // A repeated key gets the first call's answer: its recipients are not taken again.
+    let (_held, repeated) = match door.repeated(&keyed).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up lifecycle keys");
+            return with_quota(errors(503, &[("Service Unavailable", None)]));
+        }
+    };
     let message_id = {
         let first = items.first().map_or("", |(id, _)| id.as_str());
         let h = xxhash_rust::xxh3::xxh3_128(first.as_bytes());
         format!("{:022x}", h >> 40)
     };
-    let items = items
+    let items: Vec<Item> = items
         .into_iter()
         .enumerate()
+        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
         .map(|(index, (payload_id, r))| {
             let callback = door.settings.sendgrid.webhook_url.as_deref().map(|url| {
                 let sent = Sent { message_id: message_id.clone(), index, custom_args: r.custom_args };
@@ -206,6 +236,9 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
             Item { payload_id, recipient: r.email.into(), callback }
         })
         .collect();
+    if items.is_empty() {
+        return with_quota(HttpResponse::Accepted().insert_header(("X-Message-Id", message_id)).finish());
+    }
     with_quota(match door.take_all(Channel::Email, &message_id, &tenant, bytes, items, false).await {
         Ok(taken) if taken.iter().all(Option::is_some) => {
             HttpResponse::Accepted().insert_header(("X-Message-Id", message_id)).finish()

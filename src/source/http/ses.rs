@@ -387,13 +387,32 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
     if door.quota(Vendor::Ses, &tenant, email.recipients.len()).is_some_and(|q| !q.allowed) {
         return error(429, "TooManyRequestsException", "Maximum sending rate exceeded.");
     }
-    // Each recipient's id is the same on every rerun: the sender, the recipient and the whole request.
+    // Each recipient's id is the same on every rerun: its lifecycle key (an EmailTag, or a header, with
+    // the address), else the sender, the recipient and the whole request.
     let request_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+    let key = match &door.settings.ses.lifecycle_key {
+        Some(crate::config::LifecycleKey::Tag(name)) => {
+            email.tags.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        }
+        k => super::header_key(&req, k.as_ref()),
+    };
     let ids: Vec<String> = email
         .recipients
         .iter()
-        .map(|r| door.payload_id("ses", &[email.from.as_bytes(), r.as_bytes(), &request_hash.to_le_bytes()]))
+        .map(|r| match key {
+            Some(k) => door.keyed_payload_id("ses", &[tenant.as_bytes(), k.as_bytes(), r.as_bytes()]),
+            None => door.payload_id("ses", &[email.from.as_bytes(), r.as_bytes(), &request_hash.to_le_bytes()]),
+        })
         .collect();
+    // A repeated key gets the first call's answer: its recipients are not taken again.
+    let keyed = if key.is_some() { &ids[..] } else { &[] };
+    let (_held, repeated) = match door.repeated(keyed).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up lifecycle keys");
+            return error(503, "ServiceUnavailableException", "Service Unavailable");
+        }
+    };
     let message_id = message_id(&ids[0]);
     let mut sent = Sent {
         message_id: message_id.clone(),
@@ -406,10 +425,11 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         caller,
         index: 0,
     };
-    let items = ids
+    let items: Vec<Item> = ids
         .into_iter()
         .zip(&email.recipients)
         .enumerate()
+        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
         .map(|(index, (payload_id, r))| {
             let callback = door.settings.ses.webhook_url.as_deref().map(|url| {
                 sent.index = index;
@@ -424,15 +444,19 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         })
         .collect();
     let batch = email.configuration_set.as_deref().unwrap_or("ses");
+    let answer = || {
+        let mut body = Vec::with_capacity(96);
+        crate::json::ObjectWriter::new(&mut body).str("MessageId", &message_id).end();
+        HttpResponse::Ok()
+            .insert_header(("x-amzn-RequestId", uuid::Uuid::new_v4().to_string()))
+            .content_type("application/json")
+            .body(body)
+    };
+    if items.is_empty() {
+        return answer();
+    }
     match door.take_all(Channel::Email, batch, &tenant, bytes, items, false).await {
-        Ok(taken) if taken.iter().all(Option::is_some) => {
-            let mut body = Vec::with_capacity(96);
-            crate::json::ObjectWriter::new(&mut body).str("MessageId", &message_id).end();
-            HttpResponse::Ok()
-                .insert_header(("x-amzn-RequestId", uuid::Uuid::new_v4().to_string()))
-                .content_type("application/json")
-                .body(body)
-        }
+        Ok(taken) if taken.iter().all(Option::is_some) => answer(),
         Ok(_) | Err(NotTaken::NoBehaviour) => error(400, "MessageRejected", "The scenario has no email channel."),
         Err(NotTaken::Unavailable) => error(503, "ServiceUnavailableException", "Service Unavailable"),
     }

@@ -6,9 +6,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 
-use super::{Door, NotTaken, json_answer, plan_or, read_body};
+use super::{Door, NotTaken, header_key, json_answer, plan_or, read_body};
 use crate::model::{Channel, Fault, Status, micros_to_time};
-use crate::plan::{Callback, Plan, PlannedStep};
+use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
 use crate::wire::twilio::{API_VERSION, ApiError, MessageResource, fetched_status, is_sid, message_sid};
 
@@ -187,7 +187,26 @@ async fn create(
         form.body.as_deref().unwrap_or("").as_bytes(),
         form.content_sid.as_deref().unwrap_or("").as_bytes(),
     ];
-    let payload_id = door.payload_id("twilio", &fields);
+    // A lifecycle key names the message: a repeated key gets the first call's answer.
+    let key = header_key(&req, door.settings.twilio.lifecycle_key.as_ref());
+    let payload_id = match key {
+        Some(k) => door.keyed_payload_id("twilio", &[account.as_bytes(), k.as_bytes()]),
+        None => door.payload_id("twilio", &fields),
+    };
+    let _held = match key {
+        Some(_) => door.lock_keys(&[&payload_id]).await,
+        None => Vec::new(),
+    };
+    if key.is_some() {
+        match door.taken_before(std::slice::from_ref(&payload_id)).await {
+            Ok(found) if !found.is_empty() => return resource(&account, &found[0], false),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a lifecycle key");
+                return error(&ApiError::new(503, 20503, "Service Unavailable"));
+            }
+        }
+    }
     // A batch per messaging service, else per account.
     let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
     let batch_id = service.unwrap_or(&account).to_owned();
@@ -234,13 +253,6 @@ async fn create(
     HttpResponse::Created().content_type("application/json").body(body)
 }
 
-/// Whether the send call of a stored message was answered with an error (a REJECT the scenario made
-/// the call's answer): Twilio never created such a message, so there is nothing to fetch.
-fn refused_at_send(plan: &Plan) -> bool {
-    plan.steps.first().is_none_or(|s| s.status != Status::Reject)
-        && plan.not_sent.iter().any(|n| n.status == Status::Reject && n.attempt == 1)
-}
-
 /// `GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`: the Message resource as its lifecycle
 /// stands in the store: `queued` (or `accepted`) until its first status, then the latest, with the
 /// error code of a failure; `date_sent` once it was sent.
@@ -257,21 +269,29 @@ async fn fetch(req: HttpRequest, path: web::Path<(String, String)>, door: web::D
     }
     let whatsapp = format!("wamid.{}", &sid[2..]);
     let m = match door.store.message_by_vendor_id([&sid, &whatsapp]).await {
-        Ok(Some(m)) if m.tenant_id.as_deref() == Some(&account) && !refused_at_send(&m.plan) => m,
+        Ok(Some(m)) if m.tenant_id.as_deref() == Some(&account) && !m.plan.refused_at_send() => m,
         Ok(_) => return error(&ApiError::not_found(req.path())),
         Err(e) => {
             tracing::warn!(error = %e, %sid, "cannot look up a message for Twilio's fetch");
             return error(&ApiError::new(503, 20503, "Service Unavailable"));
         }
     };
+    resource(&account, &m, true)
+}
+
+/// A stored message's Message resource: as its lifecycle stands (`current`, a fetch: `200`), or as the
+/// create answered it (a repeated lifecycle key: `201`).
+fn resource(account: &str, m: &crate::store::StoredMessage, current: bool) -> HttpResponse {
     let form = Form::parse(&m.body);
     let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
-    let (status, by) = fetched_status(m.events.iter().map(|e| e.status), service.is_some());
-    let last = m.events.iter().rev().find(|e| Some(e.status) == by);
+    let events = if current { &m.events[..] } else { &[] };
+    let (status, by) = fetched_status(events.iter().map(|e| e.status), service.is_some());
+    let last = events.iter().rev().find(|e| Some(e.status) == by);
     let failure = last.filter(|e| e.status.is_failure());
     let created = micros_to_time(m.received_at_us);
+    let sid = message_sid(&m.plan.vendor_message_id);
     let resource = MessageResource {
-        account_sid: &account,
+        account_sid: account,
         sid: &sid,
         to: form.to.as_deref().unwrap_or(&m.recipient),
         from: form.from.as_deref().filter(|f| !f.is_empty()),
@@ -280,14 +300,15 @@ async fn fetch(req: HttpRequest, path: web::Path<(String, String)>, door: web::D
         status,
         num_media: form.media,
         date_created: created,
-        date_updated: m.events.last().map_or(created, |e| micros_to_time(e.emitted_at_us)),
-        date_sent: m.events.iter().find(|e| e.status == Status::Send).map(|e| micros_to_time(e.emitted_at_us)),
+        date_updated: events.last().map_or(created, |e| micros_to_time(e.emitted_at_us)),
+        date_sent: events.iter().find(|e| e.status == Status::Send).map(|e| micros_to_time(e.emitted_at_us)),
         error_code: failure.and_then(|e| e.error_code.as_deref()).and_then(|c| c.trim().parse().ok()),
         error_message: failure.and_then(|e| e.error_reason.as_deref()),
     };
     let mut body = Vec::with_capacity(1024);
     resource.write(&mut body);
-    HttpResponse::Ok().content_type("application/json").body(body)
+    let mut answer = if current { HttpResponse::Ok() } else { HttpResponse::Created() };
+    answer.content_type("application/json").body(body)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
-use super::{Door, NotTaken, bearer_accepted, json_answer, plan_or, read_body};
+use super::{Door, NotTaken, bearer_accepted, header_key, json_answer, plan_or, read_body};
 use crate::model::{Channel, Fault};
 use crate::plan::{Callback, PlannedStep};
 use crate::wire::Vendor;
@@ -150,7 +150,38 @@ async fn send(
         Ok(s) => s,
         Err(e) => return error(&e),
     };
-    let payload_id = door.payload_id("whatsapp", &[phone_number_id.as_bytes(), &bytes]);
+    // A lifecycle key names the message: a repeated key gets the first call's answer.
+    let key = match &door.settings.whatsapp.lifecycle_key {
+        Some(crate::config::LifecycleKey::OpaqueData) => send.opaque.as_deref().filter(|o| !o.is_empty()),
+        k => header_key(&req, k.as_ref()),
+    };
+    let payload_id = match key {
+        Some(k) => door.keyed_payload_id("whatsapp", &[phone_number_id.as_bytes(), k.as_bytes()]),
+        None => door.payload_id("whatsapp", &[phone_number_id.as_bytes(), &bytes]),
+    };
+    let _held = match key {
+        Some(_) => door.lock_keys(&[&payload_id]).await,
+        None => Vec::new(),
+    };
+    if key.is_some() {
+        match door.taken_before(std::slice::from_ref(&payload_id)).await {
+            Ok(found) if !found.is_empty() => {
+                let first = &found[0];
+                let (to, kind) = serde_json::from_slice::<Value>(&first.body)
+                    .ok()
+                    .map(|v| (v["to"].as_str().unwrap_or("").to_owned(), v["type"].as_str() == Some("template")))
+                    .unwrap_or_default();
+                let mut body = Vec::with_capacity(256);
+                write_sent(&to, &first.plan.vendor_message_id, kind, &mut body);
+                return HttpResponse::Ok().content_type("application/json").body(body);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a lifecycle key");
+                return error(&ApiError::new(503, 131016, "(#131016) Service unavailable"));
+            }
+        }
+    }
     let callback = door.settings.whatsapp.webhook_url.as_deref().map(|url| Callback {
         vendor: Vendor::Whatsapp,
         url: url.into(),
