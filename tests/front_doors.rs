@@ -704,8 +704,54 @@ async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+/// On SendGrid's and SES's doors a scenario's throttle or outage refuses the whole call (429, 503), as
+/// those vendors refuse it, while its other REJECTs stay events; a refused call's messages are stored for
+/// the audit trail, with no lifecycle.
+async fn sendgrid_and_ses_refuse_throttled_and_outage_calls(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("refused-{}", common::suffix());
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/happy-path.yaml")).unwrap();
+    let file = dir.path().join("refusing.yaml");
+    let faults = r#"
+throttles:
+  - { name: sender-limit, match: { tenant: "*.throttled.example" }, rate: 0.001, burst: 2, per: tenant }
+outages:
+  - { name: down, match: { tenant: down.example }, from: 0s, for: 100000h, mode: reject }
+"#;
+    std::fs::write(&file, format!("{base}{faults}")).unwrap();
+    let scenario = understudy::scenario::Scenario::load(&file).expect("scenario").rescaled(0.0001).expect("rescaled");
+    let mut settings = common::settings(k, &store_url, 3);
+    settings.http.listen_addr = Some("127.0.0.1:0".parse().unwrap());
+    settings.http.instance = Some(instance);
+    let pipeline = Pipeline::start(&settings, Arc::new(scenario), &k.brokers()).await.expect("pipeline starts");
+    let url = format!("http://{}", pipeline.http_addr().expect("the front doors listen"));
+    let out = client_script("refused_calls.py", &url, &[("SENDGRID_API_KEY", SENDGRID_API_KEY)]).await;
+    // Two recipients a call, a burst of two: the first call goes through, the next two are refused.
+    assert_eq!(out["sendgrid"], serde_json::json!([202, 429, 429, 503, 202]), "{out}");
+    assert_eq!(
+        out["ses"],
+        serde_json::json!([
+            [200, null],
+            [429, "TooManyRequestsException"],
+            [429, "TooManyRequestsException"],
+            [503, "ServiceUnavailable"],
+            [200, null]
+        ]),
+        "{out}"
+    );
+    // Every recipient of every call is stored; only those of the four calls taken have lifecycles.
+    assert_eq!(store.totals().await.expect("totals").messages, 20);
+    common::all_finished(&store, 20, Duration::from_secs(60)).await;
+    let sends: i64 = store.status_counts().await.unwrap().iter().filter(|c| c.status == "SEND").map(|c| c.n).sum();
+    assert_eq!(sends, 8, "a SEND for each recipient of the calls taken, none for the refused");
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    sendgrid_and_ses_refuse_throttled_and_outage_calls,
     a_repeated_lifecycle_key_gets_the_first_answer,
     each_door_answers_429_beyond_its_rate_limit,
     twilio_callbacks_to_a_dead_receiver_stop_nothing,

@@ -44,9 +44,30 @@ pub struct Accept {
     /// Each message with where its acks are called back, if anywhere.
     pub batch: Vec<(Outbound, Option<Callback>)>,
     pub reply: tokio::sync::oneshot::Sender<Vec<Option<Taken>>>,
-    /// Whether a REJECT is the send call's error (Twilio, WhatsApp) rather than an ack (SendGrid's
-    /// `dropped` event).
-    pub refuse_rejects: bool,
+    /// Which REJECTs are the send call's error rather than an ack.
+    pub refuse: Refuse,
+}
+
+/// Which of a scenario's REJECTs a front door answers as the send call's error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refuse {
+    /// Every one (Twilio, WhatsApp): the vendor refuses the message when it is sent.
+    Rejects,
+    /// A throttle's or an outage's only (SendGrid, SES), which refuse the call; any other REJECT is an
+    /// event (SendGrid's `dropped`, SES's `Reject`). One refused message refuses the whole request: a
+    /// vendor refuses a call, not one recipient of it.
+    Faults,
+}
+
+impl Refuse {
+    /// The step a plan is refused by, in this mode.
+    fn refusal(self, plan: &Plan) -> Option<PlannedStep> {
+        let first = plan.steps.first().filter(|s| s.status == Status::Reject)?;
+        match self {
+            Refuse::Rejects => Some(first.clone()),
+            Refuse::Faults => matches!(first.fault, Some(Fault::Throttled | Fault::Outage)).then(|| first.clone()),
+        }
+    }
 }
 
 /// What a message taken by a front door came to.
@@ -62,13 +83,13 @@ pub struct Taken {
 }
 
 impl Taken {
-    /// Move a first-step REJECT out of the plan's steps (with `refuse`).
-    fn of(mut plan: Plan, refuse: bool, received_at: chrono::DateTime<chrono::Utc>) -> Self {
-        let refused = plan.steps.first().filter(|s| refuse && s.status == Status::Reject).cloned();
-        if refused.is_some() {
+    /// A plan refused by `refused` (its own first step, or another message's of the request) has all
+    /// its steps moved out, as not sent.
+    fn of(mut plan: Plan, refused: Option<PlannedStep>, received_at: chrono::DateTime<chrono::Utc>) -> Self {
+        if let Some(by) = &refused {
             for s in std::mem::take(&mut plan.steps) {
                 if !plan.not_sent.iter().any(|n| (n.status, n.attempt) == (s.status, s.attempt)) {
-                    let fault = s.fault.unwrap_or(Fault::Answered);
+                    let fault = s.fault.or(by.fault).unwrap_or(Fault::Answered);
                     plan.not_sent.push(NotSent { status: s.status, attempt: s.attempt, fault });
                 }
             }
@@ -175,18 +196,35 @@ impl Handler<Accept> for ChannelActor {
     /// Atomic until the persister has the rows (its mailbox is the backpressure), not until they are
     /// durable: many requests share one write.
     fn handle(&mut self, msg: Accept, _: &mut Self::Context) -> Self::Result {
-        let Accept { scenario, claim, batch, reply, refuse_rejects } = msg;
+        let Accept { scenario, claim, batch, reply, refuse } = msg;
         telemetry::messages_consumed(self.channel, batch.len() as u64);
         let mut taken = Vec::with_capacity(batch.len());
         let mut planned = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
-        for (outbound, callback) in batch {
-            let Some(mut plan) = scenario.plan_for(&MessageView::of(&outbound)) else {
+        let plans: Vec<(Outbound, Option<Plan>)> = batch
+            .into_iter()
+            .map(|(outbound, callback)| {
+                let plan = scenario.plan_for(&MessageView::of(&outbound)).map(|mut p| {
+                    p.callback = callback;
+                    p
+                });
+                (outbound, plan)
+            })
+            .collect();
+        let whole_request = match refuse {
+            Refuse::Faults => plans.iter().filter_map(|(_, p)| p.as_ref()).find_map(|p| refuse.refusal(p)),
+            Refuse::Rejects => None,
+        };
+        for (outbound, plan) in plans {
+            let Some(plan) = plan else {
                 taken.push(None);
                 continue;
             };
-            plan.callback = callback;
-            let t = Taken::of(plan, refuse_rejects, outbound.received_at);
+            let refused = match refuse {
+                Refuse::Rejects => refuse.refusal(&plan),
+                Refuse::Faults => whole_request.clone(),
+            };
+            let t = Taken::of(plan, refused, outbound.received_at);
             let mut pm = PlannedMessage { outbound, plan: t.plan.clone() };
             taken.push(Some(t));
             rows.push(MessageRow::new(&mut pm, scenario.name_arc(), scenario.version()));

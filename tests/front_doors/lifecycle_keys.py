@@ -59,7 +59,7 @@ def sendgrid(key):
 out["sendgrid"] = [sendgrid("mail-1"), sendgrid("mail-1"), sendgrid("mail-2")]
 
 ses = boto3.client("sesv2", endpoint_url=base, region_name="us-east-1", aws_access_key_id="AKIDKEYS",
-                   aws_secret_access_key="secret", config=Config(retries={"max_attempts": 1}))
+                   aws_secret_access_key="secret", config=Config(retries={"total_max_attempts": 1}))
 
 
 def ses_send(key):

@@ -49,7 +49,7 @@ for i in range(calls):
     })
 
 ses = boto3.client("sesv2", endpoint_url=base, region_name="us-east-1", aws_access_key_id="AKIDLIMITED",
-                   aws_secret_access_key="secret", config=Config(retries={"max_attempts": 1}))
+                   aws_secret_access_key="secret", config=Config(retries={"total_max_attempts": 1}))
 for i in range(calls):
     try:
         # Three recipients a call: SES's send rate counts recipients.

@@ -22,7 +22,7 @@ def client(key=os.environ["AWS_KEY_ID"], secret=os.environ["AWS_SECRET"]):
         region_name="us-east-1",
         aws_access_key_id=key,
         aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}),
+        config=Config(retries={"total_max_attempts": 1}),
     )
 
 

@@ -29,7 +29,7 @@ use actix_web::{App, HttpServer, web};
 use chrono::Utc;
 use futures::StreamExt;
 
-use crate::actors::channel::{Accept, ChannelActor, Resume, Taken};
+use crate::actors::channel::{Accept, ChannelActor, Refuse, Resume, Taken};
 use crate::config::HttpSettings;
 use crate::kafka::offsets::{Assignments, Claim};
 use crate::model::{Channel, Outbound, SourcePosition};
@@ -234,7 +234,7 @@ impl Door {
         callback: Option<Callback>,
     ) -> Result<Taken, NotTaken> {
         let item = Item { payload_id, recipient: recipient.into(), callback };
-        let mut taken = self.take_all(channel, batch_id, tenant_id, body.into(), vec![item], true).await?;
+        let mut taken = self.take_all(channel, batch_id, tenant_id, body.into(), vec![item], Refuse::Rejects).await?;
         taken.pop().flatten().ok_or(NotTaken::NoBehaviour)
     }
 
@@ -248,7 +248,7 @@ impl Door {
         tenant_id: &str,
         body: bytes::Bytes,
         items: Vec<Item>,
-        refuse_rejects: bool,
+        refuse: Refuse,
     ) -> Result<Vec<Option<Taken>>, NotTaken> {
         let (batch_id, tenant_id): (Arc<str>, Arc<str>) = (batch_id.into(), tenant_id.into());
         let received_at = Utc::now();
@@ -273,7 +273,7 @@ impl Door {
             .collect();
         let scenario = self.scenario.borrow().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let accept = Accept { scenario, claim: self.claim.clone(), batch, reply, refuse_rejects };
+        let accept = Accept { scenario, claim: self.claim.clone(), batch, reply, refuse };
         self.channels[channel.index()].send(accept).await.map_err(|_| NotTaken::Unavailable)?;
         answer.await.map_err(|_| NotTaken::Unavailable)
     }

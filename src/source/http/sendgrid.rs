@@ -2,14 +2,16 @@
 //! with `to`/`cc`/`bcc`, `from`, `subject`, `content` or `template_id`, `custom_args`), Bearer auth.
 //! One lifecycle per recipient, up to 1,000; `202` with `X-Message-Id` once they are all durable, or
 //! SendGrid's `{errors: [...]}`. A scenario's REJECT is SendGrid's `dropped` event, as SendGrid reports
-//! suppressions, not an error of the call. Events go to `http.sendgrid.webhook_url` in signed batches.
+//! suppressions, not an error of the call; a throttle or an outage refuses the call (429, 503). Events go to `http.sendgrid.webhook_url` in signed batches.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
 use super::{Door, Item, NotTaken, bearer_accepted, header_key, json_answer, read_body};
+use crate::actors::channel::Refuse;
 use crate::config::LifecycleKey;
 use crate::model::Channel;
+use crate::model::Fault;
 use crate::plan::Callback;
 use crate::wire::Vendor;
 use crate::wire::sendgrid::{Sent, write_errors};
@@ -239,7 +241,12 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
     if items.is_empty() {
         return with_quota(HttpResponse::Accepted().insert_header(("X-Message-Id", message_id)).finish());
     }
-    with_quota(match door.take_all(Channel::Email, &message_id, &tenant, bytes, items, false).await {
+    with_quota(match door.take_all(Channel::Email, &message_id, &tenant, bytes, items, Refuse::Faults).await {
+        // A scenario's throttle or outage refuses the call; any other REJECT is a `dropped` event.
+        Ok(ref taken) if let Some(step) = taken.iter().flatten().find_map(|t| t.refused.as_ref()) => match step.fault {
+            Some(Fault::Outage) => errors(503, &[("Service Unavailable", None)]),
+            _ => errors(429, &[("too many requests", None)]),
+        },
         Ok(taken) if taken.iter().all(Option::is_some) => {
             HttpResponse::Accepted().insert_header(("X-Message-Id", message_id)).finish()
         }

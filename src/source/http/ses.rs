@@ -4,7 +4,8 @@
 //! none, any request with an `Authorization` header is taken; one without gets SES's 403, as unsigned
 //! requests do). One lifecycle per recipient (at most 50), `200 {"MessageId"}` once they are all
 //! durable, or SES's error: its type in `x-amzn-ErrorType`, `{"message"}` in the body. A scenario's
-//! REJECT stays an event (SES's `Reject`, or a suppression's `Bounce`), as SES reports them.
+//! REJECT stays an event (SES's `Reject`, or a suppression's `Bounce`), as SES reports them; a throttle
+//! or an outage refuses the call (429 TooManyRequestsException, 503).
 //!
 //! Events go to `http.ses.webhook_url`, through SNS (signed, after a SubscriptionConfirmation), raw or
 //! EventBridge-shaped. The certificate SNS messages are signed with and the SubscribeURL are served here
@@ -455,7 +456,12 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
     if items.is_empty() {
         return answer();
     }
-    match door.take_all(Channel::Email, batch, &tenant, bytes, items, false).await {
+    match door.take_all(Channel::Email, batch, &tenant, bytes, items, crate::actors::channel::Refuse::Faults).await {
+        // A scenario's throttle or outage refuses the call; any other REJECT is a `Reject` event.
+        Ok(ref taken) if let Some(step) = taken.iter().flatten().find_map(|t| t.refused.as_ref()) => match step.fault {
+            Some(crate::model::Fault::Outage) => error(503, "ServiceUnavailable", "Service Unavailable"),
+            _ => error(429, "TooManyRequestsException", "Maximum sending rate exceeded."),
+        },
         Ok(taken) if taken.iter().all(Option::is_some) => answer(),
         Ok(_) | Err(NotTaken::NoBehaviour) => error(400, "MessageRejected", "The scenario has no email channel."),
         Err(NotTaken::Unavailable) => error(503, "ServiceUnavailableException", "Service Unavailable"),
