@@ -433,6 +433,8 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
         message_ids.insert(s["message_id"].as_str().expect("X-Message-Id").to_owned());
     }
     assert_eq!(message_ids.len(), 10, "an X-Message-Id per request");
+    assert_eq!(out["magic"]["status"], 202);
+    message_ids.insert(out["magic"]["message_id"].as_str().unwrap().to_owned());
     let errors = &out["errors"];
     assert_eq!(errors["bad_key"]["status"], 401, "{errors}");
     assert!(errors["bad_key"]["body"]["errors"][0]["message"].as_str().unwrap().contains("authorization grant"));
@@ -441,8 +443,8 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
     assert_eq!(errors["bad_address"]["body"]["errors"][0]["field"], "personalizations.0.to.0.email");
     assert_eq!(errors["no_content"]["body"]["errors"][0]["field"], "content");
     assert_eq!(errors["too_large"]["status"], 413);
-    // Two recipients (to and cc) per request: a lifecycle each.
-    common::all_finished(&store, 20, Duration::from_secs(60)).await;
+    // Two recipients (to and cc) per request, and the three magic ones: a lifecycle each.
+    common::all_finished(&store, 23, Duration::from_secs(60)).await;
 
     // happy-path email: SEND, DELIVERY, OPEN → processed, delivered, open; batched, signed.
     let got = common::eventually(Duration::from_secs(30), "every event", || async {
@@ -456,7 +458,9 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
         assert_eq!(batch["content_type"], "application/json");
     }
     let events: Vec<&Value> = got.iter().flat_map(|b| b["json"].as_array().unwrap()).collect();
-    assert_eq!(events.len(), 60);
+    // 20 × processed, delivered, open; click@: those and a click; bounce@: processed, bounce;
+    // suppressed@: dropped.
+    assert_eq!(events.len(), 60 + 4 + 2 + 1);
     let mut by_recipient: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
     for e in &events {
         let sg = e["sg_message_id"].as_str().unwrap();
@@ -467,10 +471,29 @@ async fn sendgrid_mail_is_accepted_and_its_events_are_signed(k: Kafka) {
         assert_eq!(e["campaign"], "winter", "custom args echoed: {e}");
         by_recipient.entry(e["email"].as_str().unwrap().to_owned()).or_default().push(e["event"].as_str().unwrap());
     }
-    assert_eq!(by_recipient.len(), 20);
+    assert_eq!(by_recipient.len(), 23);
     for (who, kinds) in &by_recipient {
-        assert_eq!(kinds, &["processed", "delivered", "open"], "{who}");
+        let expected: &[&str] = match who.as_str() {
+            "click@understudy.test" => &["processed", "delivered", "open", "click"],
+            "bounce@understudy.test" => &["processed", "bounce"],
+            "suppressed@understudy.test" => &["dropped"],
+            _ => &["processed", "delivered", "open"],
+        };
+        assert_eq!(kinds, expected, "{who}");
     }
+    // As SendGrid writes them: a click's link from the mail, with where it came from; a bounce's
+    // classification; a drop's reason from SendGrid's list and its 5.0.0.
+    let of = |who: &str, kind: &str| *events.iter().find(|e| e["email"] == who && e["event"] == kind).unwrap();
+    let click = of("click@understudy.test", "click");
+    assert_eq!(click["url"], "https://shop.example/winter?utm=1", "{click}");
+    assert!(click["useragent"].is_string() && click["ip"].as_str().unwrap().starts_with("203.0.113."), "{click}");
+    let bounce = of("bounce@understudy.test", "bounce");
+    assert_eq!(
+        (bounce["status"].as_str(), bounce["bounce_classification"].as_str()),
+        (Some("5.1.1"), Some("Invalid Address"))
+    );
+    let dropped = of("suppressed@understudy.test", "dropped");
+    assert_eq!((dropped["reason"].as_str(), dropped["status"].as_str()), (Some("Bounced Address"), Some("5.0.0")));
     pipeline.shutdown().await;
 }
 

@@ -33,7 +33,95 @@ pub struct Sent {
     pub index: usize,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub custom_args: serde_json::Map<String, serde_json::Value>,
+    /// The links of the mail's HTML content, in order (at most [`MAX_LINKS`]): what a `click` clicks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
+
+/// Links of a mail kept for its `click` events, at most.
+pub const MAX_LINKS: usize = 20;
+
+/// The `href`s of `html`'s links, in order, at most [`MAX_LINKS`] (http and https only).
+pub fn links(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let lower = html.to_ascii_lowercase();
+    let mut at = 0;
+    while out.len() < MAX_LINKS {
+        let Some(i) = lower[at..].find("href=") else { break };
+        let start = at + i + 5;
+        let quote = html[start..].chars().next();
+        let (from, end) = match quote {
+            Some(q @ ('"' | '\'')) => (start + 1, html[start + 1..].find(q).map(|e| start + 1 + e)),
+            _ => (start, html[start..].find(|c: char| c.is_whitespace() || c == '>').map(|e| start + e)),
+        };
+        let Some(end) = end else { break };
+        let url = html[from..end].trim();
+        if url.starts_with("http://") || url.starts_with("https://") {
+            out.push(url.to_owned());
+        }
+        at = end;
+    }
+    out
+}
+
+/// SendGrid's fixed list of reasons for a `dropped` event.
+pub const DROP_REASONS: [&str; 7] = [
+    "Bounced Address",
+    "Unsubscribed Address",
+    "Spam Reporting Address",
+    "Invalid",
+    "Spam Content",
+    "Invalid SMTPAPI header",
+    "Recipient List over Package Quota",
+];
+
+/// The reason from SendGrid's list a scenario's REJECT reason comes to: the entry it names (any case),
+/// else the one its words point to, else `Bounced Address` (a suppressed address).
+pub fn drop_reason(reason: Option<&str>) -> &'static str {
+    let r = reason.unwrap_or("").to_ascii_lowercase();
+    if let Some(listed) = DROP_REASONS.iter().find(|d| d.to_ascii_lowercase() == r.trim()) {
+        return listed;
+    }
+    if r.contains("unsubscri") {
+        "Unsubscribed Address"
+    } else if r.contains("spam") && (r.contains("report") || r.contains("complain")) {
+        "Spam Reporting Address"
+    } else if r.contains("spam") || r.contains("content") {
+        "Spam Content"
+    } else if r.contains("smtpapi") {
+        "Invalid SMTPAPI header"
+    } else if r.contains("quota") {
+        "Recipient List over Package Quota"
+    } else if r.contains("invalid") {
+        "Invalid"
+    } else {
+        "Bounced Address"
+    }
+}
+
+/// SendGrid's `bounce_classification` for a bounce's enhanced status code (`5.1.1`) and reason.
+pub fn bounce_classification(status: &str, reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("spam") || r.contains("content") || r.contains("virus") {
+        return "Content";
+    }
+    match status.split('.').take(2).collect::<Vec<_>>()[..] {
+        [_, "1"] => "Invalid Address",
+        [_, "2"] => "Mailbox Unavailable",
+        ["4", "7"] => "Frequency or Volume Too High",
+        [_, "7"] => "Reputation",
+        [_, "3" | "4" | "5" | "6"] => "Technical Failure",
+        _ => "Unclassified",
+    }
+}
+
+/// The user agents opens and clicks come from, one picked per event.
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Mobile Safari/537.36",
+];
 
 /// One event object; `sent` when the message came in by the SendGrid door.
 pub fn event_with(e: &AckEvent, recipient: &str, sent: Option<&Sent>, out: &mut Vec<u8>) {
@@ -74,15 +162,36 @@ pub fn event_with(e: &AckEvent, recipient: &str, sent: Option<&Sent>, out: &mut 
     };
     match e.status {
         Status::Bounce | Status::Undelivered => {
-            w.str("reason", &reason())
+            let reason = reason();
+            w.str("reason", &reason)
                 .str("status", &status)
-                .str("type", if e.bounce_type == Some(BounceType::Soft) { "blocked" } else { "bounce" });
+                .str("type", if e.bounce_type == Some(BounceType::Soft) { "blocked" } else { "bounce" })
+                .str("bounce_classification", bounce_classification(&status, &reason));
+        }
+        // Where the open or click came from: the same on every rerun (from the event id), in the
+        // documentation ranges.
+        Status::Open | Status::Read | Status::Click => {
+            let n = e.event_id.as_u128();
+            w.str("useragent", USER_AGENTS[(n % USER_AGENTS.len() as u128) as usize])
+                .str("ip", &format!("203.0.113.{}", (n >> 8) % 254 + 1));
+            if e.status == Status::Click {
+                let urls = sent.map_or(&[][..], |s| &s.urls[..]);
+                let index = if urls.is_empty() { 0 } else { ((n >> 16) % urls.len() as u128) as usize };
+                let url = urls.get(index).map_or("https://understudy.test/link", String::as_str);
+                w.str("url", url).raw("url_offset", |out| {
+                    let mut o = ObjectWriter::new(out);
+                    o.int("index", index as i64).str("type", "html");
+                    o.end();
+                });
+            } else {
+                w.bool("sg_machine_open", false);
+            }
         }
         Status::Deferred => {
             w.str("response", &reason()).str("attempt", &e.attempt.to_string());
         }
         Status::Reject => {
-            w.str("reason", e.error_reason.as_deref().unwrap_or("Bounced Address"));
+            w.str("reason", drop_reason(e.error_reason.as_deref())).str("status", "5.0.0");
         }
         Status::Delivery => {
             w.str("response", "250 OK");
@@ -152,5 +261,45 @@ mod tests {
             (Some("bounce"), Some("5.1.1"), Some("bounce"))
         );
         assert_eq!(v[0]["timestamp"], 1_764_064_800);
+        assert_eq!(v[0]["bounce_classification"], "Invalid Address");
+        let v = json(
+            &AckFormat::Sendgrid(Batching::default()),
+            &event(Channel::Email, Status::Reject, Some(("550 5.7.1", "recipient unsubscribed"))),
+            "a@x.test",
+        );
+        assert_eq!(
+            (v[0]["event"].as_str(), v[0]["reason"].as_str(), v[0]["status"].as_str()),
+            (Some("dropped"), Some("Unsubscribed Address"), Some("5.0.0"))
+        );
+        let v =
+            json(&AckFormat::Sendgrid(Batching::default()), &event(Channel::Email, Status::Click, None), "a@x.test");
+        assert!(
+            v[0]["url"].as_str().unwrap().starts_with("https://")
+                && v[0]["useragent"].is_string()
+                && v[0]["ip"].is_string(),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn drop_reasons_and_bounce_classes_are_sendgrids() {
+        use super::*;
+        assert_eq!(drop_reason(Some("spam reporting address")), "Spam Reporting Address");
+        assert_eq!(drop_reason(Some("address on the suppression list")), "Bounced Address");
+        assert_eq!(drop_reason(Some("invalid recipient")), "Invalid");
+        assert_eq!(drop_reason(None), "Bounced Address");
+        assert!(DROP_REASONS.contains(&drop_reason(Some("anything at all"))));
+        assert_eq!(bounce_classification("5.2.2", "mailbox full"), "Mailbox Unavailable");
+        assert_eq!(bounce_classification("4.7.0", "slow down"), "Frequency or Volume Too High");
+        assert_eq!(bounce_classification("5.7.1", "blocked by policy"), "Reputation");
+        assert_eq!(bounce_classification("5.7.1", "spam detected"), "Content");
+        assert_eq!(bounce_classification("4.4.1", "no answer"), "Technical Failure");
+        assert_eq!(bounce_classification("", "unable to get mx info"), "Unclassified");
+        assert_eq!(
+            links(
+                r#"<p><a href="https://shop.example/a?x=1">a</a> <A HREF='http://b.example/'>b</A> <a href=mailto:x@y>m</a> <a href=https://c.example/c>c</a></p>"#
+            ),
+            vec!["https://shop.example/a?x=1", "http://b.example/", "https://c.example/c"]
+        );
     }
 }

@@ -129,6 +129,43 @@ impl MessageResource<'_> {
     }
 }
 
+/// Twilio's `MessageStatus` for a status and its error code: `undelivered` is `failed` for the codes
+/// Twilio reports as never sent (30001 queue overflow, 30036 validity period expired).
+pub fn message_status_with(status: Status, error_code: Option<&str>) -> &'static str {
+    match (status, error_code.map(str::trim)) {
+        (Status::Undelivered, Some("30001" | "30036")) => "failed",
+        _ => message_status(status),
+    }
+}
+
+/// Twilio's error code for a WhatsApp message's Meta (Cloud API) code: its 63xxx, as Twilio's
+/// correspondence of the two lists has them; a code that is Twilio's already stays.
+pub fn whatsapp_error_code(code: &str) -> String {
+    let code = code.trim();
+    let twilio = match code {
+        // Outside the 24-hour window (on-premises 470).
+        "131047" => "63016",
+        // Undeliverable (1026), and a recipient that is no WhatsApp user.
+        "131026" | "131030" => "63024",
+        // Throughput, pair rate and spam rate limits (429, 471).
+        "130429" | "131056" | "131048" => "63018",
+        // Meta chose not to deliver a marketing message.
+        "131049" => "63049",
+        // Template parameters (2000), a template that does not exist (2001).
+        "132000" => "63028",
+        "132001" => "63027",
+        // Content the channel does not take: message type, media.
+        "131051" | "131052" | "131053" => "63021",
+        // Payment (402).
+        "131042" => "63020",
+        // Internal errors, the service unavailable (500).
+        "131000" | "131016" | "2" => "63012",
+        c if c.starts_with("63") => c,
+        _ => "63023",
+    };
+    twilio.to_owned()
+}
+
 /// Twilio's `MessageStatus` for a status.
 pub fn message_status(status: Status) -> &'static str {
     match status {
@@ -146,9 +183,12 @@ pub fn message_status(status: Status) -> &'static str {
 /// (oldest first): `queued` before the first (`accepted` when sent through a Messaging Service), then
 /// the latest. A deferral never shows: Twilio has no `queued` after `sent`, and before it the message is
 /// queued anyway.
-pub fn fetched_status(statuses: impl IntoIterator<Item = Status>, via_service: bool) -> (&'static str, Option<Status>) {
-    match statuses.into_iter().filter(|s| *s != Status::Deferred).last() {
-        Some(s) => (message_status(s), Some(s)),
+pub fn fetched_status<'a>(
+    statuses: impl IntoIterator<Item = (Status, Option<&'a str>)>,
+    via_service: bool,
+) -> (&'static str, Option<Status>) {
+    match statuses.into_iter().filter(|(s, _)| *s != Status::Deferred).last() {
+        Some((s, code)) => (message_status_with(s, code), Some(s)),
         None if via_service => ("accepted", None),
         None => ("queued", None),
     }
@@ -158,7 +198,7 @@ pub fn fetched_status(statuses: impl IntoIterator<Item = Status>, via_service: b
 /// `twilio` ack format writes as a JSON object.
 pub fn callback_fields(e: &AckEvent, recipient: &str) -> Vec<(&'static str, String)> {
     let sid = message_sid(&e.vendor_message_id);
-    let status = message_status(e.status);
+    let status = message_status_with(e.status, e.error_code.as_deref());
     let whatsapp = e.channel == Channel::Whatsapp;
     let number = recipient.trim_start_matches("whatsapp:");
     let to = if whatsapp { format!("whatsapp:{number}") } else { recipient.to_owned() };
@@ -178,7 +218,9 @@ pub fn callback_fields(e: &AckEvent, recipient: &str) -> Vec<(&'static str, Stri
         f.push(("ChannelToAddress", number.to_owned()));
     }
     if let Some(code) = e.error_code.as_deref().filter(|_| e.status.is_failure()) {
-        f.push(("ErrorCode", code.to_owned()));
+        // WhatsApp through Twilio has Twilio's 63xxx codes, not Meta's.
+        let code = if whatsapp { whatsapp_error_code(code) } else { code.to_owned() };
+        f.push(("ErrorCode", code));
     }
     if !whatsapp && matches!(e.status, Status::Delivery | Status::Undelivered) {
         // The carrier's delivery-receipt time, YYMMDDhhmm.
@@ -242,14 +284,37 @@ mod tests {
     fn a_fetch_shows_the_latest_status_and_never_a_deferral() {
         use super::fetched_status;
         use Status::*;
-        assert_eq!(fetched_status([], false), ("queued", None));
-        assert_eq!(fetched_status([], true), ("accepted", None));
-        assert_eq!(fetched_status([Deferred], false), ("queued", None));
-        assert_eq!(fetched_status([Send, Deferred], false), ("sent", Some(Send)));
-        assert_eq!(fetched_status([Send, Deferred, Delivery], false), ("delivered", Some(Delivery)));
-        assert_eq!(fetched_status([Send, Delivery, Read], false), ("read", Some(Read)));
-        assert_eq!(fetched_status([Send, Undelivered], false), ("undelivered", Some(Undelivered)));
-        assert_eq!(fetched_status([Send, Deferred, Bounce], false), ("failed", Some(Bounce)));
+        let f = |s: &[Status], service| fetched_status(s.iter().map(|s| (*s, None)), service);
+        assert_eq!(f(&[], false), ("queued", None));
+        assert_eq!(f(&[], true), ("accepted", None));
+        assert_eq!(f(&[Deferred], false), ("queued", None));
+        assert_eq!(f(&[Send, Deferred], false), ("sent", Some(Send)));
+        assert_eq!(f(&[Send, Deferred, Delivery], false), ("delivered", Some(Delivery)));
+        assert_eq!(f(&[Send, Delivery, Read], false), ("read", Some(Read)));
+        assert_eq!(f(&[Send, Undelivered], false), ("undelivered", Some(Undelivered)));
+        assert_eq!(f(&[Send, Deferred, Bounce], false), ("failed", Some(Bounce)));
+        // Queue overflow and an expired validity period are final `failed`, never `undelivered`.
+        for code in ["30001", "30036"] {
+            assert_eq!(fetched_status([(Send, None), (Undelivered, Some(code))], false).0, "failed");
+        }
+        assert_eq!(fetched_status([(Send, None), (Undelivered, Some("30003"))], false).0, "undelivered");
+    }
+
+    #[test]
+    fn whatsapp_through_twilio_has_twilios_codes() {
+        use super::whatsapp_error_code as code;
+        assert_eq!((code("131047"), code("131026"), code("130429")), ("63016".into(), "63024".into(), "63018".into()));
+        assert_eq!((code("63032"), code("999999")), ("63032".into(), "63023".into()));
+        let mut e = event(Channel::Whatsapp, Status::Undelivered, Some(("131026", "Message undeliverable")));
+        e.tenant_id = None;
+        let v = json(&AckFormat::Twilio, &e, "+15005551000");
+        assert_eq!((v["MessageStatus"].as_str(), v["ErrorCode"].as_str()), (Some("undelivered"), Some("63024")));
+        let v = json(
+            &AckFormat::Twilio,
+            &event(Channel::Sms, Status::Undelivered, Some(("30001", "queue overflow"))),
+            "+15005550002",
+        );
+        assert_eq!((v["MessageStatus"].as_str(), v["ErrorCode"].as_str()), (Some("failed"), Some("30001")));
     }
 
     #[test]

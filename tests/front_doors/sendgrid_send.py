@@ -33,6 +33,15 @@ for i in range(n):
     r = sg.send(mail)
     out["sent"].append({"status": r.status_code, "message_id": r.headers.get("X-Message-Id"), "body": r.body.decode()})
 
+# The magic recipients, in a mail with links: a click, a hard bounce, a suppressed address.
+magic = Mail(from_email="news@shop.example", to_emails=[To("click@understudy.test")], subject="links",
+             html_content='<p><a href="https://shop.example/winter?utm=1">winter</a></p>')
+magic.personalizations[0].add_cc(Cc("bounce@understudy.test"))
+magic.personalizations[0].add_cc(Cc("suppressed@understudy.test"))
+magic.custom_arg = [CustomArg("campaign", "winter")]
+r = sg.send(magic)
+out["magic"] = {"status": r.status_code, "message_id": r.headers.get("X-Message-Id")}
+
 
 def error(case, call):
     try:

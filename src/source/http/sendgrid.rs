@@ -51,6 +51,8 @@ struct Recipient {
 struct Mail {
     from: String,
     recipients: Vec<Recipient>,
+    /// The links of its HTML content, which its `click` events click.
+    urls: Vec<String>,
 }
 
 fn parse(body: &[u8]) -> Result<Mail, Vec<(String, Option<String>)>> {
@@ -139,7 +141,9 @@ fn parse(body: &[u8]) -> Result<Mail, Vec<(String, Option<String>)>> {
     if recipients.len() > MAX_RECIPIENTS {
         err("The total number of recipients must be 1000 or fewer.", "personalizations");
     }
-    if errs.is_empty() { Ok(Mail { from: from.to_owned(), recipients }) } else { Err(errs) }
+    let html = o.get("content").and_then(Value::as_array).into_iter().flatten().find(|b| b["type"] == "text/html");
+    let urls = html.and_then(|b| b["value"].as_str()).map(crate::wire::sendgrid::links).unwrap_or_default();
+    if errs.is_empty() { Ok(Mail { from: from.to_owned(), recipients, urls }) } else { Err(errs) }
 }
 
 /// `POST /v3/mail/send`.
@@ -227,7 +231,8 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
         .map(|(index, (payload_id, r))| {
             let callback = door.settings.sendgrid.webhook_url.as_deref().map(|url| {
-                let sent = Sent { message_id: message_id.clone(), index, custom_args: r.custom_args };
+                let sent =
+                    Sent { message_id: message_id.clone(), index, custom_args: r.custom_args, urls: mail.urls.clone() };
                 Callback {
                     vendor: Vendor::Sendgrid,
                     url: url.into(),

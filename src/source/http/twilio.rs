@@ -140,14 +140,18 @@ impl Form {
 
 /// The send call's error for a scenario's REJECT: a throttle is Twilio's 429 (20429), an outage its
 /// 503, any other rejection a 400 with the scenario's code (Twilio's numeric codes, such as 21610).
-fn refusal(step: &PlannedStep) -> ApiError {
+fn refusal(step: &PlannedStep, channel: Channel) -> ApiError {
     let reason = step.error_reason.as_deref().unwrap_or("Message rejected");
     match step.fault {
         Some(Fault::Throttled) => ApiError::new(429, 20429, "Too Many Requests"),
         Some(Fault::Outage) => ApiError::new(503, 20503, format!("Service Unavailable: {reason}")),
         _ => {
-            let code = step.error_code.as_deref().and_then(|c| c.trim().parse().ok()).unwrap_or(21610);
-            ApiError::new(400, code, reason)
+            let code = step.error_code.as_deref().map(|c| match channel {
+                // WhatsApp through Twilio: Twilio's 63xxx, not Meta's code.
+                Channel::Whatsapp => crate::wire::twilio::whatsapp_error_code(c),
+                _ => c.trim().to_owned(),
+            });
+            ApiError::new(400, code.and_then(|c| c.parse().ok()).unwrap_or(21610), reason)
         }
     }
 }
@@ -219,16 +223,20 @@ async fn create(
     let taken = door.take(channel, payload_id, &batch_id, recipient, &account, bytes.to_vec(), callback).await;
     let to = form.to.as_deref().unwrap_or("");
     let created = taken.as_ref().map_or_else(|_| chrono::Utc::now(), |t| t.received_at);
-    let plan = match plan_or(taken, refusal, |not| match not {
-        NotTaken::NoBehaviour => ApiError::new(
-            400,
-            21612,
-            format!(
-                "The 'To' phone number: {to}, is not currently reachable via {channel}: the scenario has no {channel} channel"
+    let plan = match plan_or(
+        taken,
+        |s| refusal(s, channel),
+        |not| match not {
+            NotTaken::NoBehaviour => ApiError::new(
+                400,
+                21612,
+                format!(
+                    "The 'To' phone number: {to}, is not currently reachable via {channel}: the scenario has no {channel} channel"
+                ),
             ),
-        ),
-        NotTaken::Unavailable => ApiError::new(503, 20503, "Service Unavailable"),
-    }) {
+            NotTaken::Unavailable => ApiError::new(503, 20503, "Service Unavailable"),
+        },
+    ) {
         Ok(plan) => plan,
         Err(e) => return error(&e),
     };
@@ -285,7 +293,7 @@ fn resource(account: &str, m: &crate::store::StoredMessage, current: bool) -> Ht
     let form = Form::parse(&m.body);
     let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
     let events = if current { &m.events[..] } else { &[] };
-    let (status, by) = fetched_status(events.iter().map(|e| e.status), service.is_some());
+    let (status, by) = fetched_status(events.iter().map(|e| (e.status, e.error_code.as_deref())), service.is_some());
     let last = events.iter().rev().find(|e| Some(e.status) == by);
     let failure = last.filter(|e| e.status.is_failure());
     let created = micros_to_time(m.received_at_us);
@@ -302,7 +310,10 @@ fn resource(account: &str, m: &crate::store::StoredMessage, current: bool) -> Ht
         date_created: created,
         date_updated: events.last().map_or(created, |e| micros_to_time(e.emitted_at_us)),
         date_sent: events.iter().find(|e| e.status == Status::Send).map(|e| micros_to_time(e.emitted_at_us)),
-        error_code: failure.and_then(|e| e.error_code.as_deref()).and_then(|c| c.trim().parse().ok()),
+        error_code: failure.and_then(|e| e.error_code.as_deref()).and_then(|c| match m.channel {
+            Channel::Whatsapp => crate::wire::twilio::whatsapp_error_code(c).parse().ok(),
+            _ => c.trim().parse().ok(),
+        }),
         error_message: failure.and_then(|e| e.error_reason.as_deref()),
     };
     let mut body = Vec::with_capacity(1024);
