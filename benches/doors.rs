@@ -301,7 +301,7 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize) {
         };
         let sns = Arc::new(understudy::sink::sns::Sns::from_settings(&http).unwrap());
         let arbiter = actix::Arbiter::new();
-        let (sender, mut rows) = WebhookSender::new(arbiter.handle(), 1.0, &http, sns);
+        let (sender, mut rows) = WebhookSender::new(arbiter.handle(), 1.0, &http, sns, None);
         let (unforwarded, room) = sender.forwarding();
         let done = Arc::new(AtomicU64::new(0));
         let counted = done.clone();

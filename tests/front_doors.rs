@@ -44,12 +44,23 @@ async fn start_with(
     time_scale: f64,
     tune: impl FnOnce(&mut understudy::config::Settings),
 ) -> (Pipeline, String, understudy::config::Settings) {
+    start_on(k, store_url, instance, common::scenario(scenario, time_scale), tune).await
+}
+
+/// The doors of `instance` on `scenario`, its settings tuned by `tune`.
+async fn start_on(
+    k: Kafka,
+    store_url: &str,
+    instance: &str,
+    scenario: understudy::scenario::Scenario,
+    tune: impl FnOnce(&mut understudy::config::Settings),
+) -> (Pipeline, String, understudy::config::Settings) {
     let mut settings = common::settings(k, store_url, 3);
     tune(&mut settings);
     settings.http.listen_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.http.instance = Some(instance.into());
     settings.http.twilio.accounts = vec![TwilioAccount { sid: ACCOUNT.into(), auth_token: TOKEN.into() }];
-    let scenario = Arc::new(common::scenario(scenario, time_scale));
+    let scenario = Arc::new(scenario);
     let pipeline = Pipeline::start(&settings, scenario, &k.brokers()).await.expect("pipeline starts");
     let url = format!("http://{}", pipeline.http_addr().expect("the front doors listen"));
     (pipeline, url, settings)
@@ -69,6 +80,11 @@ impl Receiver {
 
     /// A receiver that answers its first `fail_first` webhooks 500.
     fn start_failing(dir: &std::path::Path, fail_first: usize) -> Self {
+        Self::start_with(dir, fail_first, 0)
+    }
+
+    /// A receiver on `port` (0: any free one).
+    fn start_with(dir: &std::path::Path, fail_first: usize, port: u16) -> Self {
         use std::io::BufRead;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_doors/webhook_receiver.py");
         let out = dir.join("callbacks.jsonl");
@@ -79,6 +95,7 @@ impl Receiver {
             .env("META_APP_SECRET", APP_SECRET)
             .env("META_VERIFY_TOKEN", VERIFY_TOKEN)
             .env("FAIL_FIRST", fail_first.to_string())
+            .env("PORT", port.to_string())
             .env("SENDGRID_VERIFICATION_KEY", understudy::wire::sendgrid::verification_key(&sendgrid_key()))
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -104,6 +121,18 @@ impl Drop for Receiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The stored webhook attempts, once there are `n` (the attempt log writes them in batches, off the
+/// delivery path).
+async fn stored_attempts(store: &Store, n: usize) -> Vec<understudy::store::StoredAttempt> {
+    let attempts = common::eventually(Duration::from_secs(30), "the webhook attempts stored", || async {
+        let a = store.attempts().await.expect("attempts");
+        (a.len() >= n).then_some(a)
+    })
+    .await;
+    assert_eq!(attempts.len(), n, "{attempts:?}");
+    attempts
 }
 
 /// Run the Twilio library's script against `url`; its JSON output.
@@ -311,6 +340,12 @@ async fn twilio_lifecycles_resume_after_a_restart(k: Kafka) {
         assert_eq!(statuses, ["sent", "delivered"], "{sid}");
     }
     assert!(callbacks.iter().all(|c| c["valid"] == true));
+    // Every callback has one delivered attempt stored, before the restart or after it: none was posted
+    // again once delivered.
+    let attempts = stored_attempts(&store, 2 * N).await;
+    let delivered: Vec<_> = attempts.iter().filter(|a| a.outcome == "delivered").map(|a| &a.event_id).collect();
+    assert_eq!(delivered.iter().collect::<HashSet<_>>().len(), 2 * N, "{attempts:?}");
+    assert_eq!(delivered.len(), 2 * N, "one delivered attempt per callback: {attempts:?}");
     // The same requests again, to the restarted instance and its store: new messages, new SIDs (the
     // counters go on from what is stored), never an id given twice.
     let url = format!("http://{}", pipeline.http_addr().unwrap());
@@ -386,6 +421,25 @@ async fn whatsapp_messages_are_sent_answered_and_acked(k: Kafka) {
     assert_eq!(handshakes.len(), 1, "one verification handshake");
     assert_eq!(handshakes[0]["valid"], true);
     assert_eq!(got.iter().filter(|c| c["failed"] == true).count(), 5, "five answered 500, then retried");
+    // Every attempt stored: the five refused with their 500 and the retry each scheduled, and one
+    // delivered attempt per status.
+    let attempts = stored_attempts(&store, 3 * (N + 1) + 5).await;
+    let refused: Vec<_> = attempts.iter().filter(|a| a.outcome == "refused").collect();
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert!(refused.iter().all(|a| a.http_status == Some(500) && a.next_attempt_at_us.is_some()), "{refused:?}");
+    // A status refused k times has attempts 1..=k refused, then k + 1 delivered.
+    for r in &refused {
+        let mine: Vec<_> = attempts.iter().filter(|a| a.event_id == r.event_id).collect();
+        let numbers: Vec<i32> = mine.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, (1..=mine.len() as i32).collect::<Vec<_>>(), "{mine:?}");
+        assert_eq!(mine.last().unwrap().outcome, "delivered", "{mine:?}");
+    }
+    let mut delivered = HashSet::new();
+    for a in attempts.iter().filter(|a| a.outcome == "delivered") {
+        assert!(delivered.insert(a.event_id.clone()), "delivered twice: {a:?}");
+        assert!(a.next_attempt_at_us.is_none());
+    }
+    assert_eq!(delivered.len(), 3 * (N + 1));
     let webhooks: Vec<&Value> = got.iter().filter(|c| c["handshake"].is_null() && c["failed"].is_null()).collect();
     assert_eq!(webhooks.len(), 3 * (N + 1), "each status delivered once");
     for w in &webhooks {
@@ -606,6 +660,21 @@ async fn twilio_callbacks_to_a_dead_receiver_stop_nothing(k: Kafka) {
     assert_eq!(events, 2 * N, "SEND and DELIVERY of every message, stored though their callbacks failed");
     let acks = read_topic(&k.brokers(), &settings.kafka.ack_topic, events, Duration::from_secs(10)).unwrap();
     assert_eq!(acks.len(), events);
+    // Both attempts of every callback are stored: the first with the retry it scheduled, the last
+    // without (Twilio gave up), each with the connection error.
+    let attempts = stored_attempts(&store, 2 * events).await;
+    for pair in attempts.chunks(2) {
+        assert_eq!(pair[0].event_id, pair[1].event_id, "{pair:?}");
+        assert_eq!((pair[0].attempt, pair[1].attempt), (1, 2), "{pair:?}");
+        assert!(
+            pair.iter().all(|a| a.outcome == "unreachable" && a.vendor == "twilio" && a.error.is_some()),
+            "{pair:?}"
+        );
+        assert!(
+            pair[0].next_attempt_at_us.is_some_and(|t| t > pair[0].attempted_at_us)
+                && pair[1].next_attempt_at_us.is_none()
+        );
+    }
     // Still serving.
     let again = twilio_script_with(&url, None, true).await;
     assert_eq!(again["created"].as_array().unwrap().len(), N);
@@ -772,8 +841,79 @@ outages:
     pipeline.shutdown().await;
 }
 
+/// Webhook retries go on across a restart: with the receiver down in the first run and up in the second,
+/// each status is delivered once, at the attempt after the last one stored, no sooner than it was due.
+async fn webhook_retries_go_on_after_a_restart(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let instance = format!("retry-{}", common::suffix());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let webhook = format!("http://127.0.0.1:{port}/meta");
+    let tune = |s: &mut understudy::config::Settings| {
+        s.http.whatsapp.access_tokens = vec![TOKEN.into()];
+        s.http.whatsapp.app_secret = APP_SECRET.into();
+        s.http.whatsapp.verify_token = VERIFY_TOKEN.into();
+        s.http.whatsapp.webhook_url = Some(webhook.clone());
+        s.service.shutdown_grace_ms = 0;
+    };
+    // Meta retries 15 s after a failure, 7.5 s here: the first run stops before any retry is due. Sent
+    // and delivered within about a second.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quick.yaml");
+    std::fs::write(
+        &file,
+        "name: quick\nseed: 1\nchannels:\n  whatsapp:\n    delays:\n      SEND: { dist: fixed, value: 100ms }\n      DELIVERY: { dist: fixed, value: 1s }\n    paths:\n      - { name: delivered, weight: 1, steps: [SEND, DELIVERY] }\n",
+    )
+    .unwrap();
+    let scenario = || understudy::scenario::Scenario::load(&file).expect("scenario").rescaled(0.5).expect("rescaled");
+    let (pipeline, url, _) = start_on(k, &store_url, &instance, scenario(), tune).await;
+    let envs = [("PHONE_NUMBER_ID", PHONE_NUMBER_ID), ("ACCESS_TOKEN", TOKEN), ("N", "5")];
+    client_script("whatsapp_send.py", &url, &envs).await;
+    common::eventually(Duration::from_secs(30), "every message's first webhook tried", || async {
+        let a = store.attempts().await.expect("attempts");
+        (a.len() >= 6).then_some(())
+    })
+    .await;
+    pipeline.shutdown().await;
+    let before = store.attempts().await.expect("attempts");
+    assert!(before.iter().all(|a| a.outcome == "unreachable" && a.next_attempt_at_us.is_some()), "{before:?}");
+
+    let receiver = Receiver::start_with(dir.path(), 0, port);
+    let (pipeline, _, _) = start_on(k, &store_url, &instance, scenario(), tune).await;
+    let messages = store.totals().await.unwrap().messages;
+    common::all_finished(&store, messages, Duration::from_secs(90)).await;
+    let events = store.totals().await.unwrap().events as usize;
+    let attempts = common::eventually(Duration::from_secs(30), "every webhook delivered", || async {
+        let a = store.attempts().await.expect("attempts");
+        (a.iter().filter(|a| a.outcome == "delivered").count() >= events).then_some(a)
+    })
+    .await;
+    let mut by_event: std::collections::BTreeMap<&str, Vec<&understudy::store::StoredAttempt>> = Default::default();
+    for a in &attempts {
+        by_event.entry(&a.event_id).or_default().push(a);
+    }
+    assert_eq!(by_event.len(), events, "an event's webhook is stored with its attempts");
+    for (id, mine) in &by_event {
+        let numbers: Vec<i32> = mine.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, (1..=mine.len() as i32).collect::<Vec<_>>(), "numbered on: {mine:?}");
+        assert_eq!(mine.iter().filter(|a| a.outcome == "delivered").count(), 1, "{mine:?}");
+        assert_eq!(mine.last().unwrap().outcome, "delivered", "{mine:?}");
+        for w in mine.windows(2) {
+            assert!(w[1].attempted_at_us >= w[0].next_attempt_at_us.unwrap(), "not before it was due: {w:?}");
+        }
+        if before.iter().any(|b| b.event_id == **id) {
+            assert!(mine.len() >= 2, "the first run's attempt counts: {mine:?}");
+        }
+    }
+    let statuses =
+        receiver.received().into_iter().filter(|c| c["handshake"].is_null() && c["failed"].is_null()).count();
+    assert_eq!(statuses, events, "each status delivered once");
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    webhook_retries_go_on_after_a_restart,
     sendgrid_and_ses_refuse_throttled_and_outage_calls,
     a_repeated_lifecycle_key_gets_the_first_answer,
     each_door_answers_429_beyond_its_rate_limit,

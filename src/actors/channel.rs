@@ -137,7 +137,7 @@ impl ChannelActor {
         // A partition revoked (or revoked and assigned again) meanwhile is resumed from the store by
         // whoever owns it now.
         if claim.holds() {
-            let walk = Walk::new(message, &self.sleepers.shared.keys);
+            let walk = Walk::new(message, &self.sleepers.shared.keys, skip.is_some());
             self.sleepers.start(Waiting::new(walk, skip, claim));
         }
     }

@@ -95,9 +95,10 @@ pub struct Walk {
 
 impl Walk {
     /// Keep what the events need.
-    pub fn new(m: PlannedMessage, keys: &Keys) -> Self {
+    /// Keep what the events need; `resumed` when the lifecycle resumes from the store.
+    pub fn new(m: PlannedMessage, keys: &Keys, resumed: bool) -> Self {
         let o = m.outbound;
-        let webhook = m.plan.callback.as_ref().map(|c| Arc::new(keys.target(c, o.tenant_id.as_deref())));
+        let webhook = m.plan.callback.as_ref().map(|c| Arc::new(keys.target(c, o.tenant_id.as_deref(), resumed)));
         let steps = m
             .plan
             .steps

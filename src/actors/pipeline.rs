@@ -118,8 +118,13 @@ impl Pipeline {
         };
         let webhooks = sns.clone().map(|sns| {
             let arbiter = Arbiter::new();
-            let (sender, delivered) =
-                WebhookSender::new(arbiter.handle(), scenario.file.time_scale, &settings.http, sns);
+            let (sender, delivered) = WebhookSender::new(
+                arbiter.handle(),
+                scenario.file.time_scale,
+                &settings.http,
+                sns,
+                Some(Store::connect_lazy(&store_url, 2).expect("checked above")),
+            );
             let (unforwarded, room) = sender.forwarding();
             arbiter.spawn(forward_deliveries(
                 delivered,
@@ -352,6 +357,9 @@ impl Pipeline {
             }
             if w.in_flight() > 0 {
                 tracing::info!(deliveries = w.in_flight(), "webhooks still under way are sent again on the next start");
+            }
+            if tokio::time::timeout(Duration::from_secs(10), w.flush_attempts()).await.is_err() {
+                tracing::warn!("the store did not take the last webhook attempts within 10 s");
             }
         }
         let emitter = self.shared.emitter.clone();

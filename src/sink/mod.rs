@@ -8,6 +8,7 @@
 //!
 //! An event that goes to both is stored once both are done ([`webhook::Joint`]).
 
+pub mod attempts;
 pub mod kafka;
 pub mod sns;
 pub mod webhook;

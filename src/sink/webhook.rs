@@ -6,7 +6,9 @@
 //! An event is done when the receiver answered 2xx, or when the vendor's retry policy gave up (Twilio:
 //! one retry after a connection failure, none after an HTTP error; SNS: 3 retries 20 s apart). Only then
 //! is it stored, so a restart before that delivers it again, with the same event id. Every attempt is
-//! logged and counted.
+//! logged, counted and stored ([`crate::sink::attempts`]); a resumed lifecycle's webhook goes on from
+//! its last stored attempt: it waits for the retry that was due, numbers on, and is not posted again
+//! when it was delivered (or given up on) before the restart.
 //!
 //! Before the first webhook to a URL comes the vendor's handshake: Meta's `hub.challenge`, SNS's
 //! SubscriptionConfirmation (the receiver must visit its SubscribeURL, served by the doors).
@@ -20,8 +22,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::SesDelivery;
 use crate::model::AckEvent;
+use crate::sink::attempts::AttemptLog;
 use crate::sink::sns::Sns;
-use crate::store::EventRow;
+use crate::store::{AttemptRow, EventRow};
 use crate::telemetry;
 use crate::wire::{self, Vendor};
 
@@ -36,6 +39,8 @@ pub struct Target {
     pub echo: Arc<Echo>,
     /// The receiver's concurrency limit, looked up on the first attempt.
     limit: std::sync::OnceLock<Arc<HostLimit>>,
+    /// Whether the lifecycle was resumed from the store: its webhooks may have attempts already.
+    pub resumed: bool,
     /// The lifecycle's previous delivery, done when this resolves: each event is posted only after the
     /// one before it was answered (or given up on), so that a receiver sees a message's statuses in the
     /// lifecycle's order however close together they are due.
@@ -50,6 +55,7 @@ impl Target {
             key,
             echo: Arc::new(Echo::Nothing),
             limit: std::sync::OnceLock::new(),
+            resumed: false,
             previous: std::sync::Mutex::new(None),
         }
     }
@@ -154,6 +160,8 @@ pub struct WebhookSender {
     confirm_within: Duration,
     /// Requests under way per receiver (scheme, host and port), each with a limit of its own.
     limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<HostLimit>>>>,
+    /// Where every attempt is stored; none: logged and counted only.
+    attempts: Option<AttemptLog>,
 }
 
 impl std::fmt::Debug for WebhookSender {
@@ -164,13 +172,16 @@ impl std::fmt::Debug for WebhookSender {
 
 impl WebhookSender {
     /// A sender running its deliveries on `arbiter`, retrying on the scenario's `time_scale`, signing SNS
-    /// messages with `sns`; delivered events arrive on the returned receiver.
+    /// messages with `sns`, storing every attempt in `store`; delivered events arrive on the returned
+    /// receiver.
     pub fn new(
         arbiter: ArbiterHandle,
         time_scale: f64,
         http: &crate::config::HttpSettings,
         sns: Arc<Sns>,
+        store: Option<crate::store::Store>,
     ) -> (Self, mpsc::UnboundedReceiver<EventRow>) {
+        let attempts = store.map(|s| AttemptLog::new(s, &arbiter));
         let (max_in_flight, timeout) = (http.webhooks_in_flight, Duration::from_millis(http.webhook_timeout_ms));
         let (tx, rx) = mpsc::unbounded_channel();
         let client = reqwest::Client::builder()
@@ -197,6 +208,7 @@ impl WebhookSender {
             subscriptions: Arc::default(),
             confirm_within: timeout,
             limits: Arc::default(),
+            attempts,
         };
         // Sends SendGrid's batches whose wait is over.
         let ticker = sender.clone();
@@ -212,6 +224,13 @@ impl WebhookSender {
 
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// Wait until every attempt made so far is stored.
+    pub async fn flush_attempts(&self) {
+        if let Some(log) = &self.attempts {
+            log.flush().await;
+        }
     }
 
     /// Deliveries under way.
@@ -342,17 +361,22 @@ impl WebhookSender {
     }
 
     /// Post `items` as one webhook, retrying as the vendor does; then each is done.
-    async fn post(&self, target: Arc<Target>, items: Vec<Pending>) {
-        let body = self.render(&items, &target);
+    async fn post(&self, target: Arc<Target>, mut items: Vec<Pending>) {
         let mut attempt = 1u32;
+        if target.resumed {
+            let Some(resumed) = self.resume(items).await else { return };
+            (items, attempt) = resumed;
+        }
+        let body = self.render(&items, &target);
         let outcome = loop {
             let outcome = self.attempt(&target, &body).await;
             telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
-            if attempt > retries(target.vendor, &outcome) {
-                break outcome;
-            }
+            let retry = (attempt <= retries(target.vendor, &outcome))
+                .then(|| retry_delay(target.vendor, attempt, self.time_scale));
+            self.store_attempt(&target, &items, attempt, &outcome, retry);
+            let Some(delay) = retry else { break outcome };
             tracing::debug!(url = %target.url, attempt, "webhook not delivered; retrying");
-            tokio::time::sleep(retry_delay(target.vendor, attempt, self.time_scale)).await;
+            tokio::time::sleep(delay).await;
             attempt += 1;
         };
         match &outcome {
@@ -366,6 +390,71 @@ impl WebhookSender {
         }
         for item in items {
             self.done(item);
+        }
+    }
+
+    /// Go on from the stored attempts of a resumed lifecycle's `items`: those delivered or given up on
+    /// before the restart are done with now; the others are posted at the attempt after the last, once
+    /// the retry that was due is. `None`: nothing is left to post.
+    async fn resume(&self, items: Vec<Pending>) -> Option<(Vec<Pending>, u32)> {
+        let Some(log) = &self.attempts else { return Some((items, 1)) };
+        let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.event.event_id).collect();
+        let last = match log.last(&ids).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stored webhook attempts; posting from the first");
+                return Some((items, 1));
+            }
+        };
+        let (finished, open): (Vec<Pending>, Vec<Pending>) = items
+            .into_iter()
+            .partition(|i| last.get(&i.event.event_id).is_some_and(|l| l.next_attempt_at_us.is_none()));
+        for item in finished {
+            self.done(item);
+        }
+        if open.is_empty() {
+            return None;
+        }
+        let latest = open.iter().filter_map(|i| last.get(&i.event.event_id)).max_by_key(|l| l.attempt);
+        let attempt = latest.map_or(1, |l| l.attempt.max(0) as u32 + 1);
+        if let Some(at) = latest.and_then(|l| l.next_attempt_at_us) {
+            let wait = at - chrono::Utc::now().timestamp_micros();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+            }
+        }
+        Some((open, attempt))
+    }
+
+    /// Store one attempt of `items` (one row each), with when the next is due.
+    fn store_attempt(
+        &self,
+        target: &Target,
+        items: &[Pending],
+        attempt: u32,
+        outcome: &Attempt,
+        retry: Option<Duration>,
+    ) {
+        let Some(log) = &self.attempts else { return };
+        let now = chrono::Utc::now().timestamp_micros();
+        let (http_status, error) = match outcome {
+            Attempt::Delivered => (None, None),
+            Attempt::Refused(code) => (Some(i32::from(*code)), None),
+            Attempt::Unreachable(e) => (None, Some(e.clone())),
+        };
+        for item in items {
+            log.record(AttemptRow {
+                event_id: item.event.event_id,
+                attempt: attempt as i32,
+                payload_id: item.event.payload_id.clone(),
+                vendor: target.vendor.as_str(),
+                url: target.url.clone(),
+                outcome: outcome_label(outcome),
+                http_status,
+                error: error.clone(),
+                attempted_at_us: now,
+                next_attempt_at_us: retry.map(|d| now + d.as_micros() as i64),
+            });
         }
     }
 
@@ -873,7 +962,7 @@ impl Keys {
 
     /// The target of `callback` for a message of `tenant`. An account with no configured key signs with
     /// an empty one.
-    pub fn target(&self, callback: &crate::plan::Callback, tenant: Option<&str>) -> Target {
+    pub fn target(&self, callback: &crate::plan::Callback, tenant: Option<&str>, resumed: bool) -> Target {
         let key = match callback.vendor {
             Vendor::Twilio => tenant.and_then(|t| self.twilio.get(t)).cloned(),
             Vendor::Whatsapp => Some(self.whatsapp_app_secret.clone()),
@@ -881,6 +970,7 @@ impl Keys {
         };
         let mut target = Target::new(callback.vendor, callback.url.clone(), key.unwrap_or_else(|| Arc::from("")));
         target.echo = Arc::new(Echo::of(callback.vendor, callback.data.as_deref()));
+        target.resumed = resumed;
         target
     }
 }

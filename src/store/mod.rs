@@ -4,7 +4,7 @@
 mod postgres;
 mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -97,6 +97,47 @@ pub struct EventRow {
     pub event: AckEvent,
     pub ack_partition: i32,
     pub ack_offset: i64,
+}
+
+/// One webhook delivery attempt ([`Store::write_attempts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub event_id: Uuid,
+    /// 1, 2, …: numbered on across restarts.
+    pub attempt: i32,
+    pub payload_id: Arc<str>,
+    pub vendor: &'static str,
+    pub url: Arc<str>,
+    /// `delivered`, `refused` (an answer, not 2xx) or `unreachable`.
+    pub outcome: &'static str,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub attempted_at_us: i64,
+    /// When the next attempt is due; none when this was the last (delivered, or given up).
+    pub next_attempt_at_us: Option<i64>,
+}
+
+/// An event's latest webhook attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastAttempt {
+    pub attempt: i32,
+    pub outcome: String,
+    pub next_attempt_at_us: Option<i64>,
+}
+
+/// A stored webhook attempt, as [`Store::attempts`] reads it back.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredAttempt {
+    pub event_id: String,
+    pub attempt: i32,
+    pub payload_id: String,
+    pub vendor: String,
+    pub url: String,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub attempted_at_us: i64,
+    pub next_attempt_at_us: Option<i64>,
 }
 
 /// A stored message whose lifecycle has not finished, with the ids of the events already stored.
@@ -533,6 +574,94 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Store webhook attempts; one already stored (the same event and attempt) is left as it is.
+    pub async fn write_attempts(&self, rows: &[AttemptRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Postgres(p) => {
+                sqlx::query(include_str!("sql/postgres/attempt_insert.sql"))
+                    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| &*r.payload_id).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.vendor).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| &*r.url).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.http_status).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.attempted_at_us).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.next_attempt_at_us).collect::<Vec<_>>())
+                    .execute(p)
+                    .await?;
+            }
+            Store::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                for chunk in rows.chunks(3000) {
+                    let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                        "INSERT INTO webhook_attempts (event_id, attempt, payload_id, vendor, url, outcome, http_status, \
+                         error, attempted_at_us, next_attempt_at_us) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.event_id.to_string())
+                            .push_bind(r.attempt)
+                            .push_bind(&*r.payload_id)
+                            .push_bind(r.vendor)
+                            .push_bind(&*r.url)
+                            .push_bind(r.outcome)
+                            .push_bind(r.http_status)
+                            .push_bind(r.error.as_deref())
+                            .push_bind(r.attempted_at_us)
+                            .push_bind(r.next_attempt_at_us);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The latest webhook attempt of each of these events that has one.
+    pub async fn last_attempts(&self, event_ids: &[Uuid]) -> Result<HashMap<Uuid, LastAttempt>> {
+        let mut out = HashMap::new();
+        for chunk in event_ids.chunks(500) {
+            let rows: Vec<(String, i32, String, Option<i64>)> = match self {
+                Store::Postgres(p) => {
+                    sqlx::query_as(include_str!("sql/postgres/attempts_last.sql")).bind(chunk).fetch_all(p).await?
+                }
+                Store::Sqlite(p) => {
+                    let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                        "SELECT event_id, max(attempt) AS attempt, outcome, next_attempt_at_us FROM webhook_attempts \
+                         WHERE event_id IN (",
+                    );
+                    let mut sep = q.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    q.push(") GROUP BY event_id");
+                    q.build_query_as().fetch_all(p).await?
+                }
+            };
+            for (id, attempt, outcome, next_attempt_at_us) in rows {
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    out.insert(id, LastAttempt { attempt, outcome, next_attempt_at_us });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored webhook attempt, by message and time.
+    pub async fn attempts(&self) -> Result<Vec<StoredAttempt>> {
+        let q = include_str!("sql/attempts_all.sql");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(q).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(q).fetch_all(p).await?,
+        })
     }
 
     /// All stored event ids, for checks against the ack topic.
