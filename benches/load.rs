@@ -52,7 +52,9 @@ async fn generator(k: Kafka, brokers: &str, kafka: &KafkaSettings, n: u64) {
     ensure_topics(kafka, brokers, &[&s.topic, &s.ack_topic, "bench.java.perf"]).await.unwrap();
     let cpu0 = cpu_seconds();
     let t = Instant::now();
-    let outcome = load::run(kafka, brokers, s, Template::default(), &[], Progress::Quiet).await.unwrap();
+    let outcome = load::run(load::Transport::Kafka { kafka, brokers }, s, Template::default(), &[], Progress::Quiet)
+        .await
+        .unwrap();
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let r = &outcome.results;
     assert_eq!(r.sent_total(), n, "every message delivered");
@@ -98,7 +100,9 @@ async fn rate(brokers: &str, kafka: &KafkaSettings, seconds: u64) {
     let target = 20_000.0;
     let s = settings("rate", &format!("{target}@{seconds}s"), None);
     ensure_topics(kafka, brokers, &[&s.topic, &s.ack_topic]).await.unwrap();
-    let outcome = load::run(kafka, brokers, s, Template::default(), &[], Progress::Quiet).await.unwrap();
+    let outcome = load::run(load::Transport::Kafka { kafka, brokers }, s, Template::default(), &[], Progress::Quiet)
+        .await
+        .unwrap();
     let r = &outcome.results;
     let planned = target * seconds as f64;
     // Full seconds only: the last one may hold the tail of the run.

@@ -291,8 +291,7 @@ async fn latency(dir: &Path, brokers: &str, rate: u64, seconds: u64) {
     kafka.librdkafka = support::librdkafka_from_env("BENCH_LOAD_LIBRDKAFKA");
     let template = understudy::load::message::Template::default();
     let warm = load::run(
-        &kafka,
-        brokers,
+        load::Transport::Kafka { kafka: &kafka, brokers },
         support::load_settings("lat-warm", "lat", "500@2s"),
         template.clone(),
         &[],
@@ -302,10 +301,15 @@ async fn latency(dir: &Path, brokers: &str, rate: u64, seconds: u64) {
     .unwrap();
     assert_eq!(warm.results.lost, 0, "the warm-up's payloads all have their outcome");
     let profile = format!("{rate}@{seconds}s");
-    let out =
-        load::run(&kafka, brokers, support::load_settings("lat", "lat", &profile), template, &[], Progress::Quiet)
-            .await
-            .unwrap();
+    let out = load::run(
+        load::Transport::Kafka { kafka: &kafka, brokers },
+        support::load_settings("lat", "lat", &profile),
+        template,
+        &[],
+        Progress::Quiet,
+    )
+    .await
+    .unwrap();
     let (_, rss) = proc_usage(svc.child.id());
     stop(svc);
     let r = &out.results;

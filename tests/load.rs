@@ -276,7 +276,13 @@ async fn payloads_without_an_outcome_are_lost(k: Kafka) {
         pipeline.shutdown().await;
     };
     let (outcome, ()) = tokio::join!(
-        load::run(&settings.kafka, &brokers, load_settings, Template::default(), &gates, Progress::Quiet),
+        load::run(
+            load::Transport::Kafka { kafka: &settings.kafka, brokers: &brokers },
+            load_settings,
+            Template::default(),
+            &gates,
+            Progress::Quiet
+        ),
         stop_mock
     );
     let r = outcome.unwrap().results;
@@ -537,8 +543,61 @@ fn repeated_mock_runs_on_the_embedded_broker_share_a_store() {
     }
 }
 
+/// `understudy load --door …` with the mock: every message is the vendor's send call, answered 2xx, and
+/// every status comes back as the vendor's signed webhook to the run's own receiver (signatures checked:
+/// Twilio's with the account's token, Meta's with the app secret after its handshake, SendGrid's ECDSA,
+/// SNS's RSA after the subscription is confirmed; SES calls SigV4-signed), correlated into the report.
+async fn load_runs_through_each_door(k: Kafka) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = common::postgres_url().await;
+    let mut settings = common::settings(k, &store_url, 3);
+    settings.scenario.path = scenario_path("happy-path.yaml");
+    settings.http.twilio.accounts = vec![understudy::config::TwilioAccount {
+        sid: "AC0123456789abcdef0123456789abcdef".into(),
+        auth_token: "load-token".into(),
+    }];
+    settings.http.whatsapp.app_secret = "load-app-secret".into();
+    settings.http.whatsapp.verify_token = "load-verify".into();
+    settings.http.whatsapp.access_tokens = vec!["load-bearer".into()];
+    settings.http.sendgrid.api_keys = vec!["SG.load".into()];
+    settings.http.ses.credentials = vec![understudy::config::AwsCredential {
+        access_key_id: "AKIALOADTEST00000000".into(),
+        secret_access_key: "load/secret".into(),
+    }];
+    let config = common::write_config(dir.path(), &settings);
+    // Statuses per message on the happy path, as each vendor calls back.
+    for (door, code, statuses) in
+        [("twilio", "201", 2), ("whatsapp", "200", 3), ("sendgrid", "202", 3), ("ses", "200", 3)]
+    {
+        let out = understudy()
+            .args(["load", "--config", config.to_str().unwrap(), "--mock", "--door", door, "--time-scale", "0.0001"])
+            .args(["--rate", "200", "--duration", "2s", "--linger", "1s", "--quiet", "--format", "json"])
+            .args(["--gate", "lost == 0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{door}: stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let summary = json(&out);
+        assert_eq!(
+            (summary["sent"].as_u64(), summary["resolved"].as_u64()),
+            (Some(400), Some(400)),
+            "{door}: {summary}"
+        );
+        assert_eq!(summary["events"], 400 * statuses, "{door}: {summary}");
+        let http = &summary["http"];
+        assert_eq!(http["door"], door);
+        assert_eq!(http["statuses"], serde_json::json!({ code: 400 }), "{door}: {http}");
+        assert_eq!(
+            (http["bad_signatures"].as_u64(), http["unreadable"].as_u64()),
+            (Some(0), Some(0)),
+            "{door}: {http}"
+        );
+        assert!(http["send_p99_ms"].as_f64().unwrap() > 0.0);
+    }
+}
+
 crate::on_both_brokers!(
     actix::test,
+    load_runs_through_each_door,
     load_run_on_postgres,
     load_run_on_sqlite,
     load_run_correlates_vendor_formats,

@@ -134,6 +134,81 @@ pub struct LoadArgs {
     /// With `--mock`: compress the scenario's timelines by this factor.
     #[arg(long)]
     pub time_scale: Option<f64>,
+    /// Send through a vendor's front door (`twilio`, `whatsapp`, `sendgrid`, `ses`) instead of Kafka, and
+    /// receive its webhooks here: signatures checked, statuses correlated.
+    #[arg(long, value_parser = parse_vendor)]
+    pub door: Option<crate::wire::Vendor>,
+    /// The doors' base URL (default: the mock's, with `--mock`; else `http.listen_addr`).
+    #[arg(long)]
+    pub door_url: Option<String>,
+    /// Where this process receives the vendor's webhooks.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub receiver: std::net::SocketAddr,
+    /// The receiver's URL as the doors reach it (default: `http://` and the address it listens on).
+    #[arg(long)]
+    pub receiver_url: Option<String>,
+    /// With `--door`: send calls under way at once, at most (keep-alive connections).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+}
+
+fn parse_vendor(s: &str) -> Result<crate::wire::Vendor, String> {
+    use crate::wire::Vendor;
+    [Vendor::Twilio, Vendor::Whatsapp, Vendor::Sendgrid, Vendor::Ses]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("`{s}` is no door: twilio, whatsapp, sendgrid or ses"))
+}
+
+/// The `--mix` default.
+const DEFAULT_MIX: &str = "email=0.5,sms=0.3,whatsapp=0.2";
+
+/// An address to reach a listener at: its own, or loopback for an unspecified one.
+fn local(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a.ip().is_unspecified() {
+        true => std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port()),
+        false => a,
+    }
+}
+
+/// What a run through a door sends with and checks webhooks against: the settings' first account, token
+/// or key of each vendor (doors with none configured take any). With the in-process mock and no SendGrid
+/// signing key, one is made for both sides.
+fn door_credentials(settings: &mut Settings, vendor: crate::wire::Vendor, mock: bool) -> load::door::Credentials {
+    use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+    let http = &mut settings.http;
+    if mock && http.sendgrid.signing_key_pem.is_none() {
+        let key = loop {
+            if let Ok(k) = p256::ecdsa::SigningKey::from_bytes(&rand::random::<[u8; 32]>().into()) {
+                break k;
+            }
+        };
+        http.sendgrid.signing_key_pem = key.to_pkcs8_pem(Default::default()).ok().map(|p| p.to_string());
+    }
+    let sendgrid_key = http
+        .sendgrid
+        .signing_key_pem
+        .as_deref()
+        .and_then(|pem| p256::ecdsa::SigningKey::from_pkcs8_pem(pem).ok())
+        .map(|k| *k.verifying_key());
+    let twilio = http.twilio.accounts.first();
+    let aws = http.ses.credentials.first();
+    load::door::Credentials {
+        twilio_account: twilio.map_or_else(|| format!("AC{}", "0".repeat(32)), |a| a.sid.clone()),
+        twilio_token: twilio.map_or_else(String::new, |a| a.auth_token.clone()),
+        bearer: match vendor {
+            crate::wire::Vendor::Whatsapp => http.whatsapp.access_tokens.first().cloned(),
+            crate::wire::Vendor::Sendgrid => http.sendgrid.api_keys.first().cloned(),
+            _ => None,
+        }
+        .unwrap_or_else(|| "understudy-load".into()),
+        phone_number_id: "106540352242922".into(),
+        aws_key: aws.map_or_else(|| "AKIAUNDERSTUDYLOAD00".into(), |c| c.access_key_id.clone()),
+        aws_secret: aws.map_or_else(String::new, |c| c.secret_access_key.clone()),
+        meta_app_secret: http.whatsapp.app_secret.clone(),
+        meta_verify_token: http.whatsapp.verify_token.clone(),
+        sendgrid_key,
+    }
 }
 
 pub fn parse_gates(texts: &[String]) -> Result<Vec<Gate>, GateError> {
@@ -189,7 +264,31 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     if let Err(e) = profile.parse::<Profile>() {
         return Ok(config_error(e));
     }
-    if let Err(e) = args.mix.parse::<Mix>() {
+    // Through a door: the mix is of its channels (its own by default).
+    let mut mix = args.mix.clone();
+    if let Some(vendor) = args.door {
+        let allowed = load::door::channels(vendor);
+        if mix == DEFAULT_MIX {
+            mix = format!("{}=1", allowed[0].as_str());
+        }
+        if let Ok(m) = mix.parse::<Mix>()
+            && let Some(c) = crate::model::Channel::ALL.into_iter().find(|c| m.share(*c) > 0.0 && !allowed.contains(c))
+        {
+            let names: Vec<&str> = allowed.iter().map(|c| c.as_str()).collect();
+            return Ok(config_error(format!(
+                "--door {}: its door takes {} messages, not {c}; set --mix accordingly",
+                vendor.as_str(),
+                names.join(" and ")
+            )));
+        }
+        if vendor == crate::wire::Vendor::Ses && args.run_id.as_deref().is_some_and(|id| id.contains('.')) {
+            return Ok(config_error("--door ses: the run id names each message in an EmailTag, which takes no `.`"));
+        }
+        if args.concurrency == 0 {
+            return Ok(config_error("--concurrency must be at least 1"));
+        }
+    }
+    if let Err(e) = mix.parse::<Mix>() {
         return Ok(config_error(e));
     }
     let max_messages = match (args.messages, args.batches) {
@@ -211,14 +310,14 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         settings.kafka.dlq_topic = format!("understudy.{run_id}.dlq");
         settings.kafka.group_id = format!("understudy-{run_id}");
     }
-    let load_settings = LoadSettings {
+    let mut load_settings = LoadSettings {
         run_id: run_id.clone(),
         generator: args.generator,
         profile,
         max_messages,
         batch_size: args.batch_size.max(1),
         batch_gap_ms: args.batch_gap.as_millis() as u64,
-        mix: args.mix.clone(),
+        mix: mix.clone(),
         tenant_id: args.tenant.clone(),
         payload_bytes: args.payload_bytes,
         template: template.1,
@@ -236,17 +335,46 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         late_after_ms: args.late_after.as_secs_f64() * 1000.0,
     };
 
-    // Kafka: configured, or (with --mock) the embedded broker.
+    // Kafka: configured, or (with --mock) the embedded broker. A run through a door needs none unless it
+    // runs the mock.
     let brokers = match (&settings.kafka.brokers, args.mock) {
         (Some(b), _) => b.clone(),
         (None, true) => broker.insert(EmbeddedBroker::start(settings.kafka.embedded_port)?).bootstrap(),
+        (None, false) if args.door.is_some() => String::new(),
         (None, false) => {
             return Ok(config_error(
                 "no Kafka to send to: set `kafka.brokers` (or --brokers), or pass --mock to run the mock vendor in this process",
             ));
         }
     };
-    if settings.kafka.create_topics {
+    // Through a door: the webhook receiver first, so that the mock's doors can be pointed at it.
+    let door = match args.door {
+        Some(vendor) => {
+            let credentials = door_credentials(&mut settings, vendor, args.mock);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let receiver =
+                load::door::Receiver::start(args.receiver, args.receiver_url.clone(), credentials.clone(), tx)
+                    .with_context(|| format!("listening for webhooks on {}", args.receiver))?;
+            let url = format!("{}{}", receiver.public_url(), load::door::webhook_path(vendor));
+            if args.mock {
+                settings.http.listen_addr.get_or_insert_with(|| "127.0.0.1:0".parse().expect("an address"));
+                match vendor {
+                    crate::wire::Vendor::Whatsapp => settings.http.whatsapp.webhook_url = Some(url),
+                    crate::wire::Vendor::Sendgrid => settings.http.sendgrid.webhook_url = Some(url),
+                    crate::wire::Vendor::Ses => settings.http.ses.webhook_url = Some(url),
+                    crate::wire::Vendor::Twilio => {}
+                }
+            }
+            if vendor == crate::wire::Vendor::Sendgrid && credentials.sendgrid_key.is_none() {
+                eprintln!(
+                    "warning: SendGrid's webhooks are not checked: set `http.sendgrid.signing_key_pem` to the key they are signed with"
+                );
+            }
+            Some((vendor, receiver, rx, credentials))
+        }
+        None => None,
+    };
+    if args.door.is_none() && settings.kafka.create_topics {
         crate::kafka::admin::ensure_topics(
             &settings.kafka,
             &brokers,
@@ -257,6 +385,10 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     let url = settings.store.url_or_default();
     let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
 
+    let mut door_url = args
+        .door_url
+        .clone()
+        .or_else(|| (!args.mock).then(|| settings.http.listen_addr.map(|a| format!("http://{}", local(a)))).flatten());
     // The scenario: run by the in-process mock, or named for the record.
     let scenario_text = std::fs::read_to_string(&settings.scenario.path).ok();
     let pipeline = if args.mock {
@@ -273,6 +405,11 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         }
         settings.kafka.ack_topic = load_settings.ack_topic.clone();
         let pipeline = Pipeline::start(&settings, Arc::new(scenario), &brokers).await?;
+        if let Some(addr) = pipeline.http_addr()
+            && door_url.is_none()
+        {
+            door_url = Some(format!("http://{addr}"));
+        }
         // The first sends would otherwise wait for the mock's consumer to join its group, and their
         // latency would measure the join.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -291,22 +428,55 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         None
     };
 
+    let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
+    let (transport, receiver) = match door {
+        Some((vendor, receiver, observed, credentials)) => {
+            let Some(url) = door_url else {
+                return Ok(config_error(
+                    "--door: no doors to send to: give --door-url, set `http.listen_addr`, or pass --mock",
+                ));
+            };
+            load_settings.topic = format!("{} door at {url}", vendor.as_str());
+            load_settings.ack_topic = format!("webhooks at {}", receiver.public_url());
+            let target = load::door::DoorTarget {
+                vendor,
+                url,
+                receiver_url: receiver.public_url(),
+                credentials,
+                concurrency: args.concurrency,
+            };
+            (load::Transport::Door { target, observed }, Some(receiver))
+        }
+        None => (load::Transport::Kafka { kafka: &settings.kafka, brokers: &brokers }, None),
+    };
     if args.format == OutputFormat::Text && !args.quiet {
         eprintln!(
             "run {run_id}: {} to {} (acks from {})",
             load_settings.profile, load_settings.topic, load_settings.ack_topic
         );
     }
-    let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
-    let outcome = load::run(&settings.kafka, &brokers, load_settings, template.0.clone(), &gates, progress).await;
+    let outcome = load::run(transport, load_settings, template.0.clone(), &gates, progress).await;
+    let outcome = outcome.map(|mut o| {
+        if let (Some(r), Some(h)) = (&receiver, o.results.http.as_mut()) {
+            (h.bad_signatures, h.unreadable) = r.refused();
+        }
+        o
+    });
+
     let mocked = pipeline.as_ref().map(Pipeline::scenario);
     if let Some(p) = pipeline {
         p.shutdown().await;
     }
+    // After the mock: its webhooks still under way at the end are received (and no longer counted).
+    if let Some(r) = &receiver {
+        r.stop().await;
+    }
     let mut outcome = outcome?;
     // Lost payloads the scenario's own faults explain (a dropped or corrupted final ack), told apart from
     // real losses. The scenario is the one the mock ran, or the one the settings name.
+    // (Not through a door: the door numbers its messages itself, so the run cannot plan them again.)
     if outcome.results.lost > 0
+        && outcome.results.http.is_none()
         && let Some(scenario) = mocked.or_else(|| Scenario::load(&settings.scenario.path).ok().map(Arc::new))
     {
         load::explain_lost(&mut outcome, template.0, &scenario, &settings.input, &gates)?;

@@ -243,6 +243,11 @@ impl MessageFactory {
         self
     }
 
+    /// Message `seq`'s recipient on `channel`, appended to `out`.
+    pub fn recipient_into(&self, seq: u64, channel: Channel, out: &mut Vec<u8>) {
+        self.recipient(seq, channel, out)
+    }
+
     fn recipient(&self, seq: u64, channel: Channel, out: &mut Vec<u8>) {
         use std::io::Write as _;
         let listed = &self.recipients[channel.index()];

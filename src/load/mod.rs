@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod door;
 pub mod gate;
 pub mod html;
 pub mod message;
@@ -169,10 +170,17 @@ pub enum Progress {
     Quiet,
 }
 
+/// Where a run's messages go and its statuses come from.
+pub enum Transport<'a> {
+    /// Messages to a topic, acks from a topic.
+    Kafka { kafka: &'a KafkaSettings, brokers: &'a str },
+    /// Send calls to a vendor's front door, statuses from the webhooks this process receives.
+    Door { target: door::DoorTarget, observed: std::sync::mpsc::Receiver<door::Observed> },
+}
+
 /// Run the generator and the correlator until every payload has its outcome or the wait ends.
 pub async fn run(
-    kafka: &KafkaSettings,
-    brokers: &str,
+    transport: Transport<'_>,
     settings: LoadSettings,
     template: message::Template,
     gates: &[Gate],
@@ -198,29 +206,50 @@ pub async fn run(
     });
     let factory = Arc::new(message_factory(&settings, template)?);
 
-    // The correlator starts reading where the ack topic ends now: this run's acks all come later.
-    let consumer = ack_consumer(kafka, brokers, &settings.ack_topic)?;
     // Message 0 is due a moment from now, once both threads are running.
     let t0 = Instant::now() + Duration::from_millis(100);
     let started_at = Utc::now() + chrono::Duration::milliseconds(100);
     let shared = Arc::new(Shared::new(total, t0));
-    let producer: ThreadedProducer<Delivered> =
-        producer_config(kafka, brokers).create_with_context(Delivered { shared: shared.clone() })?;
-
-    let correlator = {
-        let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
-        let pointers = (settings.ack_payload_id.clone(), settings.ack_status.clone());
-        std::thread::Builder::new()
-            .name("load-correlator".into())
-            .spawn(move || correlate(consumer, &shared, &schedule, &factory, &pointers))?
-    };
-    let generator = {
-        let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
-        let (topic, late_after_us) = (settings.topic.clone(), (settings.late_after_ms * 1000.0) as u64);
-        let epoch_us = started_at.timestamp_micros();
-        std::thread::Builder::new()
-            .name("load-generator".into())
-            .spawn(move || generate(producer, &shared, &schedule, &factory, &topic, late_after_us, epoch_us))?
+    let late_after_us = (settings.late_after_ms * 1000.0) as u64;
+    let (correlator, generator) = match transport {
+        Transport::Kafka { kafka, brokers } => {
+            // The correlator starts reading where the ack topic ends now: this run's acks all come later.
+            let consumer = ack_consumer(kafka, brokers, &settings.ack_topic)?;
+            let producer: ThreadedProducer<Delivered> =
+                producer_config(kafka, brokers).create_with_context(Delivered { shared: shared.clone() })?;
+            let correlator = {
+                let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+                let pointers = (settings.ack_payload_id.clone(), settings.ack_status.clone());
+                std::thread::Builder::new()
+                    .name("load-correlator".into())
+                    .spawn(move || correlate(consumer, &shared, &schedule, &factory, &pointers))?
+            };
+            let generator = {
+                let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+                let topic = settings.topic.clone();
+                let epoch_us = started_at.timestamp_micros();
+                std::thread::Builder::new().name("load-generator".into()).spawn(move || {
+                    (generate(producer, &shared, &schedule, &factory, &topic, late_after_us, epoch_us), None)
+                })?
+            };
+            (correlator, generator)
+        }
+        Transport::Door { target, observed } => {
+            let correlator = {
+                let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+                std::thread::Builder::new()
+                    .name("load-correlator".into())
+                    .spawn(move || correlate_observed(observed, &shared, &schedule, &factory))?
+            };
+            let generator = {
+                let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
+                std::thread::Builder::new().name("load-generator".into()).spawn(move || {
+                    let (sent, figures) = door::generate(&target, &shared, &schedule, &factory, late_after_us);
+                    (sent, Some(figures))
+                })?
+            };
+            (correlator, generator)
+        }
     };
 
     let bar = progress_bar(total, progress);
@@ -275,7 +304,7 @@ pub async fn run(
     }
     bar.finish_and_clear();
     shared.stop_correlating.store(true, Ordering::Relaxed);
-    let sent = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
+    let (sent, http) = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
     let correlated = correlator.join().map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
 
     let mut results = Results::new(started_at, total, settings.late_after_ms);
@@ -336,6 +365,7 @@ pub async fn run(
         }
     }
     results.timeline = sent.timeline;
+    results.http = http;
     for (i, n) in correlated.resolved_per_second.iter().enumerate() {
         if results.timeline.len() <= i {
             results.timeline.resize(i + 1, Second::default());
@@ -769,6 +799,28 @@ fn correlate(
         match m {
             Ok(m) => c.observe_record(&m, shared.t0.elapsed().as_micros() as u64),
             Err(e) => tracing::debug!(error = %e, "ack consumer"),
+        }
+    }
+    c.out
+}
+
+/// The correlator of a run through a front door: the statuses the webhook receiver saw.
+fn correlate_observed(
+    observed: std::sync::mpsc::Receiver<door::Observed>,
+    shared: &Shared,
+    schedule: &Schedule,
+    factory: &MessageFactory,
+) -> Correlated {
+    let pointers = (String::new(), String::new());
+    let mut c = Correlator::new(shared, schedule, factory, &pointers);
+    while !shared.stop_correlating.load(Ordering::Relaxed) {
+        match observed.recv_timeout(Duration::from_millis(50)) {
+            Ok(o) => {
+                let received_us = o.at.saturating_duration_since(shared.t0).as_micros() as u64;
+                c.record(&o.payload_id, o.status.as_str(), received_us);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
     c.out

@@ -24,6 +24,20 @@ pub struct StatusRow {
     pub max_ms: f64,
 }
 
+/// The send calls of a run through a front door.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HttpRow {
+    pub door: String,
+    /// Send calls by HTTP status (0: no answer).
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub send_p50_ms: f64,
+    pub send_p99_ms: f64,
+    pub send_max_ms: f64,
+    /// Webhooks whose signature did not check out, and webhooks that could not be read.
+    pub bad_signatures: u64,
+    pub unreadable: u64,
+}
+
 /// A run's summary, as `--format json` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary<'a> {
@@ -57,6 +71,9 @@ pub struct Summary<'a> {
     pub statuses: Vec<StatusRow>,
     pub gates: &'a [Verdict],
     pub passed: bool,
+    /// Through a front door: its send calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRow>,
 }
 
 /// What the lost payloads come from, when the scenario explains some: `3 by the scenario's injected faults, 1
@@ -118,6 +135,15 @@ pub fn summary<'a>(run_id: &'a str, generators: usize, r: &'a Results, verdicts:
         statuses: status_rows(r),
         gates: verdicts,
         passed: verdicts.iter().all(|v| v.passed),
+        http: r.http.as_ref().map(|h| HttpRow {
+            door: h.door.clone(),
+            statuses: h.statuses.clone(),
+            send_p50_ms: h.send_latency_us.quantile_ms(0.5),
+            send_p99_ms: h.send_latency_us.quantile_ms(0.99),
+            send_max_ms: h.send_latency_us.max_ms(),
+            bad_signatures: h.bad_signatures,
+            unreadable: h.unreadable,
+        }),
     }
 }
 
@@ -157,11 +183,41 @@ pub fn text(s: &Summary<'_>) -> String {
         ms(s.lateness_p99_ms),
         ms(s.lateness_max_ms)
     );
+    if let Some(h) = &s.http {
+        let statuses: Vec<String> = h
+            .statuses
+            .iter()
+            .map(|(code, n)| if *code == 0 { format!("no answer ×{n}") } else { format!("{code} ×{n}") })
+            .collect();
+        let _ = writeln!(
+            o,
+            "  http      {} door · {} · send call p50 {} · p99 {} · max {}",
+            h.door,
+            statuses.join(", "),
+            ms(h.send_p50_ms),
+            ms(h.send_p99_ms),
+            ms(h.send_max_ms)
+        );
+        if h.bad_signatures > 0 || h.unreadable > 0 {
+            let _ = writeln!(
+                o,
+                "  warning: {} webhooks failed the vendor's signature check and {} could not be read; neither was counted",
+                h.bad_signatures, h.unreadable
+            );
+        }
+    }
     let injected = lost_causes(s.lost, s.lost_injected, s.lost_late).map(|c| format!(" ({c})")).unwrap_or_default();
-    let _ =
-        writeln!(o, "  acks      {} events · {} payloads with an outcome · {} lost{injected}", s.events, s.resolved, s.lost);
+    let _ = writeln!(
+        o,
+        "  acks      {} events · {} payloads with an outcome · {} lost{injected}",
+        s.events, s.resolved, s.lost
+    );
     if s.duplicate_acks > 0 {
-        let _ = writeln!(o, "            {} redelivered copies of acks already counted (same event id), left out", s.duplicate_acks);
+        let _ = writeln!(
+            o,
+            "            {} redelivered copies of acks already counted (same event id), left out",
+            s.duplicate_acks
+        );
     }
     if s.unmatched_events > 0 {
         let _ = writeln!(

@@ -82,6 +82,37 @@ pub struct StatusFigures {
     pub latency_us: Hist,
 }
 
+/// A run through a vendor's front door: the send calls' answers, how long they took, and the webhooks
+/// that could not be counted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpFigures {
+    /// The vendor whose door the run sent through.
+    pub door: String,
+    /// Send calls by HTTP status (0: no answer: refused, reset, timed out).
+    pub statuses: BTreeMap<u16, u64>,
+    /// From a send call's hand-off to its answer.
+    pub send_latency_us: Hist,
+    /// Webhooks whose signature the vendor's check refused: not counted as events.
+    pub bad_signatures: u64,
+    /// Webhooks that could not be read (no payload id, an unknown status).
+    pub unreadable: u64,
+}
+
+impl HttpFigures {
+    pub fn merge(&mut self, other: &HttpFigures) {
+        if self.door.is_empty() {
+            self.door = other.door.clone();
+        }
+        for (s, n) in &other.statuses {
+            *self.statuses.entry(*s).or_default() += n;
+        }
+        self.send_latency_us.merge(&other.send_latency_us);
+        self.bad_signatures += other.bad_signatures;
+        self.unreadable += other.unreadable;
+    }
+}
+
 /// Results of one generator process, or of several merged.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
@@ -130,6 +161,9 @@ pub struct Results {
     pub statuses: BTreeMap<Channel, BTreeMap<Status, StatusFigures>>,
     /// Intended messages per second of the schedule, and how many were sent in that second.
     pub timeline: Vec<Second>,
+    /// Through a front door: its HTTP figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFigures>,
 }
 
 /// Lost payload ids listed in the results; the count is always complete.
@@ -190,6 +224,7 @@ impl Results {
             lost_ids: Vec::new(),
             statuses: BTreeMap::new(),
             timeline: Vec::new(),
+            http: None,
         }
     }
 
@@ -266,6 +301,9 @@ impl Results {
                 m.payloads += f.payloads;
                 m.latency_us.merge(&f.latency_us);
             }
+        }
+        if let Some(h) = &other.http {
+            self.http.get_or_insert_with(HttpFigures::default).merge(h);
         }
         if self.timeline.len() < other.timeline.len() + shift {
             self.timeline.resize(other.timeline.len() + shift, Second::default());

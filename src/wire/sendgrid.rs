@@ -20,6 +20,21 @@ pub fn event_name(status: Status) -> &'static str {
     }
 }
 
+/// The status a SendGrid event reports (the receiving side of [`event_name`]).
+pub fn status_of(event: &str) -> Option<Status> {
+    Some(match event {
+        "processed" => Status::Send,
+        "delivered" => Status::Delivery,
+        "open" => Status::Open,
+        "click" => Status::Click,
+        "bounce" => Status::Bounce,
+        "deferred" => Status::Deferred,
+        "dropped" => Status::Reject,
+        "spamreport" => Status::Complaint,
+        _ => return None,
+    })
+}
+
 /// One SendGrid event object (an element of the webhook's array).
 pub fn event(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
     event_with(e, recipient, None, out)

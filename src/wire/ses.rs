@@ -28,6 +28,21 @@ pub fn event_type(status: Status) -> &'static str {
     }
 }
 
+/// The status an SES `eventType` reports (the receiving side of [`event_type`]).
+pub fn status_of(event_type: &str) -> Option<Status> {
+    Some(match event_type {
+        "Send" => Status::Send,
+        "Delivery" => Status::Delivery,
+        "Open" => Status::Open,
+        "Click" => Status::Click,
+        "Bounce" => Status::Bounce,
+        "Complaint" => Status::Complaint,
+        "Reject" => Status::Reject,
+        "DeliveryDelay" => Status::Deferred,
+        _ => return None,
+    })
+}
+
 /// The EventBridge `detail-type` of an event.
 pub fn detail_type(e: &AckEvent) -> &'static str {
     if suppressed(e) {

@@ -166,6 +166,19 @@ pub fn whatsapp_error_code(code: &str) -> String {
     twilio.to_owned()
 }
 
+/// The status a Twilio `MessageStatus` reports (the receiving side of [`message_status`]): `failed`,
+/// never sent, is REJECT; `queued`, `accepted` and `sending` report nothing.
+pub fn status_of(message_status: &str) -> Option<Status> {
+    Some(match message_status {
+        "sent" => Status::Send,
+        "delivered" => Status::Delivery,
+        "read" => Status::Read,
+        "undelivered" => Status::Undelivered,
+        "failed" => Status::Reject,
+        _ => return None,
+    })
+}
+
 /// Twilio's `MessageStatus` for a status.
 pub fn message_status(status: Status) -> &'static str {
     match status {

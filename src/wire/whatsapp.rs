@@ -104,6 +104,18 @@ pub fn status(status: Status) -> &'static str {
     }
 }
 
+/// The status a WhatsApp `status` reports (the receiving side of [`status`]): `failed` is a final
+/// failure, UNDELIVERED.
+pub fn status_of(status: &str) -> Option<Status> {
+    Some(match status {
+        "sent" => Status::Send,
+        "delivered" => Status::Delivery,
+        "read" => Status::Read,
+        "failed" => Status::Undelivered,
+        _ => return None,
+    })
+}
+
 pub(super) fn webhook(e: &AckEvent, recipient: &str, out: &mut Vec<u8>) {
     webhook_with(e, recipient, None, out)
 }
