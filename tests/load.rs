@@ -572,7 +572,8 @@ async fn load_runs_through_each_door(k: Kafka) {
         let out = understudy()
             .args(["load", "--config", config.to_str().unwrap(), "--mock", "--door", door, "--time-scale", "0.0001"])
             .args(["--rate", "200", "--duration", "2s", "--linger", "1s", "--quiet", "--format", "json"])
-            .args(["--gate", "lost == 0"])
+            .args(["--gate", "lost == 0", "--gate", "http(2xx) == 400", "--gate", "bad_signatures == 0"])
+            .args(["--gate", "p99(send_call) < 5s"])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{door}: stderr: {}", String::from_utf8_lossy(&out.stderr));

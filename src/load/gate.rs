@@ -50,9 +50,19 @@ enum LatencyStat {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Metric {
-    Latency { stat: LatencyStat, status: Status, channel: Option<Channel> },
-    Rate { status: Status, channel: Option<Channel> },
-    Count { status: Status, channel: Option<Channel> },
+    Latency {
+        stat: LatencyStat,
+        status: Status,
+        channel: Option<Channel>,
+    },
+    Rate {
+        status: Status,
+        channel: Option<Channel>,
+    },
+    Count {
+        status: Status,
+        channel: Option<Channel>,
+    },
     Lost,
     LostInjected,
     LostLate,
@@ -64,6 +74,14 @@ enum Metric {
     LateRate,
     Throughput,
     Events,
+    /// Through a door: the send calls' latency.
+    SendCall(LatencyStat),
+    /// Through a door: send calls answered with this status (0: none), or this class (`4` for `4xx`).
+    Http {
+        code: u16,
+        class: bool,
+    },
+    BadSignatures,
 }
 
 /// Unit of a gate's value, for reading and printing.
@@ -106,7 +124,8 @@ pub struct GateError {
 
 const METRICS: &str = "pNN(STATUS), max(STATUS), mean(STATUS), rate(STATUS), count(STATUS), lost, lost_injected, \
                        lost_late, lost_real, lost_rate, sent, \
-                       send_errors, late, late_rate, throughput, events";
+                       send_errors, late, late_rate, throughput, events; through a door pNN(send_call), \
+                       max(send_call), mean(send_call), http(CODE), http(4xx), http(none), bad_signatures";
 
 impl FromStr for Gate {
     type Err = GateError;
@@ -130,6 +149,33 @@ fn parse_metric(lhs: &str) -> Result<Metric, String> {
     if let Some((name, args)) = lhs.split_once('(') {
         let name = name.trim().to_ascii_lowercase();
         let args = args.strip_suffix(')').ok_or_else(|| format!("`{lhs}` lacks its closing parenthesis"))?;
+        if name == "http" {
+            let arg = args.trim().to_ascii_lowercase();
+            let (code, class) = match arg.as_str() {
+                "none" => (0, false),
+                c if c.len() == 3 && c.ends_with("xx") => {
+                    (c[..1].parse().map_err(|_| format!("`{c}` is no status class"))?, true)
+                }
+                c => (c.parse().map_err(|_| format!("`{c}` is no HTTP status: write `429`, `4xx` or `none`"))?, false),
+            };
+            return Ok(Metric::Http { code, class });
+        }
+        if args.trim().eq_ignore_ascii_case("send_call") {
+            let stat = match name.as_str() {
+                "max" => LatencyStat::Max,
+                "mean" => LatencyStat::Mean,
+                p if p.starts_with('p') => {
+                    let q: f64 =
+                        p[1..].parse().map_err(|_| format!("unknown metric `{name}`; metrics are {METRICS}"))?;
+                    if !(0.0..=100.0).contains(&q) {
+                        return Err(format!("percentile `{name}` is not between p0 and p100"));
+                    }
+                    LatencyStat::Quantile(q / 100.0)
+                }
+                _ => return Err(format!("`{name}(send_call)`: the send calls take pNN, max or mean")),
+            };
+            return Ok(Metric::SendCall(stat));
+        }
         let mut parts = args.split(',').map(str::trim);
         let status: Status = parts
             .next()
@@ -170,13 +216,14 @@ fn parse_metric(lhs: &str) -> Result<Metric, String> {
         "late_rate" => Metric::LateRate,
         "throughput" => Metric::Throughput,
         "events" => Metric::Events,
+        "bad_signatures" => Metric::BadSignatures,
         _ => return Err(format!("unknown metric `{lhs}`; metrics are {METRICS}")),
     })
 }
 
 fn unit_of(metric: Metric) -> Unit {
     match metric {
-        Metric::Latency { .. } => Unit::Duration,
+        Metric::Latency { .. } | Metric::SendCall(_) => Unit::Duration,
         Metric::Rate { .. } | Metric::LostRate | Metric::LateRate => Unit::Share,
         _ => Unit::Number,
     }
@@ -248,6 +295,23 @@ impl Gate {
             Metric::LateRate => share(r.late, r.sent_total() + r.send_errors),
             Metric::Throughput => r.throughput(),
             Metric::Events => r.events as f64,
+            Metric::SendCall(stat) => {
+                let h = &r.http.as_ref().ok_or("not a run through a door (--door)")?.send_latency_us;
+                if h.is_empty() {
+                    return Err("no send calls to measure".into());
+                }
+                match stat {
+                    LatencyStat::Quantile(q) => h.quantile_ms(q),
+                    LatencyStat::Max => h.max_ms(),
+                    LatencyStat::Mean => h.mean_ms(),
+                }
+            }
+            Metric::Http { code, class } => {
+                let h = r.http.as_ref().ok_or("not a run through a door (--door)")?;
+                let matches = |s: u16| if class { s / 100 == code } else { s == code };
+                h.statuses.iter().filter(|(s, _)| matches(**s)).map(|(_, n)| *n).sum::<u64>() as f64
+            }
+            Metric::BadSignatures => r.http.as_ref().ok_or("not a run through a door (--door)")?.bad_signatures as f64,
         })
     }
 
@@ -302,6 +366,24 @@ mod tests {
 
     fn check(text: &str) -> Verdict {
         text.parse::<Gate>().unwrap().check(&results())
+    }
+
+    #[test]
+    fn door_runs_gate_on_their_send_calls() {
+        let mut r = results();
+        assert!(!check("p99(send_call) < 1s").passed, "not a door run: no pass");
+        let mut h = crate::load::results::HttpFigures::default();
+        h.statuses.insert(201, 98);
+        h.statuses.insert(429, 2);
+        for ms in 1..=100 {
+            h.send_latency_us.record(ms * 1000);
+        }
+        r.http = Some(h);
+        let check = |t: &str| t.parse::<Gate>().unwrap().check(&r);
+        assert!(check("p99(send_call) < 150ms").passed && !check("p50(send_call) < 10ms").passed);
+        assert!(check("http(429) == 2").passed && check("http(4xx) == 2").passed && check("http(2xx) == 98").passed);
+        assert!(check("http(none) == 0").passed && check("bad_signatures == 0").passed);
+        assert!("http(abc) == 0".parse::<Gate>().is_err() && "count(send_call) == 0".parse::<Gate>().is_err());
     }
 
     #[test]
