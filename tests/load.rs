@@ -573,7 +573,12 @@ async fn load_runs_through_each_door(k: Kafka) {
             .args(["load", "--config", config.to_str().unwrap(), "--mock", "--door", door, "--time-scale", "0.0001"])
             .args(["--rate", "200", "--duration", "2s", "--linger", "1s", "--quiet", "--format", "json"])
             .args(["--gate", "lost == 0", "--gate", "http(2xx) == 400", "--gate", "bad_signatures == 0"])
-            .args(["--gate", "p99(send_call) < 5s"])
+            .args([
+                "--gate",
+                "p99(send_call) < 5s",
+                "--html",
+                dir.path().join(format!("{door}.html")).to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{door}: stderr: {}", String::from_utf8_lossy(&out.stderr));
@@ -593,6 +598,11 @@ async fn load_runs_through_each_door(k: Kafka) {
             "{door}: {http}"
         );
         assert!(http["send_p99_ms"].as_f64().unwrap() > 0.0);
+        let html = std::fs::read_to_string(dir.path().join(format!("{door}.html"))).unwrap();
+        assert!(
+            html.contains("<h2>Send calls</h2>") && html.contains(&format!("<td>{code}</td><td>400</td>")),
+            "{door}"
+        );
     }
 }
 

@@ -396,6 +396,28 @@ pub fn render(run: &StoredRun, events: &[RunEventRow], verdicts: &[Verdict]) -> 
     } else {
         String::new()
     };
+    // Through a door: its send calls, by answer, and their latency.
+    let http = match &summary.http {
+        Some(h) => {
+            let mut t = String::from("<table><tr><th>answer</th><th>send calls</th></tr>");
+            for (code, n) in &h.statuses {
+                let answer = if *code == 0 { "no answer".to_owned() } else { code.to_string() };
+                let _ = write!(t, "<tr><td>{answer}</td><td>{n}</td></tr>");
+            }
+            t.push_str("</table>");
+            format!(
+                "<h2>Send calls</h2><p>Through the {} door: send call latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+                 {} webhooks failed their signature check, {} could not be read.</p>{t}",
+                esc(&h.door),
+                h.send_p50_ms,
+                h.send_p99_ms,
+                h.send_max_ms,
+                h.bad_signatures,
+                h.unreadable
+            )
+        }
+        None => String::new(),
+    };
     let settings =
         run.settings.iter().map(|s| serde_json::to_string_pretty(s).unwrap_or_default()).collect::<Vec<_>>().join("\n");
 
@@ -424,7 +446,7 @@ pre {{ background: #f8f8f8; padding: 8px; overflow: auto; }}
 <div>lost<b>{lost_n}</b>late sends: {late}</div>
 </div>
 {gates}{lost}
-<h2>Throughput</h2>{throughput}
+{http}<h2>Throughput</h2>{throughput}
 <h2>Latency</h2><p>From each message's intended send time to the status's arrival.</p>{table}{latency}
 <h2>Outcomes</h2>{distribution}
 <h2>Batches</h2>{batches}
