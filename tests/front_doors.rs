@@ -123,6 +123,16 @@ impl Drop for Receiver {
     }
 }
 
+/// A new store: a Postgres database, or a SQLite file (with the directory that holds it).
+async fn fresh_store(sqlite: bool) -> (String, Option<tempfile::TempDir>) {
+    if sqlite {
+        let (url, dir) = common::sqlite_url();
+        (url, Some(dir))
+    } else {
+        (common::postgres_url().await, None)
+    }
+}
+
 /// The stored webhook attempts, once there are `n` (the attempt log writes them in batches, off the
 /// delivery path).
 async fn stored_attempts(store: &Store, n: usize) -> Vec<understudy::store::StoredAttempt> {
@@ -170,8 +180,8 @@ async fn client_script(name: &str, url: &str, envs: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
 
-async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
-    let store_url = common::postgres_url().await;
+async fn twilio_messages_are_created_answered_and_acked(k: Kafka, sqlite: bool) {
+    let (store_url, _db) = fresh_store(sqlite).await;
     let store = Store::connect(&store_url, 2).await.expect("store");
     let instance = format!("twilio-{}", common::suffix());
     let (pipeline, url, settings) = start(k, &store_url, &instance).await;
@@ -287,12 +297,20 @@ async fn twilio_messages_are_created_answered_and_acked(k: Kafka) {
     pipeline.shutdown().await;
 
     // A rerun of the same test against a fresh store gets the same SIDs.
-    let store_url = common::postgres_url().await;
+    let (store_url, _db2) = fresh_store(sqlite).await;
     let (pipeline, url, _) = start(k, &store_url, &instance).await;
     let again = twilio_script(&url, None).await;
     let again: Vec<&str> = again["created"].as_array().unwrap().iter().map(|m| m["sid"].as_str().unwrap()).collect();
     assert_eq!(again, sids, "the same requests get the same SIDs on a rerun");
     pipeline.shutdown().await;
+}
+
+async fn twilio_messages_are_created_answered_and_acked_on_postgres(k: Kafka) {
+    twilio_messages_are_created_answered_and_acked(k, false).await
+}
+
+async fn twilio_messages_are_created_answered_and_acked_on_sqlite(k: Kafka) {
+    twilio_messages_are_created_answered_and_acked(k, true).await
 }
 
 /// Lifecycles of messages a door took resume after a restart under the same instance name, and call
@@ -746,9 +764,9 @@ async fn each_door_answers_429_beyond_its_rate_limit(k: Kafka) {
 /// `http.<vendor>.lifecycle_key`: the request names its message (Twilio by a header, SendGrid by a
 /// custom arg, SES by an EmailTag, WhatsApp by `biz_opaque_callback_data`). A repeated key is answered
 /// as the first call was, with the same ids, and takes nothing more, even five calls at once.
-async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka) {
+async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka, sqlite: bool) {
     use understudy::config::LifecycleKey;
-    let store_url = common::postgres_url().await;
+    let (store_url, _db) = fresh_store(sqlite).await;
     let store = Store::connect(&store_url, 2).await.expect("store");
     let instance = format!("keys-{}", common::suffix());
     let keys = |s: &mut understudy::config::Settings| {
@@ -784,7 +802,7 @@ async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka) {
     pipeline.shutdown().await;
 
     // A rerun against a fresh store gets the same ids.
-    let store_url = common::postgres_url().await;
+    let (store_url, _db2) = fresh_store(sqlite).await;
     let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, keys).await;
     let again = client_script("lifecycle_keys.py", &url, &envs).await;
     for door in ["twilio", "twilio_at_once", "sendgrid", "ses", "whatsapp"] {
@@ -794,6 +812,14 @@ async fn a_repeated_lifecycle_key_gets_the_first_answer(k: Kafka) {
         assert_eq!(ids(&again), ids(&out), "{door}");
     }
     pipeline.shutdown().await;
+}
+
+async fn a_repeated_lifecycle_key_gets_the_first_answer_on_postgres(k: Kafka) {
+    a_repeated_lifecycle_key_gets_the_first_answer(k, false).await
+}
+
+async fn a_repeated_lifecycle_key_gets_the_first_answer_on_sqlite(k: Kafka) {
+    a_repeated_lifecycle_key_gets_the_first_answer(k, true).await
 }
 
 /// On SendGrid's and SES's doors a scenario's throttle or outage refuses the whole call (429, 503), as
@@ -843,8 +869,8 @@ outages:
 
 /// Webhook retries go on across a restart: with the receiver down in the first run and up in the second,
 /// each status is delivered once, at the attempt after the last one stored, no sooner than it was due.
-async fn webhook_retries_go_on_after_a_restart(k: Kafka) {
-    let store_url = common::postgres_url().await;
+async fn webhook_retries_go_on_after_a_restart(k: Kafka, sqlite: bool) {
+    let (store_url, _db) = fresh_store(sqlite).await;
     let store = Store::connect(&store_url, 2).await.expect("store");
     let instance = format!("retry-{}", common::suffix());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -911,16 +937,27 @@ async fn webhook_retries_go_on_after_a_restart(k: Kafka) {
     pipeline.shutdown().await;
 }
 
+async fn webhook_retries_go_on_after_a_restart_on_postgres(k: Kafka) {
+    webhook_retries_go_on_after_a_restart(k, false).await
+}
+
+async fn webhook_retries_go_on_after_a_restart_on_sqlite(k: Kafka) {
+    webhook_retries_go_on_after_a_restart(k, true).await
+}
+
 crate::on_both_brokers!(
     actix::test,
-    webhook_retries_go_on_after_a_restart,
+    webhook_retries_go_on_after_a_restart_on_postgres,
+    webhook_retries_go_on_after_a_restart_on_sqlite,
     sendgrid_and_ses_refuse_throttled_and_outage_calls,
-    a_repeated_lifecycle_key_gets_the_first_answer,
+    a_repeated_lifecycle_key_gets_the_first_answer_on_postgres,
+    a_repeated_lifecycle_key_gets_the_first_answer_on_sqlite,
     each_door_answers_429_beyond_its_rate_limit,
     twilio_callbacks_to_a_dead_receiver_stop_nothing,
     sendgrid_mail_is_accepted_and_its_events_are_signed,
     ses_mail_is_sent_and_its_events_come_signed_through_sns,
     whatsapp_messages_are_sent_answered_and_acked,
-    twilio_messages_are_created_answered_and_acked,
+    twilio_messages_are_created_answered_and_acked_on_postgres,
+    twilio_messages_are_created_answered_and_acked_on_sqlite,
     twilio_lifecycles_resume_after_a_restart
 );
