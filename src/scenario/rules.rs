@@ -337,10 +337,10 @@ pub const MAGIC: &[Magic] = {
         m(
             Email,
             "ooto",
-            &[Send, Deferred, Delivery],
-            Some(("452 4.2.2", "mailbox full: out of the office")),
+            &[Send, Delivery],
             None,
-            "a soft bounce (DEFERRED), then delivered",
+            None,
+            "delivered; the out-of-office reply goes to the sender, with no event (as from SES's simulator)",
         ),
         m(Email, "complaint", &[Send, Delivery, Complaint], None, None, "delivered, then marked as spam"),
         m(
@@ -350,6 +350,14 @@ pub const MAGIC: &[Magic] = {
             Some(("554 5.7.1", "message rejected: address on the suppression list")),
             None,
             "rejected: on the suppression list",
+        ),
+        m(
+            Email,
+            "suppressionlist",
+            &[Reject],
+            Some(("554 5.7.1", "message rejected: address on the suppression list")),
+            None,
+            "rejected: on the suppression list (SES's simulator's name for it)",
         ),
         m(Sms, "+15005550006", &[Send, Delivery], None, None, "delivered"),
         m(
