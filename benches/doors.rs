@@ -286,8 +286,9 @@ fn event(i: u64) -> AckEvent {
 }
 
 /// The webhook sender alone: `n` Twilio status callbacks, each of its own lifecycle, to a receiver that
-/// answers after `delay_ms`. Runs on an actix system, as in the service.
-fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize) {
+/// answers after `delay_ms`. Runs on an actix system, as in the service. `store`: every attempt is also
+/// written to this Postgres database (`webhook_attempts`), as the service does.
+fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
     let receiver = Receiver::start(delay_ms);
     let url: Arc<str> = format!("http://127.0.0.1:{}/twilio/status", receiver.port).into();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -301,7 +302,11 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize) {
         };
         let sns = Arc::new(understudy::sink::sns::Sns::from_settings(&http).unwrap());
         let arbiter = actix::Arbiter::new();
-        let (sender, mut rows) = WebhookSender::new(arbiter.handle(), 1.0, &http, sns, None);
+        let store = match store {
+            Some(url) => Some(understudy::store::Store::connect(url, 2).await.expect("the benchmark's store")),
+            None => None,
+        };
+        let (sender, mut rows) = WebhookSender::new(arbiter.handle(), 1.0, &http, sns, store.clone());
         let (unforwarded, room) = sender.forwarding();
         let done = Arc::new(AtomicU64::new(0));
         let counted = done.clone();
@@ -332,7 +337,13 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize) {
             peak_rss = peak_rss.max(support::proc_usage(std::process::id()).1);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // With a store, the last attempts are written too.
+        sender.flush_attempts().await;
         let secs = t.elapsed().as_secs_f64();
+        if let Some(s) = &store {
+            let stored = s.attempts().await.map_or(0, |a| a.len());
+            println!("    attempts stored   {stored} rows in webhook_attempts");
+        }
         arbiter.stop();
         (done.load(Ordering::SeqCst), peak, peak_rss, secs)
     });
@@ -464,13 +475,20 @@ fn main() {
             drop(broker);
         }
     }
-    println!("understudy webhook benchmarks ({cores} cores); no broker or store: the sender alone");
+    println!("understudy webhook benchmarks ({cores} cores); no broker: the sender alone");
+    let in_flight = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     if support::wanted("webhooks") {
-        let in_flight = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-        webhook_sink(webhooks, 0, in_flight);
+        webhook_sink(webhooks, 0, in_flight, None);
+    }
+    if support::wanted("stored") {
+        // The same, with every attempt stored in Postgres, as the service does.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = rt.block_on(support::fresh_database());
+        webhook_sink(webhooks, 0, in_flight, Some(&url));
+        rt.block_on(support::drop_database(&url));
     }
     if support::wanted("slow") {
-        webhook_sink(slow, 500, 10_000);
+        webhook_sink(slow, 500, 10_000, None);
     }
     if support::wanted("wiremock") {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
