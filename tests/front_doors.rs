@@ -945,8 +945,87 @@ async fn webhook_retries_go_on_after_a_restart_on_sqlite(k: Kafka) {
     webhook_retries_go_on_after_a_restart(k, true).await
 }
 
+/// `kill -9` of the service mid-run: every message answered `201` is stored, and after a restart under the
+/// same instance every status of every message is called back (at least once, in order), stored once, with
+/// a delivered attempt on record.
+async fn a_killed_instance_loses_no_message_and_no_webhook(k: Kafka) {
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let callback = format!("http://127.0.0.1:{}/status", receiver.port);
+    let port = common::faults::free_port();
+    let mut settings = common::settings(k, &store_url, 3);
+    settings.http.listen_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    settings.http.instance = Some(format!("killed-{}", common::suffix()));
+    settings.http.twilio.accounts = vec![TwilioAccount { sid: ACCOUNT.into(), auth_token: TOKEN.into() }];
+    let config = common::write_config(dir.path(), &settings);
+    // Sent after 100 ms, delivered within 0.5 – 4 s: most DELIVERY steps are due after the kill.
+    let scenario = dir.path().join("sms.yaml");
+    std::fs::write(
+        &scenario,
+        "name: sms\nseed: 3\nchannels:\n  sms:\n    delays:\n      SEND: { dist: fixed, value: 100ms }\n      DELIVERY: { dist: uniform, min: 500ms, max: 4s }\n    paths:\n      - { name: delivered, weight: 1, steps: [SEND, DELIVERY] }\n",
+    )
+    .unwrap();
+    let mut service = common::faults::Service::spawn(&config, &scenario, &dir.path().join("service.log"));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        service.assert_alive("before its doors listened");
+        assert!(std::time::Instant::now() < deadline, "the doors did not listen within 60 s:\n{}", service.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = twilio_script_with(&url, Some(&callback), true).await;
+    let sids: Vec<String> =
+        created["created"].as_array().unwrap().iter().map(|m| m["sid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sids.len(), N);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    service.kill();
+    // Every 201 was for a stored message; the kill came mid-run.
+    let at_kill = store.totals().await.unwrap();
+    assert_eq!(at_kill.messages, N as i64);
+    assert!(at_kill.events < 2 * N as i64, "killed before the lifecycles finished: {} events", at_kill.events);
+    service.restart();
+    common::all_finished(&store, N as i64, Duration::from_secs(90)).await;
+    let events = store.totals().await.unwrap().events as usize;
+    assert_eq!(events, 2 * N, "SEND and DELIVERY of every message, each stored once");
+    let callbacks = common::eventually(Duration::from_secs(30), "every status called back", || async {
+        let got = receiver.received();
+        let all = sids.iter().all(|sid| {
+            let mine: Vec<&str> = got
+                .iter()
+                .filter(|c| c["params"]["MessageSid"] == sid.as_str())
+                .map(|c| c["params"]["MessageStatus"].as_str().unwrap())
+                .collect();
+            mine.contains(&"sent") && mine.contains(&"delivered")
+        });
+        all.then_some(got)
+    })
+    .await;
+    for sid in &sids {
+        let mine: Vec<&str> = callbacks
+            .iter()
+            .filter(|c| c["params"]["MessageSid"] == sid.as_str())
+            .map(|c| c["params"]["MessageStatus"].as_str().unwrap())
+            .collect();
+        let first_delivered = mine.iter().position(|s| *s == "delivered").unwrap();
+        assert!(mine[..first_delivered].contains(&"sent"), "sent before delivered: {sid} {mine:?}");
+    }
+    assert!(callbacks.iter().all(|c| c["valid"] == true), "every callback signed");
+    let attempts = common::eventually(Duration::from_secs(30), "a delivered attempt of every event", || async {
+        let a = store.attempts().await.expect("attempts");
+        let delivered: HashSet<String> =
+            a.iter().filter(|a| a.outcome == "delivered").map(|a| a.event_id.clone()).collect();
+        (delivered.len() >= events).then_some(delivered)
+    })
+    .await;
+    assert_eq!(attempts.len(), events);
+    service.terminate();
+}
+
 crate::on_both_brokers!(
     actix::test,
+    a_killed_instance_loses_no_message_and_no_webhook,
     webhook_retries_go_on_after_a_restart_on_postgres,
     webhook_retries_go_on_after_a_restart_on_sqlite,
     sendgrid_and_ses_refuse_throttled_and_outage_calls,
