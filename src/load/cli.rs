@@ -445,7 +445,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
                 credentials,
                 concurrency: args.concurrency,
             };
-            (load::Transport::Door { target, observed }, Some(receiver))
+            (load::Transport::Door { target: Box::new(target), observed }, Some(receiver))
         }
         None => (load::Transport::Kafka { kafka: &settings.kafka, brokers: &brokers }, None),
     };

@@ -20,8 +20,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use super::message::MessageFactory;
-use super::results::{Hist, HttpFigures, Second};
-use super::{FAILED, SENT, Schedule, Sent, Shared};
+use super::results::{Hist, HttpFigures};
+use super::{FAILED, Schedule, Sent, Shared};
 use crate::model::{Channel, Status};
 use crate::wire::{self, Vendor};
 
@@ -260,7 +260,7 @@ async fn sendgrid(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverS
             .and_then(|der| p256::ecdsa::DerSignature::try_from(der.as_slice()).ok());
         let mut signed = timestamp.as_bytes().to_vec();
         signed.extend_from_slice(&body);
-        if !signature.is_some_and(|s| key.verify(&signed, &s).is_ok()) {
+        if signature.is_none_or(|s| key.verify(&signed, &s).is_err()) {
             return state.bad_signature();
         }
     }
@@ -538,26 +538,7 @@ pub(super) fn generate(
             recipient.clear();
             factory.recipient_into(seq, channel, &mut recipient);
             let c = call(target, factory, &id, seq, channel, std::str::from_utf8(&recipient).unwrap_or(""));
-            shared.flags.0[seq as usize].fetch_or(SENT, Ordering::Relaxed);
-            let sent_us = shared.t0.elapsed().as_micros() as u64;
-            let late_us = sent_us.saturating_sub(due);
-            out.lateness.record(late_us);
-            if late_us > late_after_us {
-                shared.late.fetch_add(1, Ordering::Relaxed);
-            }
-            let (d, s) = ((due / 1_000_000) as usize, (sent_us / 1_000_000) as usize);
-            if out.timeline.len() <= d.max(s) {
-                out.timeline.resize(d.max(s) + 1, Second::default());
-            }
-            out.timeline[d].target += 1;
-            let second = &mut out.timeline[s];
-            second.sent += 1;
-            second.lateness_max_us = second.lateness_max_us.max(late_us);
-            if late_us > late_after_us {
-                second.late += 1;
-            }
-            out.last_send_us = sent_us;
-            shared.handed.fetch_add(1, Ordering::Relaxed);
+            out.handed_off(shared, seq, due, late_after_us);
             let (client, shared, figures) = (client.clone(), shared.clone(), figures.clone());
             tokio::spawn(async move {
                 let started = Instant::now();

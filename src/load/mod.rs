@@ -175,7 +175,7 @@ pub enum Transport<'a> {
     /// Messages to a topic, acks from a topic.
     Kafka { kafka: &'a KafkaSettings, brokers: &'a str },
     /// Send calls to a vendor's front door, statuses from the webhooks this process receives.
-    Door { target: door::DoorTarget, observed: std::sync::mpsc::Receiver<door::Observed> },
+    Door { target: Box<door::DoorTarget>, observed: std::sync::mpsc::Receiver<door::Observed> },
 }
 
 /// Run the generator and the correlator until every payload has its outcome or the wait ends.
@@ -647,6 +647,33 @@ struct Sent {
     last_send_us: u64,
 }
 
+impl Sent {
+    /// Message `seq`, due `due` µs after `t0`, is handed off now: marked sent, its lateness recorded (late
+    /// beyond `late_after_us`), counted in its seconds of the timeline.
+    fn handed_off(&mut self, shared: &Shared, seq: u64, due: u64, late_after_us: u64) {
+        shared.flags.0[seq as usize].fetch_or(SENT, Ordering::Relaxed);
+        let sent_us = shared.t0.elapsed().as_micros() as u64;
+        let late_us = sent_us.saturating_sub(due);
+        self.lateness.record(late_us);
+        if late_us > late_after_us {
+            shared.late.fetch_add(1, Ordering::Relaxed);
+        }
+        let (d, s) = ((due / 1_000_000) as usize, (sent_us / 1_000_000) as usize);
+        if self.timeline.len() <= d.max(s) {
+            self.timeline.resize(d.max(s) + 1, Second::default());
+        }
+        self.timeline[d].target += 1;
+        let second = &mut self.timeline[s];
+        second.sent += 1;
+        second.lateness_max_us = second.lateness_max_us.max(late_us);
+        if late_us > late_after_us {
+            second.late += 1;
+        }
+        self.last_send_us = sent_us;
+        shared.handed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn generate(
     producer: ThreadedProducer<Delivered>,
     shared: &Shared,
@@ -720,26 +747,7 @@ fn generate(
             if abandoned {
                 break;
             }
-            shared.flags.0[seq as usize].fetch_or(SENT, Ordering::Relaxed);
-            let sent_us = shared.t0.elapsed().as_micros() as u64;
-            let late_us = sent_us.saturating_sub(due);
-            out.lateness.record(late_us);
-            if late_us > late_after_us {
-                shared.late.fetch_add(1, Ordering::Relaxed);
-            }
-            let (d, s) = ((due / 1_000_000) as usize, (sent_us / 1_000_000) as usize);
-            if out.timeline.len() <= d.max(s) {
-                out.timeline.resize(d.max(s) + 1, Second::default());
-            }
-            out.timeline[d].target += 1;
-            let second = &mut out.timeline[s];
-            second.sent += 1;
-            second.lateness_max_us = second.lateness_max_us.max(late_us);
-            if late_us > late_after_us {
-                second.late += 1;
-            }
-            out.last_send_us = sent_us;
-            shared.handed.fetch_add(1, Ordering::Relaxed);
+            out.handed_off(shared, seq, due, late_after_us);
             seq += 1;
             next = schedule.due_us(seq);
         }
