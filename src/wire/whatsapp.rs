@@ -94,6 +94,35 @@ pub fn signature(app_secret: &str, body: &[u8]) -> String {
     out
 }
 
+/// Meta's canonical title of a Cloud API error code, as its error webhooks carry it.
+pub fn error_title(code: &str) -> Option<&'static str> {
+    Some(match code.trim() {
+        "0" => "AuthException",
+        "131000" => "Something went wrong",
+        "131005" => "Access denied",
+        "131008" => "Required parameter is missing",
+        "131009" => "Parameter value is not valid",
+        "131016" => "Service unavailable",
+        "131021" => "Recipient cannot be sender",
+        "131026" => "Message undeliverable",
+        "131031" => "Account has been locked",
+        "131042" => "Business eligibility payment issue",
+        "131045" => "Incorrect certificate",
+        "131047" => "Re-engagement message",
+        "131048" => "Spam rate limit hit",
+        "131049" => "This message was not delivered to maintain healthy ecosystem engagement.",
+        "131051" => "Unsupported message type",
+        "131052" => "Media download error",
+        "131053" => "Media upload error",
+        "131056" => "(Business Account, Consumer Account) pair rate limit hit",
+        "130429" => "Rate limit hit",
+        "130472" => "User's number is part of an experiment",
+        "132000" => "Number of parameters does not match the expected number of params",
+        "132001" => "Template does not exist",
+        _ => return None,
+    })
+}
+
 /// WhatsApp Cloud API `status` for a status.
 pub fn status(status: Status) -> &'static str {
     match status {
@@ -175,9 +204,12 @@ pub fn webhook_with(e: &AckEvent, recipient: &str, opaque: Option<&str>, out: &m
                                 Ok(n) => err.int("code", n),
                                 Err(_) => err.str("code", code),
                             };
-                            let title = e.error_reason.as_deref().unwrap_or("Something went wrong");
+                            // Meta's own title for the code; the scenario's reason as the details.
+                            let title =
+                                error_title(code).or(e.error_reason.as_deref()).unwrap_or("Something went wrong");
+                            let details = e.error_reason.as_deref().unwrap_or(title);
                             err.str("title", title).str("message", title);
-                            err.raw("error_data", |out| ObjectWriter::new(out).str("details", title).end());
+                            err.raw("error_data", |out| ObjectWriter::new(out).str("details", details).end());
                             err.end();
                             out.push(b']');
                         });
@@ -216,6 +248,8 @@ mod tests {
             (Some("failed"), Some("15005551002"), Some("1764064800"))
         );
         assert_eq!(s["errors"][0]["code"], 131026);
+        assert_eq!(s["errors"][0]["title"], "Message undeliverable", "Meta's title for the code");
+        assert_eq!(s["errors"][0]["error_data"]["details"], "undeliverable", "the scenario's reason");
         assert!(s["id"].as_str().unwrap().starts_with("wamid."));
     }
 }
