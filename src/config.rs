@@ -427,6 +427,8 @@ pub struct SendgridSettings {
     pub api_keys: Vec<String>,
     /// Where the event webhook posts its batches; unset: none.
     pub webhook_url: Option<String>,
+    /// Per tenant, where its webhooks go instead of `webhook_url`: by the sender's domain.
+    pub tenant_webhook_urls: std::collections::BTreeMap<String, String>,
     /// The event webhook's signing key, a P-256 private key in PKCS#8 PEM. Unset: one made at start-up,
     /// its verification key logged.
     pub signing_key_pem: Option<String>,
@@ -445,6 +447,8 @@ pub struct SesSettings {
     /// Where events go (an SNS HTTP(S) subscription endpoint, or the receiver of raw or EventBridge-shaped
     /// events); unset: none.
     pub webhook_url: Option<String>,
+    /// Per tenant, where its webhooks go instead of `webhook_url`: by the sender's domain.
+    pub tenant_webhook_urls: std::collections::BTreeMap<String, String>,
     /// How events are delivered: `sns` (the SNS envelope, signed, after a SubscriptionConfirmation),
     /// `raw` (SNS raw message delivery: the event alone) or `eventbridge` (an EventBridge event).
     pub delivery: SesDelivery,
@@ -468,6 +472,7 @@ impl Default for SesSettings {
         Self {
             credentials: Vec::new(),
             webhook_url: None,
+            tenant_webhook_urls: Default::default(),
             delivery: SesDelivery::Sns,
             signature_version: 1,
             signing_key_pem: None,
@@ -476,6 +481,15 @@ impl Default for SesSettings {
             lifecycle_key: None,
         }
     }
+}
+
+/// Where a tenant's webhooks go: its own URL, else the vendor's.
+pub fn webhook_for<'a>(
+    default: &'a Option<String>,
+    per_tenant: &'a std::collections::BTreeMap<String, String>,
+    tenant: &str,
+) -> Option<&'a str> {
+    per_tenant.get(tenant).or(default.as_ref()).map(String::as_str)
 }
 
 /// How SES events reach `http.ses.webhook_url`.
@@ -503,6 +517,8 @@ pub struct WhatsappSettings {
     pub access_tokens: Vec<String>,
     /// Where status webhooks go (the app's callback URL); unset: none.
     pub webhook_url: Option<String>,
+    /// Per tenant, where its webhooks go instead of `webhook_url`: by phone-number id.
+    pub tenant_webhook_urls: std::collections::BTreeMap<String, String>,
     /// The app secret webhooks are signed with (`X-Hub-Signature-256`).
     pub app_secret: String,
     /// Sent in the verification handshake (`hub.verify_token`) before the first webhook to a URL.
@@ -680,6 +696,20 @@ impl Settings {
             && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {
             return bad("http.whatsapp.webhook_url", format!("`{url}` is not an http(s) URL"));
+        }
+        for (vendor, urls) in [
+            ("whatsapp", &self.http.whatsapp.tenant_webhook_urls),
+            ("sendgrid", &self.http.sendgrid.tenant_webhook_urls),
+            ("ses", &self.http.ses.tenant_webhook_urls),
+        ] {
+            for (tenant, url) in urls {
+                if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                    return bad(
+                        &format!("http.{vendor}.tenant_webhook_urls.{tenant}"),
+                        format!("`{url}` is not an http(s) URL"),
+                    );
+                }
+            }
         }
         if let Some(url) = &self.http.sendgrid.webhook_url
             && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))

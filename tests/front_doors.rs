@@ -1023,8 +1023,48 @@ async fn a_killed_instance_loses_no_message_and_no_webhook(k: Kafka) {
     service.terminate();
 }
 
+/// `http.<vendor>.tenant_webhook_urls`: a tenant's webhooks go to its own URL (SendGrid's tenant is the
+/// sender's domain), everyone else's to the vendor's `webhook_url`; both signed.
+async fn webhooks_go_to_a_tenant_s_own_url(k: Kafka) {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let store_url = common::postgres_url().await;
+    let store = Store::connect(&store_url, 2).await.expect("store");
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let base = format!("http://127.0.0.1:{}", receiver.port);
+    let pem = sendgrid_key().to_pkcs8_pem(Default::default()).unwrap().to_string();
+    let tune = |s: &mut understudy::config::Settings| {
+        s.http.sendgrid.signing_key_pem = Some(pem.clone());
+        s.http.sendgrid.webhook_url = Some(format!("{base}/sendgrid/default"));
+        s.http.sendgrid.tenant_webhook_urls.insert("vip.example".into(), format!("{base}/sendgrid/vip"));
+    };
+    let instance = format!("tenant-urls-{}", common::suffix());
+    let (pipeline, url, _) = start_with(k, &store_url, &instance, "happy-path.yaml", 0.0001, tune).await;
+    let out = client_script("tenant_urls.py", &url, &[("SENDGRID_API_KEY", SENDGRID_API_KEY)]).await;
+    assert_eq!(out, serde_json::json!([202, 202]));
+    common::all_finished(&store, 2, Duration::from_secs(60)).await;
+    // processed, delivered, open for each.
+    let got = common::eventually(Duration::from_secs(30), "every event", || async {
+        let got = receiver.received();
+        let n: usize = got.iter().map(|b| b["json"].as_array().map_or(0, Vec::len)).sum();
+        (n >= 6).then_some(got)
+    })
+    .await;
+    for batch in &got {
+        assert_eq!(batch["valid"], true, "signed: {batch}");
+        let expected = if batch["path"] == "/sendgrid/vip" { "a@example.com" } else { "b@example.com" };
+        assert!(batch["path"] == "/sendgrid/vip" || batch["path"] == "/sendgrid/default", "{batch}");
+        for e in batch["json"].as_array().unwrap() {
+            assert_eq!(e["email"], expected, "{batch}");
+        }
+    }
+    assert!(got.iter().any(|b| b["path"] == "/sendgrid/vip") && got.iter().any(|b| b["path"] == "/sendgrid/default"));
+    pipeline.shutdown().await;
+}
+
 crate::on_both_brokers!(
     actix::test,
+    webhooks_go_to_a_tenant_s_own_url,
     a_killed_instance_loses_no_message_and_no_webhook,
     webhook_retries_go_on_after_a_restart_on_postgres,
     webhook_retries_go_on_after_a_restart_on_sqlite,

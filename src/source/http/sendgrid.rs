@@ -230,7 +230,8 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .enumerate()
         .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
         .map(|(index, (payload_id, r))| {
-            let callback = door.settings.sendgrid.webhook_url.as_deref().map(|url| {
+            let sg = &door.settings.sendgrid;
+            let callback = crate::config::webhook_for(&sg.webhook_url, &sg.tenant_webhook_urls, &tenant).map(|url| {
                 let sent =
                     Sent { message_id: message_id.clone(), index, custom_args: r.custom_args, urls: mail.urls.clone() };
                 Callback {

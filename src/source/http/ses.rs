@@ -432,7 +432,8 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .enumerate()
         .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
         .map(|(index, (payload_id, r))| {
-            let callback = door.settings.ses.webhook_url.as_deref().map(|url| {
+            let ses = &door.settings.ses;
+            let callback = crate::config::webhook_for(&ses.webhook_url, &ses.tenant_webhook_urls, &tenant).map(|url| {
                 sent.index = index;
                 Callback {
                     vendor: Vendor::Ses,

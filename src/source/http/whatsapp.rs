@@ -182,12 +182,14 @@ async fn send(
             }
         }
     }
-    let callback = door.settings.whatsapp.webhook_url.as_deref().map(|url| Callback {
-        vendor: Vendor::Whatsapp,
-        url: url.into(),
-        kafka: door.settings.kafka_acks,
-        data: send.opaque.as_deref().map(Into::into),
-    });
+    let wa = &door.settings.whatsapp;
+    let callback =
+        crate::config::webhook_for(&wa.webhook_url, &wa.tenant_webhook_urls, &phone_number_id).map(|url| Callback {
+            vendor: Vendor::Whatsapp,
+            url: url.into(),
+            kafka: door.settings.kafka_acks,
+            data: send.opaque.as_deref().map(Into::into),
+        });
     let taken = door
         .take(Channel::Whatsapp, payload_id, &phone_number_id, &send.to, &phone_number_id, bytes.to_vec(), callback)
         .await;
