@@ -100,10 +100,10 @@ pub struct Receiver {
 }
 
 struct ReceiverState {
-    tx: Mutex<std::sync::mpsc::Sender<Observed>>,
+    tx: std::sync::mpsc::Sender<Observed>,
     credentials: Credentials,
-    /// The receiver's public base URL: what Twilio signed.
-    public_url: Mutex<String>,
+    /// The receiver's public base URL: what Twilio signed (set once the receiver is bound).
+    public_url: std::sync::OnceLock<String>,
     bad_signatures: AtomicU64,
     unreadable: AtomicU64,
     client: reqwest::Client,
@@ -120,9 +120,9 @@ impl Receiver {
         tx: std::sync::mpsc::Sender<Observed>,
     ) -> std::io::Result<Self> {
         let state = web::Data::new(ReceiverState {
-            tx: Mutex::new(tx),
+            tx,
             credentials,
-            public_url: Mutex::new(String::new()),
+            public_url: std::sync::OnceLock::new(),
             bad_signatures: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
             client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
@@ -144,8 +144,8 @@ impl Receiver {
         .shutdown_timeout(1)
         .bind(listen)?;
         let addr = server.addrs().first().copied().unwrap_or(listen);
-        *state.public_url.lock().expect("url lock") =
-            public_url.unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
+        let public_url = public_url.unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
+        state.public_url.set(public_url).expect("set once, here");
         let server = server.run();
         let handle = server.handle();
         actix::spawn(async move {
@@ -158,7 +158,7 @@ impl Receiver {
 
     /// The base URL webhooks reach this receiver at.
     pub fn public_url(&self) -> String {
-        self.state.public_url.lock().expect("url lock").clone()
+        self.state.public_url().to_owned()
     }
 
     /// Webhooks refused by their signature check, and webhooks that could not be read.
@@ -172,11 +172,15 @@ impl Receiver {
 }
 
 impl ReceiverState {
+    fn public_url(&self) -> &str {
+        self.public_url.get().map_or("", String::as_str)
+    }
+
     fn observed(&self, payload_id: Option<&str>, status: Option<Status>) {
         match (payload_id, status) {
             (Some(id), Some(status)) => {
                 let o = Observed { payload_id: id.to_owned(), status, at: Instant::now() };
-                let _ = self.tx.lock().expect("receiver lock").send(o);
+                let _ = self.tx.send(o);
             }
             _ => {
                 self.unreadable.fetch_add(1, Ordering::Relaxed);
@@ -197,15 +201,11 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
 /// Twilio's status callback: form-encoded, `X-Twilio-Signature` over the URL it was posted to and the
 /// sorted parameters, keyed by the account's auth token.
 async fn twilio(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverState>) -> HttpResponse {
-    let url = format!(
-        "{}{}",
-        state.public_url.lock().expect("url lock"),
-        req.uri().path_and_query().map_or("", |p| p.as_str())
-    );
+    let url = format!("{}{}", state.public_url(), req.uri().path_and_query().map_or("", |p| p.as_str()));
     let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let signed: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let expected = wire::twilio::signature(&state.credentials.twilio_token, &url, &signed);
-    if !constant_eq(expected.as_bytes(), header(&req, "x-twilio-signature").as_bytes()) {
+    if !wire::constant_time_eq(expected.as_bytes(), header(&req, "x-twilio-signature").as_bytes()) {
         return state.bad_signature();
     }
     let payload_id = url::form_urlencoded::parse(req.query_string().as_bytes())
@@ -231,7 +231,7 @@ async fn whatsapp_handshake(req: HttpRequest, state: web::Data<ReceiverState>) -
 /// `entry[].changes[].value.statuses[]`.
 async fn whatsapp(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverState>) -> HttpResponse {
     let expected = wire::whatsapp::signature(&state.credentials.meta_app_secret, &body);
-    if !constant_eq(expected.as_bytes(), header(&req, "x-hub-signature-256").as_bytes()) {
+    if !wire::constant_time_eq(expected.as_bytes(), header(&req, "x-hub-signature-256").as_bytes()) {
         return state.bad_signature();
     }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
@@ -251,16 +251,9 @@ async fn whatsapp(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverS
 /// body (checked when the verification key is known).
 async fn sendgrid(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverState>) -> HttpResponse {
     if let Some(key) = &state.credentials.sendgrid_key {
-        use base64::Engine as _;
-        use p256::ecdsa::signature::Verifier as _;
         let timestamp = header(&req, "x-twilio-email-event-webhook-timestamp");
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(header(&req, "x-twilio-email-event-webhook-signature"))
-            .ok()
-            .and_then(|der| p256::ecdsa::DerSignature::try_from(der.as_slice()).ok());
-        let mut signed = timestamp.as_bytes().to_vec();
-        signed.extend_from_slice(&body);
-        if signature.is_none_or(|s| key.verify(&signed, &s).is_err()) {
+        let signature = header(&req, "x-twilio-email-event-webhook-signature");
+        if !wire::sendgrid::verify(key, timestamp, &body, signature) {
             return state.bad_signature();
         }
     }
@@ -317,22 +310,7 @@ async fn ses(req: HttpRequest, body: web::Bytes, state: web::Data<ReceiverState>
 async fn sns_signature_ok(v: &Value, state: &ReceiverState) -> bool {
     use base64::Engine as _;
     let field = |k: &str| v[k].as_str();
-    let keys: &[&str] = match field("Type") {
-        Some("Notification") => &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"],
-        Some("SubscriptionConfirmation" | "UnsubscribeConfirmation") => {
-            &["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
-        }
-        _ => return false,
-    };
-    let mut signed = String::new();
-    for k in keys {
-        if let Some(value) = field(k) {
-            signed.push_str(k);
-            signed.push('\n');
-            signed.push_str(value);
-            signed.push('\n');
-        }
-    }
+    let Some(signed) = wire::ses::sns_string_to_sign(field("Type").unwrap_or(""), field) else { return false };
     let (Some(url), Some(signature)) = (field("SigningCertURL"), field("Signature")) else { return false };
     let Ok(signature) = base64::engine::general_purpose::STANDARD.decode(signature) else { return false };
     let digest = match field("SignatureVersion") {
@@ -360,10 +338,6 @@ async fn sns_signature_ok(v: &Value, state: &ReceiverState) -> bool {
             verifier.verify(&signature)
         })
         .unwrap_or(false)
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -606,9 +580,9 @@ mod tests {
     fn state(credentials: Credentials) -> (web::Data<ReceiverState>, std::sync::mpsc::Receiver<Observed>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let state = web::Data::new(ReceiverState {
-            tx: Mutex::new(tx),
+            tx,
             credentials,
-            public_url: Mutex::new("http://me:9000".into()),
+            public_url: "http://me:9000".to_owned().into(),
             bad_signatures: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
             client: reqwest::Client::new(),

@@ -262,8 +262,9 @@ pub struct StoredEvent {
     pub error_reason: Option<String>,
 }
 
+/// The columns a [`StoredMessage`] is read from.
 #[derive(sqlx::FromRow)]
-struct VendorIdRow {
+struct StoredMessageRow {
     payload_id: String,
     channel: String,
     recipient: String,
@@ -273,7 +274,7 @@ struct VendorIdRow {
     plan: String,
 }
 
-impl VendorIdRow {
+impl StoredMessageRow {
     fn into_stored(self, events: Vec<StoredEvent>) -> Result<StoredMessage> {
         let corrupt = |reason: String| StoreError::Corrupt { payload_id: self.payload_id.clone(), reason };
         let plan: Plan = serde_json::from_str(&self.plan).map_err(|e| corrupt(e.to_string()))?;
@@ -516,7 +517,7 @@ impl Store {
     /// Twilio's `SM…` is an SMS's id and a WhatsApp message's `wamid.…`), and its events so far.
     pub async fn message_by_vendor_id(&self, ids: [&str; 2]) -> Result<Option<StoredMessage>> {
         let q = include_str!("sql/message_by_vendor_id.sql");
-        let row: Option<VendorIdRow> = match self {
+        let row: Option<StoredMessageRow> = match self {
             Store::Postgres(p) => sqlx::query_as(q).bind(ids[0]).bind(ids[1]).fetch_optional(p).await?,
             Store::Sqlite(p) => sqlx::query_as(q).bind(ids[0]).bind(ids[1]).fetch_optional(p).await?,
         };
@@ -546,7 +547,7 @@ impl Store {
     /// The stored messages of these payload ids that a front door took (not refused at the send call),
     /// one each, without their events: what a repeated lifecycle key is answered from.
     pub async fn taken_messages(&self, payload_ids: &[String]) -> Result<Vec<StoredMessage>> {
-        let mut rows: Vec<VendorIdRow> = Vec::new();
+        let mut rows: Vec<StoredMessageRow> = Vec::new();
         for chunk in payload_ids.chunks(500) {
             rows.extend(match self {
                 Store::Postgres(p) => {

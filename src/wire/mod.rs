@@ -70,6 +70,11 @@ pub(crate) fn hex_id(vendor_message_id: &str) -> &str {
     s.split('@').next().unwrap_or(s)
 }
 
+/// Whether two signatures are equal, in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub(crate) fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -250,6 +250,24 @@ pub fn signature(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &[u8]) ->
     base64::engine::general_purpose::STANDARD.encode(sig.as_bytes())
 }
 
+/// Whether `signature` (base64 of DER, as in `X-Twilio-Email-Event-Webhook-Signature`) is `key`'s over
+/// `timestamp` followed by `body`: the receiving side of [`signature`].
+pub fn verify(key: &p256::ecdsa::VerifyingKey, timestamp: &str, body: &[u8], signature: &str) -> bool {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Verifier as _;
+    let Some(signature) = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .ok()
+        .and_then(|der| p256::ecdsa::DerSignature::try_from(der.as_slice()).ok())
+    else {
+        return false;
+    };
+    let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.extend_from_slice(body);
+    key.verify(&signed, &signature).is_ok()
+}
+
 /// The verification key SendGrid shows for its signed event webhook: base64 of the public key's DER.
 pub fn verification_key(key: &p256::ecdsa::SigningKey) -> String {
     use base64::Engine as _;

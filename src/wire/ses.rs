@@ -342,25 +342,17 @@ impl Envelope<'_> {
     /// What SNS signs: the message's fields in a fixed order, each as its name, a newline, its value and a
     /// newline (`Subject` only when there is one; this has none).
     pub fn string_to_sign(&self) -> String {
-        let mut s = String::with_capacity(self.message.len() + 256);
-        let mut field = |k: &str, v: &str| {
-            s.push_str(k);
-            s.push('\n');
-            s.push_str(v);
-            s.push('\n');
-        };
-        field("Message", self.message);
-        field("MessageId", self.message_id);
-        if let Some(url) = self.subscribe_url {
-            field("SubscribeURL", url);
-        }
-        field("Timestamp", self.timestamp);
-        if let Some(token) = self.token {
-            field("Token", token);
-        }
-        field("TopicArn", self.topic_arn);
-        field("Type", self.kind);
-        s
+        sns_string_to_sign(self.kind, |k| match k {
+            "Message" => Some(self.message),
+            "MessageId" => Some(self.message_id),
+            "SubscribeURL" => self.subscribe_url,
+            "Timestamp" => Some(self.timestamp),
+            "Token" => self.token,
+            "TopicArn" => Some(self.topic_arn),
+            "Type" => Some(self.kind),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
 
     /// The envelope as SNS posts it, with its signature.
@@ -408,6 +400,29 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
+}
+
+/// What SNS signs of a message of type `kind`: its fields in SNS's fixed order, each as its name, a
+/// newline, its value and a newline, those it lacks (`Subject`, say) left out. `None` for a type SNS
+/// does not sign.
+pub fn sns_string_to_sign<'a>(kind: &str, field: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
+    let keys: &[&str] = match kind {
+        "Notification" => &["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"],
+        "SubscriptionConfirmation" | "UnsubscribeConfirmation" => {
+            &["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+        }
+        _ => return None,
+    };
+    let mut s = String::with_capacity(field("Message").map_or(0, str::len) + 256);
+    for k in keys {
+        if let Some(v) = field(k) {
+            s.push_str(k);
+            s.push('\n');
+            s.push_str(v);
+            s.push('\n');
+        }
+    }
+    Some(s)
 }
 
 /// SigV4's canonical request. `path` and `query` as they were sent (percent-encoded); `headers` the

@@ -176,7 +176,7 @@ impl Door {
 
     /// Hold the locks of these keyed payload ids until the guards drop (in stripe order, so that two
     /// calls never wait for each other).
-    pub async fn lock_keys(&self, payload_ids: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+    async fn lock_keys(&self, payload_ids: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
         let mut stripes: Vec<usize> =
             payload_ids.iter().map(|id| xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as usize % KEY_STRIPES).collect();
         stripes.sort_unstable();
@@ -188,25 +188,17 @@ impl Door {
         guards
     }
 
-    /// The messages of these keyed payload ids a call took before (see [`Store::taken_messages`]).
-    pub async fn taken_before(&self, payload_ids: &[String]) -> Result<Vec<crate::store::StoredMessage>, StoreError> {
-        if payload_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.store.taken_messages(payload_ids).await
-    }
-
-    /// Of a request's keyed payload ids, those an earlier call took, looked up under the keys' locks,
-    /// which the returned guards hold until the request is answered.
+    /// Of a request's keyed payload ids, the messages an earlier call took ([`Store::taken_messages`]),
+    /// looked up under the keys' locks, which the returned guards hold until the request is answered.
     pub async fn repeated(
         &self,
         keyed: &[String],
-    ) -> Result<(Vec<tokio::sync::MutexGuard<'_, ()>>, std::collections::HashSet<String>), StoreError> {
+    ) -> Result<(Vec<tokio::sync::MutexGuard<'_, ()>>, Vec<crate::store::StoredMessage>), StoreError> {
         if keyed.is_empty() {
-            return Ok((Vec::new(), Default::default()));
+            return Ok((Vec::new(), Vec::new()));
         }
         let held = self.lock_keys(&keyed.iter().map(String::as_str).collect::<Vec<_>>()).await;
-        let taken = self.taken_before(keyed).await?.into_iter().map(|m| m.payload_id).collect();
+        let taken = self.store.taken_messages(keyed).await?;
         Ok((held, taken))
     }
 

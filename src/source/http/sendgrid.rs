@@ -213,13 +213,14 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         })
         .collect();
     // A repeated key gets the first call's answer: its recipients are not taken again.
-    let (_held, repeated) = match door.repeated(&keyed).await {
+    let (_held, before) = match door.repeated(&keyed).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look up lifecycle keys");
             return with_quota(errors(503, &[("Service Unavailable", None)]));
         }
     };
+    let repeated: std::collections::HashSet<&str> = before.iter().map(|m| m.payload_id.as_str()).collect();
     let message_id = {
         let first = items.first().map_or("", |(id, _)| id.as_str());
         let h = xxhash_rust::xxh3::xxh3_128(first.as_bytes());
@@ -228,7 +229,7 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
     let items: Vec<Item> = items
         .into_iter()
         .enumerate()
-        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
+        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id.as_str()))
         .map(|(index, (payload_id, r))| {
             let sg = &door.settings.sendgrid;
             let callback = crate::config::webhook_for(&sg.webhook_url, &sg.tenant_webhook_urls, &tenant).map(|url| {

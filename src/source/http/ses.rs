@@ -174,17 +174,13 @@ fn authenticate(req: &HttpRequest, body: &[u8], door: &Door) -> Result<String, B
     );
     let expected = sigv4_signature(&secret.secret_access_key, &amz_date, &auth.scope, &canonical);
     let body_matches = payload == "UNSIGNED-PAYLOAD" || payload == body_hash;
-    if !body_matches || !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+    if !body_matches || !crate::wire::constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         return Err(forbidden(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         ));
     }
     Ok(auth.access_key_id)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An address out of `Name <a@b>` or `a@b`.
@@ -407,13 +403,14 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .collect();
     // A repeated key gets the first call's answer: its recipients are not taken again.
     let keyed = if key.is_some() { &ids[..] } else { &[] };
-    let (_held, repeated) = match door.repeated(keyed).await {
+    let (_held, before) = match door.repeated(keyed).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look up lifecycle keys");
             return error(503, "ServiceUnavailableException", "Service Unavailable");
         }
     };
+    let repeated: std::collections::HashSet<&str> = before.iter().map(|m| m.payload_id.as_str()).collect();
     let message_id = message_id(&ids[0]);
     let mut sent = Sent {
         message_id: message_id.clone(),
@@ -430,7 +427,7 @@ async fn send(req: HttpRequest, payload: web::Payload, door: web::Data<Door>) ->
         .into_iter()
         .zip(&email.recipients)
         .enumerate()
-        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id))
+        .filter(|(_, (payload_id, _))| !repeated.contains(payload_id.as_str()))
         .map(|(index, (payload_id, r))| {
             let ses = &door.settings.ses;
             let callback = crate::config::webhook_for(&ses.webhook_url, &ses.tenant_webhook_urls, &tenant).map(|url| {

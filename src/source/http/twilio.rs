@@ -197,20 +197,15 @@ async fn create(
         Some(k) => door.keyed_payload_id("twilio", &[account.as_bytes(), k.as_bytes()]),
         None => door.payload_id("twilio", &fields),
     };
-    let _held = match key {
-        Some(_) => door.lock_keys(&[&payload_id]).await,
-        None => Vec::new(),
-    };
-    if key.is_some() {
-        match door.taken_before(std::slice::from_ref(&payload_id)).await {
-            Ok(found) if !found.is_empty() => return resource(&account, &found[0], false),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a lifecycle key");
-                return error(&ApiError::new(503, 20503, "Service Unavailable"));
-            }
+    let keyed = if key.is_some() { std::slice::from_ref(&payload_id) } else { &[] };
+    let _held = match door.repeated(keyed).await {
+        Ok((_, before)) if !before.is_empty() => return resource(&account, &before[0], false),
+        Ok((held, _)) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up a lifecycle key");
+            return error(&ApiError::new(503, 20503, "Service Unavailable"));
         }
-    }
+    };
     // A batch per messaging service, else per account.
     let service = form.messaging_service_sid.as_deref().filter(|s| !s.is_empty());
     let batch_id = service.unwrap_or(&account).to_owned();

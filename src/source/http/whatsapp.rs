@@ -159,29 +159,24 @@ async fn send(
         Some(k) => door.keyed_payload_id("whatsapp", &[phone_number_id.as_bytes(), k.as_bytes()]),
         None => door.payload_id("whatsapp", &[phone_number_id.as_bytes(), &bytes]),
     };
-    let _held = match key {
-        Some(_) => door.lock_keys(&[&payload_id]).await,
-        None => Vec::new(),
-    };
-    if key.is_some() {
-        match door.taken_before(std::slice::from_ref(&payload_id)).await {
-            Ok(found) if !found.is_empty() => {
-                let first = &found[0];
-                let (to, kind) = serde_json::from_slice::<Value>(&first.body)
-                    .ok()
-                    .map(|v| (v["to"].as_str().unwrap_or("").to_owned(), v["type"].as_str() == Some("template")))
-                    .unwrap_or_default();
-                let mut body = Vec::with_capacity(256);
-                write_sent(&to, &first.plan.vendor_message_id, kind, &mut body);
-                return HttpResponse::Ok().content_type("application/json").body(body);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a lifecycle key");
-                return error(&ApiError::new(503, 131016, "(#131016) Service unavailable"));
-            }
+    let keyed = if key.is_some() { std::slice::from_ref(&payload_id) } else { &[] };
+    let _held = match door.repeated(keyed).await {
+        Ok((_, before)) if !before.is_empty() => {
+            let first = &before[0];
+            let (to, kind) = serde_json::from_slice::<Value>(&first.body)
+                .ok()
+                .map(|v| (v["to"].as_str().unwrap_or("").to_owned(), v["type"].as_str() == Some("template")))
+                .unwrap_or_default();
+            let mut body = Vec::with_capacity(256);
+            write_sent(&to, &first.plan.vendor_message_id, kind, &mut body);
+            return HttpResponse::Ok().content_type("application/json").body(body);
         }
-    }
+        Ok((held, _)) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up a lifecycle key");
+            return error(&ApiError::new(503, 131016, "(#131016) Service unavailable"));
+        }
+    };
     let wa = &door.settings.whatsapp;
     let callback =
         crate::config::webhook_for(&wa.webhook_url, &wa.tenant_webhook_urls, &phone_number_id).map(|url| Callback {
