@@ -235,10 +235,22 @@ impl Handler<Accept> for ChannelActor {
         self.stats.planned.fetch_add(planned.len() as u64, Ordering::Relaxed);
         let persister = self.persister.clone();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+        // Straight into the persister's mailbox when it has room, so that the next request is handled at
+        // once (waiting for the persister's thread to take each request held every request of the
+        // channel to one thread hand-over at a time); waiting, atomically, only when it is full.
+        let pending = match persister.try_send(PersistMessages { rows, durable: Some(durable_tx) }) {
+            Ok(()) => None,
+            Err(SendError::Full(msg)) => Some(msg),
+            Err(SendError::Closed(_)) => {
+                tracing::error!("persister stopped; the front door answers that it is unavailable");
+                return AtomicResponse::new(Box::pin(actix::fut::ready(())));
+            }
+        };
         AtomicResponse::new(Box::pin(
             async move {
+                let Some(msg) = pending else { return true };
                 let t = Instant::now();
-                let sent = persister.send(PersistMessages { rows, durable: Some(durable_tx) }).await;
+                let sent = persister.send(msg).await;
                 telemetry::backpressure("persister_messages", t.elapsed());
                 sent.is_ok()
             }

@@ -54,6 +54,11 @@ pub struct PersistEvents(pub Vec<EventRow>);
 #[rtype(result = "()")]
 pub struct Flush;
 
+/// A write ended and freed its slot: rows someone waits for go now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Written;
+
 /// What tests and status pages can read.
 #[derive(Debug, Default)]
 pub struct PersisterStats {
@@ -156,6 +161,7 @@ impl Persister {
         let batch = self.take_buffers();
         let write = self.write_batch(batch);
         let slots = self.slots.clone();
+        let me = ctx.address();
         let wait_started = Instant::now();
         ctx.wait(async move { slots.acquire_owned().await.expect("never closed") }.into_actor(self).map(
             move |slot, _, _| {
@@ -167,6 +173,7 @@ impl Persister {
                 actix::spawn(async move {
                     write.await;
                     drop(slot);
+                    me.do_send(Written);
                 });
             },
         ));
@@ -215,7 +222,8 @@ impl Actor for Persister {
         ctx.set_mailbox_capacity(8);
         ctx.run_interval(self.flush_interval, |act, ctx| act.flush(ctx));
         // Group commit for the front doors: rows someone waits for are written as soon as a write slot is
-        // free, together with whatever came meanwhile, not at the next interval.
+        // free ([`Written`]), together with whatever came meanwhile, not at the next interval. The tick
+        // is a backstop.
         ctx.run_interval(GROUP_COMMIT_TICK, |act, ctx| act.flush_for_waiters(ctx));
     }
 }
@@ -255,6 +263,13 @@ impl Handler<PersistEvents> for Persister {
         if self.buffered() >= self.batch_rows {
             self.flush(ctx);
         }
+    }
+}
+
+impl Handler<Written> for Persister {
+    type Result = ();
+    fn handle(&mut self, _: Written, ctx: &mut Self::Context) {
+        self.flush_for_waiters(ctx);
     }
 }
 
