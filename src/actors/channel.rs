@@ -238,13 +238,10 @@ impl Handler<Accept> for ChannelActor {
         // Straight into the persister's mailbox when it has room, so that the next request is handled at
         // once (waiting for the persister's thread to take each request held every request of the
         // channel to one thread hand-over at a time); waiting, atomically, only when it is full.
+        // A stopped persister fails the `send` below, which says so.
         let pending = match persister.try_send(PersistMessages { rows, durable: Some(durable_tx) }) {
             Ok(()) => None,
-            Err(SendError::Full(msg)) => Some(msg),
-            Err(SendError::Closed(_)) => {
-                tracing::error!("persister stopped; the front door answers that it is unavailable");
-                return AtomicResponse::new(Box::pin(actix::fut::ready(())));
-            }
+            Err(SendError::Full(msg) | SendError::Closed(msg)) => Some(msg),
         };
         AtomicResponse::new(Box::pin(
             async move {
