@@ -9,7 +9,7 @@ use common::Kafka;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use understudy::actors::pipeline::Pipeline;
@@ -20,6 +20,19 @@ use understudy::load::{self, LoadSettings, Progress};
 use understudy::model::{Channel, Status};
 use understudy::store::Store;
 use understudy::wire::headers::INTENDED_AT_HEADER;
+
+/// The machine, shared by this file's load runs and had alone by the one test that judges noise between
+/// runs: with the others' load runs alongside on two cores, one run's every latency drifts by a third of a
+/// second against the next run's, and `compare` rightly calls that a change.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+fn machine_shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn machine_alone() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn understudy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_understudy"))
@@ -40,6 +53,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 }
 
 async fn load_run_correlate_report_and_gate(k: Kafka, store_url: String) {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = common::settings(k, &store_url, 3);
     settings.scenario.path = scenario_path("happy-path.yaml");
@@ -155,6 +169,7 @@ async fn load_run_on_sqlite(k: Kafka) {
 /// Acks in vendor formats (a SendGrid batch for email, Twilio callbacks for SMS, WhatsApp Cloud API
 /// webhooks) are correlated by the headers Understudy puts on them: every planned ack found, none lost.
 async fn load_run_correlates_vendor_formats(k: Kafka) {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     let text = std::fs::read_to_string(scenario_path("happy-path.yaml")).unwrap();
@@ -194,6 +209,7 @@ async fn load_run_correlates_vendor_formats(k: Kafka) {
 /// due a minute after the send (after the wait ends), WhatsApp's arrive. Nothing is lost for real, so a
 /// `lost_real == 0` gate passes where `lost == 0` fails.
 async fn lost_payloads_are_told_apart_by_the_scenario(k: Kafka) {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     let fixed = |v: &str| format!("{{ dist: fixed, value: {v} }}");
@@ -238,6 +254,7 @@ async fn lost_payloads_are_told_apart_by_the_scenario(k: Kafka) {
 /// The mock stops part way through: the payloads sent after it stopped get no outcome and are lost,
 /// listed by id, and a `lost == 0` gate fails by their number.
 async fn payloads_without_an_outcome_are_lost(k: Kafka) {
+    let _machine = machine_shared();
     let (url, _dir) = common::sqlite_url();
     let settings = common::settings(k, &url, 3);
     let scenario = Arc::new(common::scenario("happy-path.yaml", 0.0001));
@@ -365,6 +382,7 @@ fn sms_scenario(dir: &Path, name: &str, seed: u64, delivery: &str) -> PathBuf {
 /// `compare` finds the real difference between a fast and a slow vendor, and none between two runs of the
 /// same slow vendor with different seeds.
 async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
+    let _machine = machine_alone();
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     // Two seconds of vendor time: well above what the mock itself adds, which varies with the machine's load.
@@ -456,6 +474,7 @@ async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
 /// Two generator processes join one run: each sends its share under its own payload ids, and `report`
 /// merges their counts and histograms.
 async fn generator_processes_of_one_run_merge(k: Kafka) {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let url = common::postgres_url().await;
     let settings = common::settings(k, &url, 3);
@@ -525,6 +544,7 @@ async fn generator_processes_of_one_run_merge(k: Kafka) {
 /// broker starts empty each time; the store remembers the offsets of the first run's messages).
 #[test]
 fn repeated_mock_runs_on_the_embedded_broker_share_a_store() {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let (url, _db) = common::sqlite_url();
     let mut settings = understudy::config::Settings::default();
@@ -548,6 +568,7 @@ fn repeated_mock_runs_on_the_embedded_broker_share_a_store() {
 /// Twilio's with the account's token, Meta's with the app secret after its handshake, SendGrid's ECDSA,
 /// SNS's RSA after the subscription is confirmed; SES calls SigV4-signed), correlated into the report.
 async fn load_runs_through_each_door(k: Kafka) {
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().unwrap();
     let store_url = common::postgres_url().await;
     let mut settings = common::settings(k, &store_url, 3);
