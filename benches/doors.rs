@@ -14,6 +14,7 @@
 //!
 //!     cargo bench --bench doors                     # every part, sends on tansu
 //!     cargo bench --bench doors -- --broker apache sends
+//!     BENCH_CLIENTS=256 cargo bench --bench doors -- sends
 //!     BENCH_WEBHOOKS=100000 cargo bench --bench doors -- webhooks
 
 #[allow(dead_code, unused_imports, unused_macros)]
@@ -45,7 +46,14 @@ fn form(i: u64) -> String {
     format!("To=%2B1555{:07}&From=%2B15005550006&Body=bench+message+{i}", i % 10_000_000)
 }
 
-async fn send_one(client: &reqwest::Client, url: &str, i: u64) -> bool {
+/// Clients sending at once in the closed model: `BENCH_CLIENTS`, 64 unless set. A door's group commit
+/// takes what is waiting, so this is also the largest write the store gets.
+fn clients() -> usize {
+    std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
+/// One Twilio send: true when it is answered `want` (201 from the door).
+async fn send_one(client: &reqwest::Client, url: &str, i: u64, want: u16) -> bool {
     let r = client
         .post(url)
         .basic_auth(ACCOUNT, Some("token"))
@@ -53,7 +61,72 @@ async fn send_one(client: &reqwest::Client, url: &str, i: u64) -> bool {
         .body(form(i))
         .send()
         .await;
-    matches!(r, Ok(r) if r.status().as_u16() == 201)
+    matches!(r, Ok(r) if r.status().as_u16() == want)
+}
+
+/// `clients` keep-alive clients sending back to back for `seconds`, each request numbered from `next`:
+/// (answered `want`, sent, sorted latencies in ms, elapsed seconds).
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &Arc<String>,
+    next: &Arc<AtomicU64>,
+    clients: usize,
+    seconds: u64,
+    want: u16,
+) -> (u64, u64, Vec<f64>, f64) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let first = next.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let until = t + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, next, accepted) = (client.clone(), url.clone(), next.clone(), accepted.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let s = Instant::now();
+                if send_one(&client, &url, i, want).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    lat.push(s.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat: Vec<f64> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    (accepted.load(Ordering::Relaxed), next.load(Ordering::Relaxed) - first, lat, secs)
+}
+
+/// The floor under the sends: the same clients and requests to a bare actix-web server on as many workers
+/// as the service's doors, answering each at once with no work behind it. What this machine can do over
+/// HTTP/1.1 with the client on the same cores; the doors can only come below it.
+async fn http_floor(seconds: u64) {
+    let receiver = Receiver::start_with_workers(0, 2);
+    let url = Arc::new(format!("http://127.0.0.1:{}/2010-04-01/Accounts/{ACCOUNT}/Messages.json", receiver.port));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
+    let clients = clients();
+    let (server0, _) = support::proc_usage(receiver.child.id());
+    let (bench0, _) = support::proc_usage(std::process::id());
+    let (n, _, lat, secs) = closed_loop(&client, &url, &Arc::new(AtomicU64::new(0)), clients, seconds, 200).await;
+    let (server1, _) = support::proc_usage(receiver.child.id());
+    let (bench1, _) = support::proc_usage(std::process::id());
+    println!(
+        "  HTTP floor: the same {clients} clients and sends to a bare actix-web server (2 workers) answering at once:"
+    );
+    println!(
+        "    answered          {:>10.0} requests/s, p50 {:.1} ms, p99 {:.1} ms; CPU per request: server {:.1} µs, bench {:.1} µs",
+        n as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        (server1 - server0) * 1e6 / n as f64,
+        (bench1 - bench0) * 1e6 / n as f64,
+    );
 }
 
 /// Wait for the doors to answer at `base`.
@@ -86,36 +159,14 @@ async fn sends(dir: &Path, brokers: &str, seconds: u64) {
     let send_url = Arc::new(format!("{base}/2010-04-01/Accounts/{ACCOUNT}/Messages.json"));
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
     let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let clients = 64;
+    let clients = clients();
     let (cpu0, _) = support::proc_usage(svc.child.id());
-    let t = Instant::now();
-    let until = t + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, url, next, accepted) = (client.clone(), send_url.clone(), next.clone(), accepted.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < until {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let s = Instant::now();
-                if send_one(&client, &url, i).await {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    lat.push(s.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat: Vec<f64> = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let secs = t.elapsed().as_secs_f64();
+    let (bench0, _) = support::proc_usage(std::process::id());
+    let (pg0, pg_pids) = postgres_cpu();
+    let (n, sent, lat, secs) = closed_loop(&client, &send_url, &next, clients, seconds, 201).await;
     let (cpu1, rss) = support::proc_usage(svc.child.id());
-    let n = accepted.load(Ordering::Relaxed);
-    let sent = next.load(Ordering::Relaxed);
-    lat.sort_by(f64::total_cmp);
+    let (bench1, _) = support::proc_usage(std::process::id());
+    let (pg1, _) = postgres_cpu();
     let rate = n as f64 / secs;
     println!("  Twilio door, {clients} clients, {seconds} s, each 201 after its message is durable in Postgres:");
     println!("    accepted          {rate:>10.0} sends/s ({n} of {sent} answered 201)");
@@ -129,6 +180,11 @@ async fn sends(dir: &Path, brokers: &str, seconds: u64) {
         (cpu1 - cpu0) * 1e6 / n as f64,
         rss as f64 / 1048576.0
     );
+    println!(
+        "    other CPU         {:>10.1} µs per send in Postgres ({pg_pids} processes), {:.1} µs in this bench",
+        (pg1 - pg0) * 1e6 / n as f64,
+        (bench1 - bench0) * 1e6 / n as f64,
+    );
 
     // Half that rate, open model: each request at its planned time, its latency from that time.
     let half = (rate / 2.0).max(1.0);
@@ -141,7 +197,7 @@ async fn sends(dir: &Path, brokers: &str, seconds: u64) {
         tokio::time::sleep_until(at).await;
         let (client, url) = (client.clone(), send_url.clone());
         handles.push(tokio::spawn(async move {
-            let ok = send_one(&client, &url, offset + k).await;
+            let ok = send_one(&client, &url, offset + k, 201).await;
             (ok, at.elapsed().as_secs_f64() * 1e3)
         }));
     }
@@ -172,9 +228,24 @@ async fn sends(dir: &Path, brokers: &str, seconds: u64) {
     support::drop_database(&url).await;
 }
 
+/// CPU seconds used so far by every process named `postgres` (the server and its backends; backends that
+/// ended are not counted), and how many there are.
+fn postgres_cpu() -> (f64, usize) {
+    let mut total = 0.0;
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres") {
+            total += support::proc_usage(pid).0;
+            n += 1;
+        }
+    }
+    (total, n)
+}
+
 /// A receiver in a child process (this binary again): answers every POST 200 after `delay_ms`; prints
 /// its port, then serves `GET /stats` as `count peak_in_flight first_ms last_ms`.
-fn receiver_child(delay_ms: u64) {
+fn receiver_child(delay_ms: u64, workers: usize) {
     use actix_web::{App, HttpResponse, HttpServer, web};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
@@ -211,7 +282,7 @@ fn receiver_child(delay_ms: u64) {
                     HttpResponse::Ok().finish()
                 }))
         })
-        .workers(1)
+        .workers(workers)
         .backlog(16_384)
         .max_connections(100_000)
         .bind("127.0.0.1:0")
@@ -228,9 +299,14 @@ struct Receiver {
 
 impl Receiver {
     fn start(delay_ms: u64) -> Self {
+        Self::start_with_workers(delay_ms, 1)
+    }
+
+    fn start_with_workers(delay_ms: u64, workers: usize) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .env("BENCH_RECEIVER", delay_ms.to_string())
+            .env("BENCH_RECEIVER_WORKERS", workers.to_string())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -434,7 +510,7 @@ async fn wiremock(n: u64, delay_ms: u64, tuned: bool) {
                 if i >= n {
                     break;
                 }
-                send_one(&client, &url, i).await;
+                send_one(&client, &url, i, 201).await;
             }
         }));
     }
@@ -458,7 +534,8 @@ async fn wiremock(n: u64, delay_ms: u64, tuned: bool) {
 
 fn main() {
     if let Ok(delay) = std::env::var("BENCH_RECEIVER") {
-        return receiver_child(delay.parse().unwrap_or(0));
+        let workers = std::env::var("BENCH_RECEIVER_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        return receiver_child(delay.parse().unwrap_or(0), workers);
     }
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let webhooks: u64 = std::env::var("BENCH_WEBHOOKS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
@@ -468,6 +545,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     if support::wanted("sends") {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        println!("understudy front-door benchmarks ({cores} cores): the floor, no service");
+        rt.block_on(http_floor(seconds));
         for k in support::brokers() {
             let broker = support::start(k);
             println!("understudy front-door benchmarks ({cores} cores), {}, Postgres", support::describe(k));

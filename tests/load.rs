@@ -540,6 +540,115 @@ async fn generator_processes_of_one_run_merge(k: Kafka) {
     assert_eq!(ids.iter().filter(|id| id.starts_with(&format!("{run}-g1-"))).count(), 1200);
 }
 
+/// A run of two generators (`--generators 2`): generator 0 stores its part, waits for generator 1's (started
+/// only once generator 0 says it waits, so the two never produce at once), then prints, gates and notifies
+/// the merged run, once; generator 1 prints its own part and neither gates nor notifies. `report --notify`
+/// tells of a failed gate the same way.
+async fn generator_0_gates_and_notifies_the_merged_run(k: Kafka) {
+    use tokio::io::AsyncBufReadExt as _;
+    let _machine = machine_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::postgres_url().await;
+    let settings = common::settings(k, &url, 3);
+    let pipeline =
+        Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &k.brokers()).await.unwrap();
+    common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
+        (pipeline.owned_partitions() == 3).then_some(())
+    })
+    .await;
+    let config = common::write_config(dir.path(), &settings);
+    let config = config.to_str().unwrap();
+    let run = format!("t-{}", common::suffix());
+
+    // A webhook receiver: every POST's JSON, and the path it came to.
+    let (tx, mut notified) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+    let server = actix_web::HttpServer::new(move || {
+        let tx = tx.clone();
+        actix_web::App::new().default_service(actix_web::web::to(
+            move |req: actix_web::HttpRequest, body: actix_web::web::Json<serde_json::Value>| {
+                let _ = tx.send((req.path().to_owned(), body.into_inner()));
+                async { actix_web::HttpResponse::Ok().body("ok") }
+            },
+        ))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let receiver = format!("http://{}/services/T0/B0/notify-token", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(server);
+
+    let generator = |g: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .args(["load", "--config", config, "--rate", "400", "--duration", "2s", "--run-id", &run])
+            .args(["--generators", "2", "--generator", g, "--wait-for-parts", "60s", "--notify", &receiver])
+            .args(["--gate", "sent == 1600", "--gate", "lost == 0", "--quiet", "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = generator("0");
+    let mut first_err = tokio::io::BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut told = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), first_err.next_line()).await;
+        let line = line
+            .expect("generator 0 says it waits within 60 s")
+            .unwrap()
+            .unwrap_or_else(|| panic!("generator 0 ended without waiting for generator 1:\n{}", told.join("\n")));
+        let waits = line.contains("waiting up to 1m for 1 more of 2 generators");
+        told.push(line);
+        if waits {
+            break;
+        }
+    }
+    let second = generator("1").wait_with_output().await.unwrap();
+    let first = first.wait_with_output().await.unwrap();
+    pipeline.shutdown().await;
+    assert_eq!(second.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(first.status.code(), Some(0), "generator 0: {}", told.join("\n"));
+
+    // Generator 1 prints its part, ungated; generator 0 the merged run, gated: each part alone has 800.
+    let (part, merged) = (json(&second), json(&first));
+    assert_eq!((part["sent"].as_u64(), part["generators"].as_u64()), (Some(800), Some(1)), "{part}");
+    assert_eq!(part["gates"], serde_json::json!([]));
+    assert_eq!((merged["sent"].as_u64(), merged["generators"].as_u64()), (Some(1600), Some(2)), "{merged}");
+    assert_eq!(merged["passed"], true, "{merged}");
+    assert_eq!(merged["gates"].as_array().unwrap().len(), 2);
+
+    // One notification, generator 0's, of the merged run: Slack's `text` and `blocks`, and the summary.
+    let (path, message) = tokio::time::timeout(Duration::from_secs(5), notified.recv()).await.unwrap().unwrap();
+    assert_eq!(path, "/services/T0/B0/notify-token");
+    let text = message["text"].as_str().unwrap();
+    assert!(text.starts_with(&format!("Understudy load run `{run}` passed: 1600 sent")), "{text}");
+    assert!(text.contains("✅ `sent == 1600`: 1600") && text.contains("✅ `lost == 0`: 0"), "{text}");
+    assert_eq!(message["blocks"][0]["type"], "section");
+    assert_eq!(message["blocks"][0]["text"]["type"], "mrkdwn");
+    assert_eq!(message["understudy"]["sent"], 1600);
+    assert_eq!(message["understudy"]["generators"], 2);
+
+    // The stored run, judged again with a gate it fails: exit 3, and a notification that says so.
+    let out = understudy()
+        .args(["report", "--config", config, &run, "--gate", "sent > 1600", "--notify", &receiver])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, message) = tokio::time::timeout(Duration::from_secs(5), notified.recv()).await.unwrap().unwrap();
+    let text = message["text"].as_str().unwrap();
+    assert!(text.starts_with(&format!("Understudy load run `{run}` FAILED")), "{text}");
+    assert!(text.contains("❌ `sent > 1600`: 1600"), "{text}");
+    assert!(notified.try_recv().is_err(), "one notification each, none from generator 1");
+    // The token in the URL's path is not printed anywhere.
+    for out in [&first.stdout, &second.stdout, &second.stderr, &out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(out).contains("notify-token"));
+    }
+    assert!(!told.join("\n").contains("notify-token"));
+    handle.stop(true).await;
+}
+
 /// `--mock` on the embedded broker, twice with one store: the second run is as complete as the first (the
 /// broker starts empty each time; the store remembers the offsets of the first run's messages).
 #[test]
@@ -635,7 +744,8 @@ crate::on_both_brokers!(
     load_run_correlates_vendor_formats,
     lost_payloads_are_told_apart_by_the_scenario,
     payloads_without_an_outcome_are_lost,
-    compare_tells_a_real_difference_from_noise
+    compare_tells_a_real_difference_from_noise,
+    generator_0_gates_and_notifies_the_merged_run
 );
 
 /// On Apache Kafka only, for now: on the embedded broker two generator processes producing into one

@@ -31,7 +31,9 @@ struct Inner {
 impl Health {
     /// A guard for the stage `name`: dropping it outside a shutdown fails the pipeline.
     pub fn stage(&self, name: impl Into<String>) -> StageGuard {
-        StageGuard { name: name.into(), health: self.clone() }
+        let name = name.into();
+        crate::telemetry::stage_up(&name, true);
+        StageGuard { name, health: self.clone() }
     }
 
     /// The pipeline is shutting down: stages stop on purpose from now on.
@@ -72,6 +74,7 @@ pub struct StageGuard {
 
 impl Drop for StageGuard {
     fn drop(&mut self) {
+        crate::telemetry::stage_up(&self.name, false);
         let how = if std::thread::panicking() { "panicked" } else { "stopped" };
         self.health.fail(format!("the {} stage {how}", self.name));
     }

@@ -16,8 +16,25 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Every [`Rejection::kind`]: the metrics start each at zero.
+pub const REJECTION_KINDS: [&str; 12] = [
+    "bad_field",
+    "bad_header",
+    "channel_not_in_scenario",
+    "duplicate_payload_id",
+    "empty",
+    "missing_field",
+    "not_json",
+    "not_object",
+    "not_utf8",
+    "too_large",
+    "unknown_channel",
+    "wrong_type",
+];
+
 impl Rejection {
-    fn new(kind: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(kind: &'static str, reason: impl Into<String>) -> Self {
+        debug_assert!(REJECTION_KINDS.contains(&kind), "{kind} is not in REJECTION_KINDS");
         Self { kind, reason: reason.into() }
     }
 }

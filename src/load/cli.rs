@@ -46,6 +46,10 @@ pub struct ReportArgs {
     /// A gate, e.g. `p99(DELIVERY) < 5s`, `rate(BOUNCE) <= 5%`, `lost == 0`; repeat for more.
     #[arg(long = "gate")]
     pub gates: Vec<String>,
+    /// Post the run's summary and gates here as Slack-compatible JSON (a Slack incoming webhook takes it
+    /// as is).
+    #[arg(long, value_parser = load::notify::parse_url)]
+    pub notify: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +111,21 @@ pub struct LoadArgs {
     /// This process's number within the run; each process of a run needs its own.
     #[arg(long, default_value_t = 0)]
     pub generator: u32,
+    /// The run's generator processes in all. Generator 0 waits for the others' parts (`--wait-for-parts`),
+    /// then prints, gates and notifies the merged run; the others print their own part and leave gates and
+    /// notification to it. Without it, each process gates and notifies its own part.
+    #[arg(long)]
+    pub generators: Option<u32>,
+    /// With `--generators`: how long generator 0 waits for the other parts once its own is stored.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub wait_for_parts: std::time::Duration,
+    /// Post the finished run's summary and gates here as Slack-compatible JSON (a Slack incoming webhook
+    /// takes it as is).
+    #[arg(long, value_parser = load::notify::parse_url)]
+    pub notify: Option<String>,
+    /// Check the options, gates and settings, print what the run would do, and exit without sending.
+    #[arg(long)]
+    pub dry_run: bool,
     /// After the last send, wait this long for outcomes; payloads without one are lost.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_timeout: std::time::Duration,
@@ -246,6 +265,18 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
             return Ok(config_error(format!("--run-id `{id}`: use letters, digits, `.`, `_` and `-` only")));
         }
     }
+    if let Some(n) = args.generators
+        && args.generator >= n
+    {
+        return Ok(config_error(format!(
+            "--generator {} is not one of the run's {n} generators (--generators {n}: 0 to {})",
+            args.generator,
+            n.saturating_sub(1)
+        )));
+    }
+    // In a run of several generators, generator 0 gates and notifies the merged run.
+    let merges = args.generators.is_some_and(|n| n > 1) && args.generator == 0;
+    let part_only = args.generators.is_some_and(|n| n > 1) && args.generator != 0;
     if args.tenant.contains(['"', '\\', ',']) {
         return Ok(config_error(format!("--tenant `{}` holds a quote, backslash or comma", args.tenant)));
     }
@@ -335,6 +366,24 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         late_after_ms: args.late_after.as_secs_f64() * 1000.0,
     };
 
+    if args.dry_run {
+        let generators = args.generators.unwrap_or(1);
+        println!("run {run_id}: generator {} of {generators}", args.generator);
+        println!("  profile    {}", load_settings.profile);
+        println!("  mix        {}", load_settings.mix);
+        match args.door {
+            Some(vendor) => println!("  to         the {} door, webhooks to this process", vendor.as_str()),
+            None => println!("  to         {} (acks from {})", load_settings.topic, load_settings.ack_topic),
+        }
+        for g in &gates {
+            println!("  gate       {g}{}", if part_only { " (checked by generator 0)" } else { "" });
+        }
+        if let Some(url) = &args.notify {
+            let who = if part_only { " (by generator 0)" } else { "" };
+            println!("  notify     {}{who}", load::notify::redact_url(url));
+        }
+        return Ok(0);
+    }
     // Kafka: configured, or (with --mock) the embedded broker. A run through a door needs none unless it
     // runs the mock.
     let brokers = match (&settings.kafka.brokers, args.mock) {
@@ -455,7 +504,8 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
             load_settings.profile, load_settings.topic, load_settings.ack_topic
         );
     }
-    let outcome = load::run(transport, load_settings, template.0.clone(), &gates, progress).await;
+    let part_gates: &[Gate] = if part_only { &[] } else { &gates };
+    let outcome = load::run(transport, load_settings, template.0.clone(), part_gates, progress).await;
     let outcome = outcome.map(|mut o| {
         if let (Some(r), Some(h)) = (&receiver, o.results.http.as_mut()) {
             (h.bad_signatures, h.unreadable) = r.refused();
@@ -479,7 +529,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         && outcome.results.http.is_none()
         && let Some(scenario) = mocked.or_else(|| Scenario::load(&settings.scenario.path).ok().map(Arc::new))
     {
-        load::explain_lost(&mut outcome, template.0, &scenario, &settings.input, &gates)?;
+        load::explain_lost(&mut outcome, template.0, &scenario, &settings.input, part_gates)?;
     }
     if let Err(e) = load::save(&store, &outcome, scenario_text).await {
         // The figures are not lost with the store: print them, then report the failure.
@@ -487,11 +537,60 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         eprint!("{}", load::report::text(&summary));
         return Err(e.context("storing the run (its summary is above)"));
     }
-    // What is printed is what was stored: this process's part (`report` merges the parts of a run).
-    let run = load::load_parts(&store, &run_id, Some(args.generator)).await?;
-    let code = output(&store, &run, &outcome.verdicts, args.format, args.html.as_deref()).await;
+    // What is printed is what was stored: this process's part (`report` merges the parts of a run), or,
+    // for generator 0 of several, the merged run once the other parts are in.
+    let (run, verdicts, missing) = if merges {
+        let n = args.generators.unwrap_or(1);
+        let (run, missing) = wait_for_parts(&store, &run_id, n, args.wait_for_parts).await?;
+        let verdicts: Vec<Verdict> = gates.iter().map(|g| g.check(&run.results)).collect();
+        (run, verdicts, missing)
+    } else {
+        (load::load_parts(&store, &run_id, Some(args.generator)).await?, outcome.verdicts.clone(), Vec::new())
+    };
+    let code = output(&store, &run, &verdicts, args.format, args.html.as_deref()).await;
     store.close().await;
+    if let Some(url) = args.notify.as_deref().filter(|_| !part_only) {
+        let summary = load::report::summary(&run.run_id, run.generators, &run.results, &verdicts);
+        load::notify::post(url, &load::notify::message(&summary, &missing)).await;
+    }
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(u32::to_string).collect();
+        anyhow::bail!(
+            "generator(s) {} of run {run_id} stored no part within --wait-for-parts {}: the run above lacks them",
+            names.join(", "),
+            humantime::format_duration(args.wait_for_parts)
+        );
+    }
     code
+}
+
+/// Generator 0 of a run of `n`: wait until every generator's part is stored, or `wait` passed; the merged
+/// run and the generators still missing.
+async fn wait_for_parts(
+    store: &Store,
+    run_id: &str,
+    n: u32,
+    wait: std::time::Duration,
+) -> anyhow::Result<(load::StoredRun, Vec<u32>)> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let stored: std::collections::BTreeSet<i32> =
+            store.run_parts(run_id).await?.iter().map(|p| p.generator).collect();
+        let missing: Vec<u32> = (0..n).filter(|g| !stored.contains(&(*g as i32))).collect();
+        if missing.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok((load::load(store, run_id).await?, missing));
+        }
+        if !told {
+            eprintln!(
+                "run {run_id}: part 0 stored; waiting up to {} for {} more of {n} generators",
+                humantime::format_duration(wait),
+                missing.len()
+            );
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// Print a run in `format`, write its HTML report if asked, and choose the exit code from the gates.
@@ -569,6 +668,10 @@ pub async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<u8>
     let verdicts: Vec<_> = gates.iter().map(|g| g.check(&run.results)).collect();
     let code = output(&store, &run, &verdicts, args.format, args.html.as_deref()).await;
     store.close().await;
+    if let Some(url) = &args.notify {
+        let summary = load::report::summary(&run.run_id, run.generators, &run.results, &verdicts);
+        load::notify::post(url, &load::notify::message(&summary, &[])).await;
+    }
     code
 }
 

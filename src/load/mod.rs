@@ -13,6 +13,7 @@ pub mod door;
 pub mod gate;
 pub mod html;
 pub mod message;
+pub mod notify;
 pub mod profile;
 pub mod report;
 pub mod results;

@@ -369,10 +369,16 @@ impl WebhookSender {
         }
         let body = self.render(&items, &target);
         let outcome = loop {
+            let started = std::time::Instant::now();
             let outcome = self.attempt(&target, &body).await;
-            telemetry::webhook_attempt(target.vendor.as_str(), outcome_label(&outcome));
+            let vendor = target.vendor.as_str();
+            telemetry::webhook_attempt(vendor, outcome_label(&outcome));
+            telemetry::webhook_took(vendor, started.elapsed());
             let retry = (attempt <= retries(target.vendor, &outcome))
                 .then(|| retry_delay(target.vendor, attempt, self.time_scale));
+            if retry.is_some() {
+                telemetry::webhook_retry(vendor);
+            }
             self.store_attempt(&target, &items, attempt, &outcome, retry);
             let Some(delay) = retry else { break outcome };
             tracing::debug!(url = %target.url, attempt, "webhook not delivered; retrying");

@@ -705,18 +705,18 @@ impl ConsumerLoop {
             let raw = RawRecord { topic: topic_arc, topic_id, partition, offset, payload: m.payload(), headers };
             let decoded = self.decoder.decode(&raw, now).and_then(|o| {
                 if !scenario.has_channel(o.channel) {
-                    Err(Rejection {
-                        kind: "channel_not_in_scenario",
-                        reason: format!("the scenario `{}` has no `{}` channel", scenario.name(), o.channel),
-                    })
+                    Err(Rejection::new(
+                        "channel_not_in_scenario",
+                        format!("the scenario `{}` has no `{}` channel", scenario.name(), o.channel),
+                    ))
                 } else if seen.is_duplicate(&o.payload_id, topic, partition, offset) {
-                    Err(Rejection {
-                        kind: "duplicate_payload_id",
-                        reason: format!(
+                    Err(Rejection::new(
+                        "duplicate_payload_id",
+                        format!(
                             "payload id `{}` was already taken from another offset (`input.on_duplicate_payload_id: dead_letter`)",
                             o.payload_id
                         ),
-                    })
+                    ))
                 } else {
                     Ok(o)
                 }

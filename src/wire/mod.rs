@@ -26,6 +26,8 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    pub const ALL: [Vendor; 4] = [Vendor::Twilio, Vendor::Whatsapp, Vendor::Sendgrid, Vendor::Ses];
+
     /// Whether the vendor calls back for this status at all: Twilio not for a deferral (it never reports
     /// `queued` after `sent`), WhatsApp neither (it has no status for one); SendGrid and SES for every
     /// one (SES: `DeliveryDelay`).

