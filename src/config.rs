@@ -308,6 +308,9 @@ pub struct HttpSettings {
     /// The vendors' rate limits: beyond them a send call is answered 429 the vendor's way, and nothing
     /// is taken. The first entry of the request's vendor (and tenant, when it names one) applies.
     pub rate_limits: Vec<RateLimit>,
+    /// The control API's bearer token (`/api/v1/…` on this port: load runs, reports, the scenario). Unset:
+    /// no control API. At least 16 characters.
+    pub control_token: Option<String>,
 }
 
 /// One rate limit of the front doors: a token bucket per tenant (Twilio's account SID, WhatsApp's
@@ -341,6 +344,7 @@ impl Default for HttpSettings {
             sendgrid: SendgridSettings::default(),
             ses: SesSettings::default(),
             rate_limits: Vec::new(),
+            control_token: None,
         }
     }
 }
@@ -681,6 +685,14 @@ impl Settings {
         if self.service.max_batch == 0 {
             return bad("service.max_batch", "must be at least 1".into());
         }
+        if let Some(t) = &self.http.control_token
+            && t.trim().len() < 16
+        {
+            return bad(
+                "http.control_token",
+                "must be at least 16 characters (it guards load runs and the scenario)".into(),
+            );
+        }
         for (i, a) in self.http.twilio.accounts.iter().enumerate() {
             if !crate::wire::twilio::is_sid(&a.sid, "AC") {
                 return bad(
@@ -813,6 +825,9 @@ impl Settings {
         }
         if shown.http.ses.signing_key_pem.is_some() {
             shown.http.ses.signing_key_pem = Some("***".into());
+        }
+        if shown.http.control_token.is_some() {
+            shown.http.control_token = Some("***".into());
         }
         for c in &mut shown.http.ses.credentials {
             c.secret_access_key = "***".into();

@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod json;
 pub mod kafka;

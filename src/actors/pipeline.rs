@@ -173,7 +173,9 @@ impl Pipeline {
                 let door =
                     crate::source::http::Door::open(&settings.http, &store, &assignments, channels, live.clone(), sns)
                         .await?;
-                Some(crate::source::http::Server::start(door)?)
+                let control = crate::control::Control::new(settings, brokers, store.clone(), live.clone())
+                    .map_err(crate::source::http::HttpError::Control)?;
+                Some(crate::source::http::Server::start(door, control)?)
             }
             None => None,
         };

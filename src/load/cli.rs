@@ -147,6 +147,10 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Progress as one JSON object a second on standard error (`{"progress": {"sent": …}}`) instead of the
+    /// bar: for programs that follow a run (the control API does).
+    #[arg(long)]
+    pub progress_json: bool,
     /// Run the mock vendor in this process too (on the embedded broker unless brokers are set).
     #[arg(long)]
     pub mock: bool,
@@ -477,7 +481,11 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         None
     };
 
-    let progress = if args.quiet { load::Progress::Quiet } else { load::Progress::Bar };
+    let progress = match (args.progress_json, args.quiet) {
+        (true, _) => load::Progress::Json,
+        (false, true) => load::Progress::Quiet,
+        (false, false) => load::Progress::Bar,
+    };
     let (transport, receiver) = match door {
         Some((vendor, receiver, observed, credentials)) => {
             let Some(url) = door_url else {

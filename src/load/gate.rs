@@ -105,7 +105,7 @@ pub struct Gate {
 }
 
 /// The verdict of one gate.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub gate: String,
     pub passed: bool,

@@ -169,6 +169,8 @@ pub struct Outcome {
 pub enum Progress {
     Bar,
     Quiet,
+    /// One JSON object a second on standard error (`{"progress": {…}}`), for programs: the control API.
+    Json,
 }
 
 /// Where a run's messages go and its statuses come from.
@@ -284,6 +286,21 @@ pub async fn run(
             last = (now, handed);
         }
         let elapsed = now.saturating_duration_since(t0).as_secs_f64();
+        if progress == Progress::Json && dt >= 1.0 {
+            let line = serde_json::json!({"progress": {
+                "elapsed_s": (elapsed * 10.0).round() / 10.0,
+                "planned": total,
+                "sent": handed,
+                "rate_per_s": rate.round(),
+                "target_per_s": schedule.profile.rate_at(elapsed).round(),
+                "resolved": resolved,
+                "lag": delivered.saturating_sub(resolved),
+                "late": shared.late.load(Ordering::Relaxed),
+                "send_errors": failed,
+                "sending": !shared.sending_done.load(Ordering::Acquire),
+            }});
+            eprintln!("{line}");
+        }
         bar.set_position(handed);
         bar.set_message(format!(
             "{rate:.0}/s (target {:.0}/s) · acked {resolved} · lag {} · late {}{}",
@@ -550,7 +567,7 @@ pub async fn load_parts(
 }
 
 fn progress_bar(total: u64, progress: Progress) -> ProgressBar {
-    if progress == Progress::Quiet {
+    if progress != Progress::Bar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);

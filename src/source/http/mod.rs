@@ -47,6 +47,8 @@ pub enum HttpError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot write the control API's run settings: {0}")]
+    Control(std::io::Error),
 }
 
 /// What every door shares: where messages go, and how they are numbered.
@@ -367,7 +369,8 @@ pub struct Server {
 
 impl Server {
     /// Serve every door on `http.listen_addr`.
-    pub fn start(door: Arc<Door>) -> Result<Self, HttpError> {
+    pub fn start(door: Arc<Door>, control: Option<crate::control::Control>) -> Result<Self, HttpError> {
+        let control = control.map(web::Data::new);
         let addr = door.settings.listen_addr.expect("started only with a listen address");
         let workers = door.settings.workers;
         let sns = door.sns.clone();
@@ -393,6 +396,11 @@ impl Server {
                 .configure(whatsapp::routes)
                 .configure(sendgrid::routes)
                 .configure(ses::routes)
+                .configure(|cfg| {
+                    if let Some(c) = &control {
+                        crate::control::routes(cfg, c.clone());
+                    }
+                })
                 .default_service(web::to(twilio::not_found))
         })
         .workers(workers)

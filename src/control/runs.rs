@@ -1,0 +1,323 @@
+//! Load runs started by the control API: each is `understudy load` as a child process of the service (the
+//! same binary, the service's own settings, `--progress-json`), followed through its standard error and
+//! stored in the store as any run is. A stop is the child's Ctrl-C: sending stops, the acks of what was
+//! sent are awaited, and the run is stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt as _;
+
+/// Options of `understudy load` the API does not take: the service decides them (`config`, `run_id` is its
+/// own field), they would start a second mock inside the service's host (`mock`, `time_scale`), or they
+/// change what the API reads back (`quiet`, `format`, `html`, `progress_json`, `dry_run`).
+const NOT_OFFERED: [&str; 9] =
+    ["config", "mock", "time_scale", "quiet", "format", "html", "progress_json", "dry_run", "run_id"];
+
+/// What a run is doing, or how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    /// Asked to stop: sending stopped; the acks of what was sent are awaited, then the run is stored.
+    Stopping,
+    /// Ended, every gate passed (or none given).
+    Passed,
+    /// Ended, a gate failed.
+    Failed,
+    /// Ended after a stop; its results, up to the stop, are stored.
+    Stopped,
+    /// Ended without results: see `error`.
+    Error,
+    /// Not started here: a run read from the store.
+    Stored,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunView {
+    pub run_id: String,
+    pub state: RunState,
+    /// The options it was started with, as `understudy load` arguments.
+    pub args: Vec<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// The latest of the run's progress lines while it runs (sent, target and achieved rate, resolved,
+    /// lag, late, send errors).
+    pub progress: Option<serde_json::Value>,
+    /// The run's summary once it ended (as `understudy load --format json` prints it).
+    pub summary: Option<serde_json::Value>,
+    pub exit_code: Option<i32>,
+    /// Why it ended without results.
+    pub error: Option<String>,
+}
+
+struct Entry {
+    view: RunView,
+    pid: Option<u32>,
+    stop_requested: bool,
+    log: VecDeque<String>,
+}
+
+/// The runs this service started, by run id.
+pub struct Runs {
+    exe: PathBuf,
+    config: PathBuf,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    BadOptions(String),
+    #[error("run `{0}` is running: one load run at a time (stop it, or wait for it to end)")]
+    Busy(String),
+    #[error("run id `{0}` is taken")]
+    Taken(String),
+    #[error("cannot start `understudy load`: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// `understudy load`'s long options and whether each takes a value, from its own argument definitions.
+fn load_options() -> HashMap<String, bool> {
+    let cmd = <crate::load::cli::LoadArgs as clap::Args>::augment_args(clap::Command::new("load"));
+    cmd.get_arguments()
+        .filter_map(|a| {
+            let takes_value = a.get_action().takes_values();
+            a.get_long().map(|l| (l.replace('-', "_"), takes_value))
+        })
+        .collect()
+}
+
+/// The JSON options of a start request as `understudy load` arguments: `{"rate": 500, "gate": ["lost ==
+/// 0"], "duration": "10s"}` is `--rate 500 --gate 'lost == 0' --duration 10s`. Keys are the long options,
+/// `snake_case` or `kebab-case`; a list repeats the option; `true` sets a flag.
+pub fn arguments(options: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<String>, String> {
+    let known = load_options();
+    let mut args = Vec::new();
+    for (key, value) in options {
+        let name = key.replace('-', "_");
+        let Some(&takes_value) = known.get(&name).filter(|_| !NOT_OFFERED.contains(&name.as_str())) else {
+            let mut offered: Vec<&str> =
+                known.keys().map(String::as_str).filter(|k| !NOT_OFFERED.contains(k)).collect();
+            offered.sort_unstable();
+            return Err(format!("`{key}` is not an option of a load run; the options are {}", offered.join(", ")));
+        };
+        let flag = format!("--{}", name.replace('_', "-"));
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            other => Err(format!("`{key}`: {other} is not a string or a number")),
+        };
+        match (takes_value, value) {
+            (false, serde_json::Value::Bool(true)) => args.push(flag),
+            (false, serde_json::Value::Bool(false)) => {}
+            (false, other) => return Err(format!("`{key}` is a flag: true or false, not {other}")),
+            (true, serde_json::Value::Array(items)) => {
+                for item in items {
+                    args.extend([flag.clone(), scalar(item)?]);
+                }
+            }
+            (true, v) => args.extend([flag, scalar(v)?]),
+        }
+    }
+    Ok(args)
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Runs {
+    /// `config`: the service's settings as a file, which every run is started with.
+    pub fn new(config: PathBuf) -> Self {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("understudy"));
+        Self { exe, config, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Check `args` with `understudy load --dry-run` (every check the command makes), then start the run.
+    pub async fn start(self: &Arc<Self>, run_id: Option<String>, args: Vec<String>) -> Result<RunView, StartError> {
+        let run_id = run_id.unwrap_or_else(|| {
+            format!(
+                "run-{}-{}",
+                chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            )
+        });
+        let mut base = vec!["load".to_owned(), "--config".into(), self.config.display().to_string()];
+        base.extend(["--run-id".into(), run_id.clone()]);
+        let dry = tokio::process::Command::new(&self.exe)
+            .args(&base)
+            .args(&args)
+            .arg("--dry-run")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(StartError::Spawn)?;
+        if !dry.status.success() {
+            let text = String::from_utf8_lossy(&dry.stderr);
+            let reason = text.lines().map(|l| l.strip_prefix("error: ").unwrap_or(l)).find(|l| !l.trim().is_empty());
+            return Err(StartError::BadOptions(reason.unwrap_or("the options are refused").trim().to_owned()));
+        }
+        let mut entries = self.entries();
+        if let Some((id, _)) =
+            entries.iter().find(|(_, e)| matches!(e.view.state, RunState::Running | RunState::Stopping))
+        {
+            return Err(StartError::Busy(id.clone()));
+        }
+        if entries.contains_key(&run_id) {
+            return Err(StartError::Taken(run_id));
+        }
+        let mut child = tokio::process::Command::new(&self.exe)
+            .args(&base)
+            .args(&args)
+            .args(["--progress-json", "--format", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(StartError::Spawn)?;
+        let view = RunView {
+            run_id: run_id.clone(),
+            state: RunState::Running,
+            args,
+            started_at: Some(now()),
+            ended_at: None,
+            progress: None,
+            summary: None,
+            exit_code: None,
+            error: None,
+        };
+        entries.insert(
+            run_id.clone(),
+            Entry { view: view.clone(), pid: child.id(), stop_requested: false, log: VecDeque::new() },
+        );
+        drop(entries);
+        tracing::info!(run_id, "load run started by the control API");
+
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let runs = self.clone();
+        let id = run_id.clone();
+        // The child is followed on a thread of its own: the HTTP worker that started it may stop first.
+        std::thread::Builder::new()
+            .name("control-run".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let Ok(rt) = rt else { return };
+                rt.block_on(runs.follow(id, child, stdout, stderr));
+            })
+            .map_err(StartError::Spawn)?;
+        Ok(view)
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        run_id: String,
+        mut child: tokio::process::Child,
+        stdout: Option<tokio::process::ChildStdout>,
+        stderr: Option<tokio::process::ChildStderr>,
+    ) {
+        let lines = async {
+            let Some(stderr) = stderr else { return };
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut entries = self.entries();
+                let Some(e) = entries.get_mut(&run_id) else { continue };
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) if v.get("progress").is_some() => e.view.progress = v.get("progress").cloned(),
+                    _ => {
+                        if e.log.len() == 20 {
+                            e.log.pop_front();
+                        }
+                        e.log.push_back(line);
+                    }
+                }
+            }
+        };
+        let output = async {
+            let mut text = String::new();
+            if let Some(mut stdout) = stdout {
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text).await;
+            }
+            text
+        };
+        let ((), text) = tokio::join!(lines, output);
+        let status = child.wait().await;
+        let mut entries = self.entries();
+        let Some(e) = entries.get_mut(&run_id) else { return };
+        let code = status.ok().and_then(|s| s.code());
+        e.view.exit_code = code;
+        e.view.ended_at = Some(now());
+        e.view.summary = serde_json::from_str(&text).ok();
+        e.pid = None;
+        e.view.state = match (code, e.view.summary.is_some(), e.stop_requested) {
+            (_, true, true) => RunState::Stopped,
+            (Some(0), true, false) => RunState::Passed,
+            (Some(c), true, false) if c == i32::from(crate::load::GATE_FAILED_EXIT) => RunState::Failed,
+            _ => {
+                let log: Vec<&str> = e.log.iter().map(String::as_str).collect();
+                let why = log.iter().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or("no summary");
+                e.view.error = Some(format!("`understudy load` exited with {code:?}: {why}"));
+                RunState::Error
+            }
+        };
+        tracing::info!(run_id, state = ?e.view.state, "load run ended");
+    }
+
+    pub fn get(&self, run_id: &str) -> Option<RunView> {
+        self.entries().get(run_id).map(|e| e.view.clone())
+    }
+
+    pub fn list(&self) -> Vec<RunView> {
+        self.entries().values().map(|e| e.view.clone()).collect()
+    }
+
+    /// Ask a running run to stop (its Ctrl-C). `None`: no such run; `Some(false)`: it is not running.
+    pub fn stop(&self, run_id: &str) -> Option<Result<RunView, RunState>> {
+        let mut entries = self.entries();
+        let e = entries.get_mut(run_id)?;
+        let Some(pid) = e.pid.filter(|_| e.view.state == RunState::Running) else {
+            return Some(Err(e.view.state));
+        };
+        // SAFETY: kill(2) with a pid this service spawned and has not yet reaped (`pid` is cleared once
+        // the child is waited for), so it names that child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGINT);
+        }
+        e.stop_requested = true;
+        e.view.state = RunState::Stopping;
+        Some(Ok(e.view.clone()))
+    }
+}
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arguments;
+
+    #[test]
+    fn start_options_become_load_arguments_and_unknown_ones_are_named() {
+        let options =
+            serde_json::json!({"rate": 500, "duration": "2s", "gate": ["lost == 0", "sent > 10"], "mix": "sms=1"});
+        let args = arguments(options.as_object().unwrap()).unwrap();
+        let joined = args.join(" ");
+        assert!(joined.contains("--rate 500") && joined.contains("--duration 2s"), "{joined}");
+        assert!(joined.contains("--gate lost == 0 --gate sent > 10"), "{joined}");
+        let err = arguments(serde_json::json!({"rat": 5}).as_object().unwrap()).unwrap_err();
+        assert!(err.contains("`rat` is not an option") && err.contains("rate"), "{err}");
+        assert!(arguments(serde_json::json!({"mock": true}).as_object().unwrap()).is_err());
+        assert!(
+            arguments(serde_json::json!({"rate": {"x": 1}}).as_object().unwrap()).unwrap_err().contains("not a string")
+        );
+    }
+}
