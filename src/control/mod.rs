@@ -2,7 +2,8 @@
 //! `http.control_token`: load runs started with the options `understudy load` takes, listed, followed live
 //! and stopped; their summaries, HTML reports and comparisons; the running scenario read, validated and
 //! replaced. Described by [`OPENAPI`] (served at `/api/v1/openapi.yaml`). Every error is JSON:
-//! `{"error": "…", "reason": "…"}`.
+//! `{"error": "…", "reason": "…"}`. The web console, [`CONSOLE`], is served at `/console`; it asks for the
+//! token and calls the API with it.
 //!
 //! - [`runs`]: the runs this service started, as `understudy load` child processes.
 
@@ -150,8 +151,24 @@ fn bad_request(reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
 }
 
-/// The routes, under `/api/v1`.
+/// The web console (`/console`): one page, no build step; it fetches nothing but the API.
+pub const CONSOLE: &str = include_str!("console.html");
+
+async fn console() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // Nothing from elsewhere: the page, its inline script and style, and the API on this origin.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; frame-src 'self'; base-uri 'none'; form-action 'none'",
+        ))
+        .body(CONSOLE)
+}
+
+/// The routes: the API under `/api/v1`, the console at `/console`.
 pub fn routes(cfg: &mut web::ServiceConfig, control: web::Data<Control>) {
+    cfg.route("/console", web::get().to(console));
     cfg.service(
         web::scope("/api/v1")
             .app_data(control)
