@@ -10,7 +10,6 @@ mod common;
 use common::Kafka;
 
 use std::path::Path;
-use std::time::Duration;
 
 const TOKEN: &str = "console-token-0123456789";
 
@@ -19,23 +18,7 @@ fn root() -> &'static Path {
 }
 
 async fn the_console_starts_follows_reports_and_compares_runs(k: Kafka) {
-    let store_url = common::postgres_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = dir.path().join("scenario.yaml");
-    let happy = std::fs::read_to_string(root().join("scenarios/happy-path.yaml")).unwrap();
-    std::fs::write(&scenario, happy.replace("time_scale: 1\n", "time_scale: 0.001\n")).unwrap();
-    let port = common::faults::free_port();
-    let mut settings = common::settings(k, &store_url, 3);
-    settings.http.listen_addr = Some(([127, 0, 0, 1], port).into());
-    settings.http.control_token = Some(TOKEN.into());
-    let config = common::write_config(dir.path(), &settings);
-    let mut service = common::faults::Service::spawn(&config, &scenario, &dir.path().join("service.log"));
-    let base = format!("http://127.0.0.1:{port}");
-    common::eventually(Duration::from_secs(60), "the console answers", || async {
-        let answer = reqwest::get(format!("{base}/console")).await;
-        answer.ok().filter(|a| a.status() == 200).map(|_| ())
-    })
-    .await;
+    let common::ControlService { mut service, base, dir: _dir, .. } = common::control_service(k, TOKEN, 2000).await;
     assert!(
         root().join("tests/console/node_modules/playwright-core").exists(),
         "playwright-core is missing: run `npm ci --prefix tests/console`"

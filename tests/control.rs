@@ -82,24 +82,9 @@ fn root() -> &'static Path {
 }
 
 async fn control_api_runs_reports_compares_and_steers_the_scenario(k: Kafka) {
-    let store_url = common::postgres_url().await;
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = dir.path().join("scenario.yaml");
-    let happy = std::fs::read_to_string(root().join("scenarios/happy-path.yaml")).unwrap();
-    std::fs::write(&scenario, happy.replace("time_scale: 1\n", "time_scale: 0.001\n")).unwrap();
-    let port = common::faults::free_port();
-    let mut settings = common::settings(k, &store_url, 3);
-    settings.http.listen_addr = Some(([127, 0, 0, 1], port).into());
-    settings.http.control_token = Some(TOKEN.into());
-    settings.scenario.reload_interval_ms = 200;
-    let config = common::write_config(dir.path(), &settings);
-    let mut service = common::faults::Service::spawn(&config, &scenario, &dir.path().join("service.log"));
-    let api = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    common::eventually(Duration::from_secs(60), "the control API answers", || async {
-        let answer = api.http.get(format!("{}/api/v1/openapi.yaml", api.base)).bearer_auth(TOKEN).send().await;
-        answer.ok().filter(|a| a.status() == 200).map(|_| ())
-    })
-    .await;
+    let common::ControlService { mut service, base, scenario, dir: _dir } =
+        common::control_service(k, TOKEN, 200).await;
+    let api = Api { base, http: reqwest::Client::new() };
 
     // The token, on every route the OpenAPI document names: 401 and a JSON reason without it or with
     // another.

@@ -471,14 +471,14 @@ async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
     );
 }
 
-/// Two generator processes join one run: each sends its share under its own payload ids, and `report`
-/// merges their counts and histograms.
-async fn generator_processes_of_one_run_merge(k: Kafka) {
-    let _machine = machine_shared();
+/// The mock (`happy-path`, 10,000× faster) on broker `k` and a fresh Postgres database, owning its
+/// partitions, for `understudy load` processes to run against: the pipeline, their config file, its
+/// directory.
+async fn mock_for_load_processes(k: Kafka) -> (Pipeline, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = common::postgres_url().await;
     let settings = common::settings(k, &url, 3);
-    let _store = Store::connect(&url, 2).await.unwrap();
+    Store::connect(&url, 2).await.unwrap().close().await; // migrated before the mock starts
     let pipeline =
         Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &k.brokers()).await.unwrap();
     common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
@@ -486,6 +486,14 @@ async fn generator_processes_of_one_run_merge(k: Kafka) {
     })
     .await;
     let config = common::write_config(dir.path(), &settings);
+    (pipeline, config, dir)
+}
+
+/// Two generator processes join one run: each sends its share under its own payload ids, and `report`
+/// merges their counts and histograms.
+async fn generator_processes_of_one_run_merge(k: Kafka) {
+    let _machine = machine_shared();
+    let (pipeline, config, _dir) = mock_for_load_processes(k).await;
     let config = config.to_str().unwrap();
     let run = format!("t-{}", common::suffix());
     let spawn = |generator: &str| {
@@ -547,16 +555,7 @@ async fn generator_processes_of_one_run_merge(k: Kafka) {
 async fn generator_0_gates_and_notifies_the_merged_run(k: Kafka) {
     use tokio::io::AsyncBufReadExt as _;
     let _machine = machine_shared();
-    let dir = tempfile::tempdir().unwrap();
-    let url = common::postgres_url().await;
-    let settings = common::settings(k, &url, 3);
-    let pipeline =
-        Pipeline::start(&settings, Arc::new(common::scenario("happy-path.yaml", 0.0001)), &k.brokers()).await.unwrap();
-    common::eventually(Duration::from_secs(30), "the mock owns its partitions", || async {
-        (pipeline.owned_partitions() == 3).then_some(())
-    })
-    .await;
-    let config = common::write_config(dir.path(), &settings);
+    let (pipeline, config, _dir) = mock_for_load_processes(k).await;
     let config = config.to_str().unwrap();
     let run = format!("t-{}", common::suffix());
 

@@ -117,6 +117,18 @@ struct Shared {
     late: AtomicU64,
     resolved: AtomicU64,
     events: AtomicU64,
+    /// Latency so far per status (every channel), for the progress: refreshed by the correlator about
+    /// once a second.
+    live: std::sync::Mutex<Vec<LiveStatus>>,
+}
+
+/// One status's latency so far, as the progress shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct LiveStatus {
+    status: Status,
+    events: u64,
+    p50_ms: f64,
+    p99_ms: f64,
 }
 
 impl Shared {
@@ -133,6 +145,7 @@ impl Shared {
             late: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            live: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -298,6 +311,7 @@ pub async fn run(
                 "late": shared.late.load(Ordering::Relaxed),
                 "send_errors": failed,
                 "sending": !shared.sending_done.load(Ordering::Acquire),
+                "latency": *shared.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
             }});
             eprintln!("{line}");
         }
@@ -826,6 +840,7 @@ fn correlate(
             Ok(m) => c.observe_record(&m, shared.t0.elapsed().as_micros() as u64),
             Err(e) => tracing::debug!(error = %e, "ack consumer"),
         }
+        c.publish_live();
     }
     c.out
 }
@@ -848,6 +863,7 @@ fn correlate_observed(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
         }
+        c.publish_live();
     }
     c.out
 }
@@ -859,6 +875,8 @@ struct Correlator<'a> {
     factory: &'a MessageFactory,
     pointers: &'a (String, String),
     out: Correlated,
+    /// When the latency so far is next published to [`Shared::live`].
+    next_live: Instant,
 }
 
 impl<'a> Correlator<'a> {
@@ -877,7 +895,32 @@ impl<'a> Correlator<'a> {
             statuses: BTreeMap::new(),
             resolved_per_second: Vec::new(),
         };
-        Self { shared, schedule, factory, pointers, out }
+        Self { shared, schedule, factory, pointers, out, next_live: Instant::now() }
+    }
+
+    /// About once a second: each status's latency so far, over every channel, into [`Shared::live`].
+    fn publish_live(&mut self) {
+        let now = Instant::now();
+        if now < self.next_live {
+            return;
+        }
+        self.next_live = now + Duration::from_secs(1);
+        let mut per_status: BTreeMap<Status, Hist> = BTreeMap::new();
+        for figures in self.out.statuses.values() {
+            for (status, f) in figures {
+                per_status.entry(*status).or_default().merge(&f.latency_us);
+            }
+        }
+        let live = per_status
+            .into_iter()
+            .map(|(status, h)| LiveStatus {
+                status,
+                events: h.len(),
+                p50_ms: (h.quantile_ms(0.5) * 10.0).round() / 10.0,
+                p99_ms: (h.quantile_ms(0.99) * 10.0).round() / 10.0,
+            })
+            .collect();
+        *self.shared.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = live;
     }
 
     /// One record of the ack topic, received `received_us` after `t0`: the acks its body holds (the

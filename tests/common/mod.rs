@@ -136,3 +136,36 @@ pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i3
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     committed.elements().iter().map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { o } else { 0 }).collect()
 }
+
+/// The service as a child process with its front doors and the control API (`token`) on a free port, on
+/// broker `k` and a fresh Postgres database, running `happy-path` a thousand times faster from a file of
+/// its own (which the control API may replace).
+pub struct ControlService {
+    pub service: faults::Service,
+    pub base: String,
+    pub scenario: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn control_service(k: Kafka, token: &str, reload_interval_ms: u64) -> ControlService {
+    let store_url = postgres_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("scenario.yaml");
+    let happy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/happy-path.yaml")).unwrap();
+    std::fs::write(&scenario, happy.replace("time_scale: 1\n", "time_scale: 0.001\n")).unwrap();
+    let port = faults::free_port();
+    let mut settings = settings(k, &store_url, 3);
+    settings.http.listen_addr = Some(([127, 0, 0, 1], port).into());
+    settings.http.control_token = Some(token.into());
+    settings.scenario.reload_interval_ms = reload_interval_ms;
+    let config = write_config(dir.path(), &settings);
+    let service = faults::Service::spawn(&config, &scenario, &dir.path().join("service.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(60), "the control API answers", || async {
+        let answer = reqwest::Client::new().get(format!("{base}/api/v1/openapi.yaml")).bearer_auth(token).send().await;
+        answer.ok().filter(|a| a.status() == 200).map(|_| ())
+    })
+    .await;
+    ControlService { service, base, scenario, dir }
+}

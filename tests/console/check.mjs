@@ -50,9 +50,14 @@ const first = await sentNow();
 await page.waitForFunction((n) => Number(document.querySelector("#f-sent").textContent.replace(/,/g, "")) > n, first, { timeout: 15000 })
   .catch(() => fail(page, "the progress did not move"));
 const second = await sentNow();
+await page.waitForFunction(() => document.querySelector("#detail-state").textContent !== "running"
+    || [...document.querySelectorAll("#statuses tbody tr.live")].some((tr) => tr.children[1].textContent === "DELIVERY"), null, { timeout: 15000 })
+  .catch(() => fail(page, "no live percentiles while the run runs"));
+const livePercentiles = await page.locator("#statuses tbody tr.live").count();
+if (livePercentiles === 0) await fail(page, "the run ended before its live percentiles showed");
 const points = await page.locator("#chart polyline").count();
 if (points !== 2) await fail(page, `the throughput chart has ${points} lines, not 2 (sent and target)`);
-console.log(`ok   progress moves: ${first} then ${second} sent; throughput against target drawn`);
+console.log(`ok   progress moves: ${first} then ${second} sent; throughput against target drawn; live p50 and p99 of ${livePercentiles} statuses`);
 await page.waitForFunction(() => document.querySelector("#detail-state").textContent === "passed", null, { timeout: 60000 })
   .catch(async () => fail(page, `run ${a} did not pass: ${await page.textContent("#detail-state")} ${await page.textContent("#detail-error")}`));
 const rows = await page.locator("#statuses tbody tr").count();
