@@ -34,7 +34,12 @@ pub struct Control {
     scenario: tokio::sync::watch::Receiver<Arc<Scenario>>,
     reload_interval_ms: u64,
     runs: Arc<Runs>,
+    /// One scenario replacement at a time.
+    writing: tokio::sync::Mutex<()>,
 }
+
+/// The largest scenario a request may carry.
+const MAX_SCENARIO_BYTES: usize = 4 << 20;
 
 impl Control {
     /// `settings` as the service runs them (with `brokers`, the broker it uses): what its load runs are
@@ -45,16 +50,23 @@ impl Control {
         store: Store,
         scenario: tokio::sync::watch::Receiver<Arc<Scenario>>,
     ) -> std::io::Result<Option<Self>> {
-        let Some(token) = settings.http.control_token.clone() else { return Ok(None) };
+        let Some(token) = settings.http.control_token.as_deref().map(|t| t.trim().to_owned()) else {
+            return Ok(None);
+        };
         let mut for_runs = settings.clone();
         for_runs.kafka.brokers = Some(brokers.to_owned());
         for_runs.http.control_token = None;
-        let path = std::env::temp_dir().join(format!("understudy-control-{}.yaml", std::process::id()));
+        // A new file under a name nobody can guess (O_EXCL: never one, or a link, made before).
+        let path = std::env::temp_dir().join(format!(
+            "understudy-control-{}-{}.yaml",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
         let yaml = serde_yaml::to_string(&for_runs).map_err(std::io::Error::other)?;
         {
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
             f.write_all(yaml.as_bytes())?;
         }
         Ok(Some(Self {
@@ -64,6 +76,7 @@ impl Control {
             scenario,
             reload_interval_ms: settings.scenario.reload_interval_ms,
             runs: Arc::new(Runs::new(path)),
+            writing: tokio::sync::Mutex::new(()),
         }))
     }
 }
@@ -175,7 +188,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, control: web::Data<Control>) {
             .app_data(web::JsonConfig::default().limit(1 << 20).error_handler(|e, _| bad_request(e.to_string()).into()))
             .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string()).into()))
             .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string()).into()))
-            .app_data(web::PayloadConfig::default().limit(4 << 20))
             .wrap(actix_web::middleware::from_fn(authorize))
             .route("/runs", web::get().to(list_runs))
             .route("/runs", web::post().to(start_run))
@@ -327,7 +339,8 @@ async fn report(c: web::Data<Control>, id: web::Path<String>) -> Answer {
         .and_then(|v| v.summary)
         .and_then(|s| serde_json::from_value(s["gates"].clone()).ok())
         .unwrap_or_default();
-    let html = crate::load::html::render(&run, &events, &verdicts);
+    let html =
+        web::block(move || crate::load::html::render(&run, &events, &verdicts)).await.map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html))
 }
 
@@ -356,10 +369,17 @@ async fn compare(c: web::Data<Control>, q: web::Query<CompareQuery>) -> Answer {
         runs.push((run, events));
     }
     let (b, a) = (runs.pop().expect("two runs"), runs.pop().expect("two runs"));
-    let comparison = crate::load::compare::compare(&a.0, &a.1, &b.0, &b.1, noise);
-    let mut body = serde_json::to_value(&comparison).map_err(ApiError::internal)?;
-    body["regressed"] = comparison.regressed().into();
-    body["text"] = crate::load::compare::text(&comparison).into();
+    // Resampling thousands of latencies: off the HTTP worker, which also serves the front doors.
+    let body = web::block(move || {
+        let comparison = crate::load::compare::compare(&a.0, &a.1, &b.0, &b.1, noise);
+        let mut body = serde_json::to_value(&comparison)?;
+        body["regressed"] = comparison.regressed().into();
+        body["text"] = crate::load::compare::text(&comparison).into();
+        Ok::<_, serde_json::Error>(body)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -386,6 +406,19 @@ async fn get_scenario(c: web::Data<Control>) -> Answer {
     Ok(HttpResponse::Ok().json(scenario_view(&running, &c.scenario_path, Some(&text))))
 }
 
+/// The request's body, at most [`MAX_SCENARIO_BYTES`].
+async fn scenario_body(payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    let body =
+        crate::source::http::read_body(payload, MAX_SCENARIO_BYTES).await.map_err(|e| bad_request(e.to_string()))?;
+    body.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a scenario is at most {} MiB", MAX_SCENARIO_BYTES >> 20),
+        )
+    })
+}
+
 /// `body` as the scenario, checked as the service would load it (its rules' files beside the running one).
 fn checked(c: &Control, body: &[u8]) -> Result<(String, Scenario), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| bad_request("the scenario is not UTF-8 text"))?;
@@ -401,7 +434,8 @@ fn checked(c: &Control, body: &[u8]) -> Result<(String, Scenario), ApiError> {
     Ok((text.to_owned(), scenario))
 }
 
-async fn validate_scenario(c: web::Data<Control>, body: web::Bytes) -> Answer {
+async fn validate_scenario(c: web::Data<Control>, payload: web::Payload) -> Answer {
+    let body = scenario_body(payload).await?;
     let (_, scenario) = checked(&c, &body)?;
     let mut view = scenario_view(&scenario, &c.scenario_path, None);
     view["valid"] = true.into();
@@ -410,25 +444,28 @@ async fn validate_scenario(c: web::Data<Control>, body: web::Bytes) -> Answer {
 
 /// Replace the scenario file (atomically: a sibling file renamed over it) once it is valid, and wait for
 /// the service's live reload to run it.
-async fn put_scenario(c: web::Data<Control>, body: web::Bytes) -> Answer {
+async fn put_scenario(c: web::Data<Control>, payload: web::Payload) -> Answer {
+    let body = scenario_body(payload).await?;
     let (text, scenario) = checked(&c, &body)?;
     let path = &c.scenario_path;
+    let _one_at_a_time = c.writing.lock().await;
     let sibling = path.with_file_name(format!(
         ".{}.{}.new",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("scenario"),
-        std::process::id()
+        uuid::Uuid::new_v4().simple()
     ));
     let written = std::fs::write(&sibling, &text).and_then(|()| std::fs::rename(&sibling, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&sibling);
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "scenario_read_only",
-            format!(
-                "cannot replace {}: {e} (a scenario mounted from a ConfigMap is changed with the ConfigMap)",
-                path.display()
+        let why = format!("cannot replace {}: {e}", path.display());
+        return Err(match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => ApiError::new(
+                StatusCode::CONFLICT,
+                "scenario_read_only",
+                format!("{why} (a scenario mounted from a ConfigMap is changed with the ConfigMap)"),
             ),
-        ));
+            _ => ApiError::internal(why),
+        });
     }
     // The running version: the reload interval, and a second more, at most.
     let wanted = match c.scenario.borrow().time_scale_override() {

@@ -55,8 +55,8 @@ pub struct RunView {
 
 struct Entry {
     view: RunView,
-    pid: Option<u32>,
-    stop_requested: bool,
+    /// Asks the task that owns the child to stop it; taken by the first stop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     log: VecDeque<String>,
 }
 
@@ -125,6 +125,17 @@ pub fn arguments(options: &serde_json::Map<String, serde_json::Value>) -> Result
     Ok(args)
 }
 
+/// `args` as a run's view shows them: a `--notify` URL without its path, where a webhook keeps its token.
+fn shown(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut notify = false;
+    for a in args {
+        out.push(if notify { crate::load::notify::redact_url(a) } else { a.clone() });
+        notify = a == "--notify";
+    }
+    out
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -161,31 +172,14 @@ impl Runs {
             .map_err(StartError::Spawn)?;
         if !dry.status.success() {
             let text = String::from_utf8_lossy(&dry.stderr);
-            let reason = text.lines().map(|l| l.strip_prefix("error: ").unwrap_or(l)).find(|l| !l.trim().is_empty());
+            let error = text.lines().find_map(|l| l.strip_prefix("error: "));
+            let reason = error.or_else(|| text.lines().find(|l| !l.trim().is_empty()));
             return Err(StartError::BadOptions(reason.unwrap_or("the options are refused").trim().to_owned()));
         }
-        let mut entries = self.entries();
-        if let Some((id, _)) =
-            entries.iter().find(|(_, e)| matches!(e.view.state, RunState::Running | RunState::Stopping))
-        {
-            return Err(StartError::Busy(id.clone()));
-        }
-        if entries.contains_key(&run_id) {
-            return Err(StartError::Taken(run_id));
-        }
-        let mut child = tokio::process::Command::new(&self.exe)
-            .args(&base)
-            .args(&args)
-            .args(["--progress-json", "--format", "json"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(StartError::Spawn)?;
         let view = RunView {
             run_id: run_id.clone(),
             state: RunState::Running,
-            args,
+            args: shown(&args),
             started_at: Some(now()),
             ended_at: None,
             progress: None,
@@ -193,48 +187,99 @@ impl Runs {
             exit_code: None,
             error: None,
         };
-        entries.insert(
-            run_id.clone(),
-            Entry { view: view.clone(), pid: child.id(), stop_requested: false, log: VecDeque::new() },
-        );
-        drop(entries);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        {
+            let mut entries = self.entries();
+            if let Some((id, _)) =
+                entries.iter().find(|(_, e)| matches!(e.view.state, RunState::Running | RunState::Stopping))
+            {
+                return Err(StartError::Busy(id.clone()));
+            }
+            if entries.contains_key(&run_id) {
+                return Err(StartError::Taken(run_id));
+            }
+            entries.insert(run_id.clone(), Entry { view: view.clone(), stop: Some(stop_tx), log: VecDeque::new() });
+        }
+        // The child is spawned and followed on a thread and runtime of its own, which own it: the HTTP
+        // worker that started it may stop first, and only its owner signals it (never a reaped pid).
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
+            .args(&base)
+            .args(&args)
+            .args(["--progress-json", "--format", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let (runs, id) = (self.clone(), run_id.clone());
+        let thread = std::thread::Builder::new().name("control-run".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            // Spawned in this runtime: its pipes and its reaping belong to it.
+            let child = {
+                let _in_runtime = rt.enter();
+                command.spawn()
+            };
+            match child {
+                Ok(child) => {
+                    let _ = started_tx.send(Ok(()));
+                    rt.block_on(runs.follow(id, child, stop_rx));
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            }
+        });
+        let started = match thread {
+            Ok(_) => started_rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the run's thread ended"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            self.entries().remove(&run_id);
+            return Err(StartError::Spawn(e));
+        }
         tracing::info!(run_id, "load run started by the control API");
-
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let runs = self.clone();
-        let id = run_id.clone();
-        // The child is followed on a thread of its own: the HTTP worker that started it may stop first.
-        std::thread::Builder::new()
-            .name("control-run".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                let Ok(rt) = rt else { return };
-                rt.block_on(runs.follow(id, child, stdout, stderr));
-            })
-            .map_err(StartError::Spawn)?;
         Ok(view)
     }
 
+    /// Follow the child until it ends: its progress and log from standard error, its summary from
+    /// standard output, a stop request as its Ctrl-C.
     async fn follow(
         self: Arc<Self>,
         run_id: String,
         mut child: tokio::process::Child,
-        stdout: Option<tokio::process::ChildStdout>,
-        stderr: Option<tokio::process::ChildStderr>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let lines = async {
             let Some(stderr) = stderr else { return };
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = tokio::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            // Every line, read to the end whatever it holds: a pipe closed early would fail the child's
+            // next write.
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
                 let mut entries = self.entries();
                 let Some(e) = entries.get_mut(&run_id) else { continue };
-                match serde_json::from_str::<serde_json::Value>(&line) {
+                match serde_json::from_str::<serde_json::Value>(text) {
                     Ok(v) if v.get("progress").is_some() => e.view.progress = v.get("progress").cloned(),
                     _ => {
                         if e.log.len() == 20 {
                             e.log.pop_front();
                         }
-                        e.log.push_back(line);
+                        e.log.push_back(text.to_owned());
                     }
                 }
             }
@@ -246,23 +291,50 @@ impl Runs {
             }
             text
         };
-        let ((), text) = tokio::join!(lines, output);
-        let status = child.wait().await;
+        let status = async {
+            let mut asked_once = false;
+            loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    asked = &mut stop, if !asked_once => {
+                        asked_once = true;
+                        if asked.is_ok()
+                            && let Some(pid) = child.id()
+                        {
+                            // SAFETY: kill(2) on our own child, not yet reaped: `Child::id` is `None` once
+                            // it has been waited for, and only this task waits for it.
+                            unsafe {
+                                libc::kill(pid as libc::pid_t, libc::SIGINT);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let ((), text, status) = tokio::join!(lines, output, status);
         let mut entries = self.entries();
         let Some(e) = entries.get_mut(&run_id) else { return };
-        let code = status.ok().and_then(|s| s.code());
+        let code = status.as_ref().ok().and_then(|s| s.code());
         e.view.exit_code = code;
         e.view.ended_at = Some(now());
         e.view.summary = serde_json::from_str(&text).ok();
-        e.pid = None;
-        e.view.state = match (code, e.view.summary.is_some(), e.stop_requested) {
+        let stopped = e.stop.is_none();
+        e.view.state = match (code, e.view.summary.is_some(), stopped) {
             (_, true, true) => RunState::Stopped,
             (Some(0), true, false) => RunState::Passed,
             (Some(c), true, false) if c == i32::from(crate::load::GATE_FAILED_EXIT) => RunState::Failed,
             _ => {
-                let log: Vec<&str> = e.log.iter().map(String::as_str).collect();
-                let why = log.iter().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or("no summary");
-                e.view.error = Some(format!("`understudy load` exited with {code:?}: {why}"));
+                let why = match e.log.iter().rev().find_map(|l| l.strip_prefix("error: ")) {
+                    Some(error) => error.to_owned(),
+                    None if e.log.is_empty() => "it printed nothing".to_owned(),
+                    None => e.log.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join(" | "),
+                };
+                let how = match (&status, code) {
+                    (Err(err), _) => format!("could not be waited for ({err})"),
+                    (Ok(_), Some(c)) => format!("exited with {c}"),
+                    (Ok(_), None) => "was killed by a signal".to_owned(),
+                };
+                e.view.error = Some(format!("`understudy load` {how}: {why}"));
                 RunState::Error
             }
         };
@@ -277,19 +349,16 @@ impl Runs {
         self.entries().values().map(|e| e.view.clone()).collect()
     }
 
-    /// Ask a running run to stop (its Ctrl-C). `None`: no such run; `Some(false)`: it is not running.
+    /// Ask a running run to stop (its Ctrl-C). `None`: no such run; `Some(Err(state))`: it is not running.
     pub fn stop(&self, run_id: &str) -> Option<Result<RunView, RunState>> {
         let mut entries = self.entries();
         let e = entries.get_mut(run_id)?;
-        let Some(pid) = e.pid.filter(|_| e.view.state == RunState::Running) else {
+        if e.view.state != RunState::Running {
             return Some(Err(e.view.state));
-        };
-        // SAFETY: kill(2) with a pid this service spawned and has not yet reaped (`pid` is cleared once
-        // the child is waited for), so it names that child.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGINT);
         }
-        e.stop_requested = true;
+        if let Some(stop) = e.stop.take() {
+            let _ = stop.send(());
+        }
         e.view.state = RunState::Stopping;
         Some(Ok(e.view.clone()))
     }

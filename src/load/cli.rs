@@ -48,7 +48,7 @@ pub struct ReportArgs {
     pub gates: Vec<String>,
     /// Post the run's summary and gates here as Slack-compatible JSON (a Slack incoming webhook takes it
     /// as is).
-    #[arg(long, value_parser = load::notify::parse_url)]
+    #[arg(long, env = "UNDERSTUDY_NOTIFY_URL", value_parser = load::notify::parse_url, hide_env_values = true)]
     pub notify: Option<String>,
 }
 
@@ -120,8 +120,8 @@ pub struct LoadArgs {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait_for_parts: std::time::Duration,
     /// Post the finished run's summary and gates here as Slack-compatible JSON (a Slack incoming webhook
-    /// takes it as is).
-    #[arg(long, value_parser = load::notify::parse_url)]
+    /// takes it as is). From the environment, it stays off the process's command line.
+    #[arg(long, env = "UNDERSTUDY_NOTIFY_URL", value_parser = load::notify::parse_url, hide_env_values = true)]
     pub notify: Option<String>,
     /// Check the options, gates and settings, print what the run would do, and exit without sending.
     #[arg(long)]
@@ -437,6 +437,20 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     }
     let url = settings.store.url_or_default();
     let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    // Generator 0 merges what the store holds under the run id: parts already there ended before it began,
+    // so they belong to an earlier run under the same id.
+    if merges {
+        let earlier: std::collections::BTreeSet<i32> =
+            store.run_parts(&run_id).await?.iter().map(|p| p.generator).collect();
+        if !earlier.is_empty() {
+            let names: Vec<String> = earlier.iter().map(i32::to_string).collect();
+            store.close().await;
+            return Ok(config_error(format!(
+                "run `{run_id}` already holds parts (generators {}) from an earlier run: give each run its own --run-id",
+                names.join(", ")
+            )));
+        }
+    }
 
     let mut door_url = args
         .door_url

@@ -51,24 +51,30 @@ pub fn message(summary: &Summary<'_>, missing: &[u32]) -> serde_json::Value {
     if !gates.is_empty() {
         text.push_str(&format!("\n*Gates*\n{}", gates.join("\n")));
     }
-    let mut blocks = vec![
-        serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": headline}}),
-        serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": facts.join("\n")}}),
-    ];
+    let mut sections = vec![headline, facts.join("\n")];
     if !gates.is_empty() {
-        blocks.push(serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Gates*\n{}", gates.join("\n"))}}));
+        sections.push(format!("*Gates*\n{}", gates.join("\n")));
     }
     if !slowest.is_empty() {
-        // Slack's limit for a section's text is 3,000 characters.
-        let mut statuses = format!("*Statuses*\n{}", slowest.join("\n"));
-        if statuses.len() > 2900 {
-            let cut = (0..=2900).rev().find(|i| statuses.is_char_boundary(*i)).unwrap_or(0);
-            statuses.truncate(cut);
-            statuses.push_str("\n…");
-        }
-        blocks.push(serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": statuses}}));
+        sections.push(format!("*Statuses*\n{}", slowest.join("\n")));
     }
-    serde_json::json!({ "text": text, "blocks": blocks, "understudy": summary })
+    let blocks: Vec<serde_json::Value> = sections
+        .into_iter()
+        .map(|s| serde_json::json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(s, 2900)}}))
+        .collect();
+    // Slack takes a message's `text` up to 40,000 characters.
+    serde_json::json!({ "text": clip(text, 39_000), "blocks": blocks, "understudy": summary })
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, marked `…` where cut: Slack refuses a message
+/// whose section text is over 3,000 characters.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 /// Post `message` to `url`: once, and once more after a second on a failure. A notification that cannot

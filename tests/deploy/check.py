@@ -164,6 +164,7 @@ def check_load_jobs(name, values, docs, tmp, env):
     lt = values.get("loadTests", {})
     jobs = [(d["metadata"]["name"], d["spec"]) for d in docs if d["kind"] == "Job"]
     jobs += [(d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]) for d in docs if d["kind"] == "CronJob"]
+    job_kinds = {d["metadata"]["name"]: d["kind"] for d in docs if d["kind"] in ("Job", "CronJob")}
     want = int(lt.get("nightly", {}).get("enabled", False)) + int(lt.get("run", {}).get("enabled", False))
     if len(jobs) != want:
         fail(f"{name}: {len(jobs)} load Jobs rendered, want {want}")
@@ -179,26 +180,48 @@ def check_load_jobs(name, values, docs, tmp, env):
         if args[:1] != ["load"] or "$(JOB_COMPLETION_INDEX)" not in args:
             fail(f"{name}: {job}: args {args} do not run `load --generator $(JOB_COMPLETION_INDEX)`")
             continue
+        labels = spec["template"]["metadata"]["labels"]
+        for d in docs:
+            selector = d["spec"].get("selector") if d["kind"] in ("Service", "PodDisruptionBudget") else None
+            selector = (selector or {}).get("matchLabels", selector) if d["kind"] == "PodDisruptionBudget" else selector
+            if selector and all(labels.get(k) == v for k, v in selector.items()):
+                fail(f"{name}: {job}: its pods match the {d['kind']} {d['metadata']['name']}'s selector")
         for index in (0, n - 1):
-            job_env = dict(env)
+            # The pod's environment as the kubelet makes it: the container's own variables, the downward
+            # API's fields, the Secrets' keys.
+            fields = {
+                "metadata.labels['job-name']": f"{job}-29000000",
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(index),
+            }
+            job_env = {"PATH": os.environ["PATH"]}
             for e in container.get("env", []):
+                source = e.get("valueFrom", {})
                 if "value" in e:
                     job_env[e["name"]] = e["value"]
-                elif "secretKeyRef" in e.get("valueFrom", {}):
+                elif "fieldRef" in source:
+                    path = source["fieldRef"]["fieldPath"]
+                    if path not in fields:
+                        fail(f"{name}: {job}: env {e['name']} from {path}, which a Job's pod does not have")
+                    job_env[e["name"]] = fields.get(path, "")
+                elif "secretKeyRef" in source:
                     job_env[e["name"]] = "https://hooks.slack.com/services/T0/B0/notify-secret-value" if "NOTIFY" in e["name"] \
                         else "postgres://understudy:from-a-secret@pg:5432/understudy"
-            job_env["JOB_COMPLETION_INDEX"] = str(index)
-            job_env["JOB_NAME"] = f"{job}-29000000"
             job_env["UNDERSTUDY_CONFIG"] = env["UNDERSTUDY_CONFIG"]
-            expanded = [re.sub(r"\$\((\w+)\)", lambda m: job_env[m[1]], a) for a in args]
+            # Kubernetes leaves a `$(VAR)` it cannot resolve as it is.
+            expanded = [re.sub(r"\$\((\w+)\)", lambda m: job_env.get(m[1], m[0]), a) for a in args]
             out = subprocess.run([BIN, *expanded, "--dry-run"], cwd=tmp, env=job_env, capture_output=True, text=True)
             text = out.stdout + out.stderr
+            notify = lt.get("notify", {}).get("existingSecret")
             if out.returncode != 0:
                 fail(f"{name}: {job}: understudy {' '.join(expanded)} --dry-run: exit {out.returncode}: {text.strip()}")
             elif f"generator {index} of {n}" not in text or any(f"gate       {g}" not in text for g in lt.get("gates", [])):
                 fail(f"{name}: {job}: the dry run does not say generator {index} of {n} with every gate:\n{text}")
-            elif "notify-secret-value" in text or "from-a-secret" in text:
-                fail(f"{name}: {job}: the dry run printed a secret:\n{text}")
+            elif "$(" in " ".join(expanded) or f"run {job}-29000000" not in text and "CronJob" in job_kinds[job]:
+                fail(f"{name}: {job}: arguments not expanded as the pod would: {expanded}\n{text}")
+            elif notify and "notify     https://hooks.slack.com/…" not in text:
+                fail(f"{name}: {job}: the notification URL from the Secret does not reach the run:\n{text}")
+            elif "notify-secret-value" in text or "from-a-secret" in text or "notify-secret-value" in " ".join(expanded):
+                fail(f"{name}: {job}: a secret on the command line or in the output:\n{text}")
 
 
 chart = helm.Chart.load(CHART)
