@@ -82,8 +82,7 @@ fn root() -> &'static Path {
 }
 
 async fn control_api_runs_reports_compares_and_steers_the_scenario(k: Kafka) {
-    let common::ControlService { mut service, base, scenario, dir: _dir } =
-        common::control_service(k, TOKEN, 200).await;
+    let common::ControlService { mut service, base, scenario, dir } = common::control_service(k, TOKEN, 200).await;
     let api = Api { base, http: reqwest::Client::new() };
 
     // The token, on every route the OpenAPI document names: 401 and a JSON reason without it or with
@@ -207,6 +206,8 @@ async fn control_api_runs_reports_compares_and_steers_the_scenario(k: Kafka) {
         .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth"])
         .args(["--max-examples", "25", "--seed", "1", "--no-color"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its own working files (`.schemathesis/`) in the test's directory, not the checkout.
+        .current_dir(dir.path())
         .output()
         .await
         .expect("schemathesis runs (pip install schemathesis)");
