@@ -212,19 +212,15 @@ async fn openapi() -> HttpResponse {
 }
 
 fn run_id_ok(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = id.len() <= 200 && crate::load::is_run_id(id);
     ok.then_some(()).ok_or_else(|| bad_request(format!("run id `{id}`: letters, digits, `.`, `_` and `-` only")))
 }
 
 /// A stored run, as a view.
 async fn stored(c: &Control, run_id: &str) -> Result<Option<RunView>, ApiError> {
-    let parts = c.store.run_parts(run_id).await.map_err(ApiError::internal)?;
-    if parts.is_empty() {
+    let Some(run) = crate::load::load_stored(&c.store, run_id, None).await.map_err(ApiError::internal)? else {
         return Ok(None);
-    }
-    let run = crate::load::load(&c.store, run_id).await.map_err(ApiError::internal)?;
+    };
     let summary = crate::load::report::summary(&run.run_id, run.generators, &run.results, &[]);
     let value = serde_json::to_value(&summary).map_err(ApiError::internal)?;
     Ok(Some(RunView {
@@ -323,14 +319,13 @@ async fn stop_run(c: web::Data<Control>, id: web::Path<String>) -> Answer {
 
 async fn report(c: web::Data<Control>, id: web::Path<String>) -> Answer {
     run_id_ok(&id)?;
-    if c.store.run_parts(&id).await.map_err(ApiError::internal)?.is_empty() {
+    let Some(run) = crate::load::load_stored(&c.store, &id, None).await.map_err(ApiError::internal)? else {
         let why = match c.runs.get(&id) {
             Some(v) if matches!(v.state, RunState::Running | RunState::Stopping) => "is still running",
             _ => "is not in the store",
         };
         return Err(ApiError::not_found(format!("run `{id}` {why}: its report comes once it is stored")));
-    }
-    let run = crate::load::load(&c.store, &id).await.map_err(ApiError::internal)?;
+    };
     let events = c.store.run_events(&id).await.map_err(ApiError::internal)?;
     // The gates the run was started with, as it judged them.
     let verdicts: Vec<crate::load::gate::Verdict> = c
@@ -361,10 +356,9 @@ async fn compare(c: web::Data<Control>, q: web::Query<CompareQuery>) -> Answer {
     };
     let mut runs = Vec::new();
     for id in [&q.a, &q.b] {
-        if c.store.run_parts(id).await.map_err(ApiError::internal)?.is_empty() {
+        let Some(run) = crate::load::load_stored(&c.store, id, None).await.map_err(ApiError::internal)? else {
             return Err(ApiError::not_found(format!("no run `{id}` in the store")));
-        }
-        let run = crate::load::load(&c.store, id).await.map_err(ApiError::internal)?;
+        };
         let events = c.store.run_events(id).await.map_err(ApiError::internal)?;
         runs.push((run, events));
     }

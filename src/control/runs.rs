@@ -153,13 +153,7 @@ impl Runs {
 
     /// Check `args` with `understudy load --dry-run` (every check the command makes), then start the run.
     pub async fn start(self: &Arc<Self>, run_id: Option<String>, args: Vec<String>) -> Result<RunView, StartError> {
-        let run_id = run_id.unwrap_or_else(|| {
-            format!(
-                "run-{}-{}",
-                chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-                &uuid::Uuid::new_v4().simple().to_string()[..6]
-            )
-        });
+        let run_id = run_id.unwrap_or_else(crate::load::new_run_id);
         let mut base = vec!["load".to_owned(), "--config".into(), self.config.display().to_string()];
         base.extend(["--run-id".into(), run_id.clone()]);
         let dry = tokio::process::Command::new(&self.exe)

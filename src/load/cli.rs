@@ -177,7 +177,7 @@ pub struct LoadArgs {
 
 fn parse_vendor(s: &str) -> Result<crate::wire::Vendor, String> {
     use crate::wire::Vendor;
-    [Vendor::Twilio, Vendor::Whatsapp, Vendor::Sendgrid, Vendor::Ses]
+    Vendor::ALL
         .into_iter()
         .find(|v| v.as_str() == s)
         .ok_or_else(|| format!("`{s}` is no door: twilio, whatsapp, sendgrid or ses"))
@@ -265,7 +265,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         }
     }
     if let Some(id) = &args.run_id {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        if !load::is_run_id(id) {
             return Ok(config_error(format!("--run-id `{id}`: use letters, digits, `.`, `_` and `-` only")));
         }
     }
@@ -330,13 +330,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         (Some(m), Some(b)) => Some(m.min(b * args.batch_size)),
         (m, b) => m.or(b.map(|b| b * args.batch_size)),
     };
-    let run_id = args.run_id.clone().unwrap_or_else(|| {
-        format!(
-            "run-{}-{}",
-            chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        )
-    });
+    let run_id = args.run_id.clone().unwrap_or_else(load::new_run_id);
     // With the mock on the embedded broker, the run gets its own topics and consumer group: the broker's
     // memory starts empty each time while the store remembers the topic offsets of earlier runs, which the
     // mock would take for messages it already has.

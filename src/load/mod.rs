@@ -46,6 +46,16 @@ pub const MAX_MESSAGES: u64 = 50_000_000;
 /// Exit code of `load` and `report` when a gate fails.
 pub const GATE_FAILED_EXIT: u8 = 3;
 
+/// Whether `id` names a run: letters, digits, `.`, `_` and `-`.
+pub fn is_run_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A new run's id: `run-YYYYMMDD-HHMMSS-` and six hex digits.
+pub fn new_run_id() -> String {
+    format!("run-{}-{}", Utc::now().format("%Y%m%d-%H%M%S"), &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
 /// Everything a generator process was asked to do; stored with the run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoadSettings {
@@ -557,27 +567,37 @@ pub async fn load_parts(
     run_id: &str,
     generator: Option<u32>,
 ) -> anyhow::Result<StoredRun> {
+    match load_stored(store, run_id, generator).await? {
+        Some(run) => Ok(run),
+        None => anyhow::bail!("no run `{run_id}` in the store (`understudy report` lists the stored runs)"),
+    }
+}
+
+/// A run (or one generator's part of it) from the store; `None` when it has no such part.
+pub async fn load_stored(
+    store: &crate::store::Store,
+    run_id: &str,
+    generator: Option<u32>,
+) -> anyhow::Result<Option<StoredRun>> {
     let mut parts = store.run_parts(run_id).await?;
     if let Some(g) = generator {
         parts.retain(|p| p.generator == g as i32);
     }
-    let Some(first) = parts.first() else {
-        anyhow::bail!("no run `{run_id}` in the store (`understudy report` lists the stored runs)");
-    };
+    let Some(first) = parts.first() else { return Ok(None) };
     let mut results: Results = serde_json::from_str(&first.results)?;
     let mut settings = vec![serde_json::from_str(&first.settings)?];
     for p in &parts[1..] {
         results.merge(&serde_json::from_str(&p.results)?);
         settings.push(serde_json::from_str(&p.settings)?);
     }
-    Ok(StoredRun {
+    Ok(Some(StoredRun {
         run_id: run_id.to_owned(),
         only_generator: generator,
         generators: parts.len(),
         settings,
         scenario: parts.iter().find_map(|p| p.scenario.clone()),
         results,
-    })
+    }))
 }
 
 fn progress_bar(total: u64, progress: Progress) -> ProgressBar {

@@ -42,7 +42,7 @@ pub fn message(summary: &Summary<'_>, missing: &[u32]) -> serde_json::Value {
             format!("{mark} `{}`: {}{detail}", v.gate, v.measured)
         })
         .collect();
-    let slowest: Vec<String> = summary
+    let statuses: Vec<String> = summary
         .statuses
         .iter()
         .map(|s| format!("{} {}: {} ({:.1}%), p99 {:.0} ms", s.channel, s.status, s.payloads, s.rate * 100.0, s.p99_ms))
@@ -55,8 +55,8 @@ pub fn message(summary: &Summary<'_>, missing: &[u32]) -> serde_json::Value {
     if !gates.is_empty() {
         sections.push(format!("*Gates*\n{}", gates.join("\n")));
     }
-    if !slowest.is_empty() {
-        sections.push(format!("*Statuses*\n{}", slowest.join("\n")));
+    if !statuses.is_empty() {
+        sections.push(format!("*Statuses*\n{}", statuses.join("\n")));
     }
     let blocks: Vec<serde_json::Value> = sections
         .into_iter()
