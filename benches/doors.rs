@@ -23,6 +23,11 @@ mod common;
 #[allow(dead_code)] // shared with the other benches
 mod support;
 
+/// The service's allocator (`src/main.rs`), so that the webhook sender, which runs in this process, is
+/// measured as the service runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
