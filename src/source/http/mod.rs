@@ -317,12 +317,16 @@ pub fn json_answer(status: u16, body: Vec<u8>, challenge: Option<&str>) -> actix
     r.content_type("application/json").body(body)
 }
 
-/// Whether the request's Bearer token is one of `accepted` (any non-empty token when none are set).
+/// Whether the request's Bearer token is one of `accepted` (any non-empty token when none are set),
+/// compared in constant time.
 pub fn bearer_accepted(req: &actix_web::HttpRequest, accepted: &[String]) -> bool {
     let token =
         req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match token.map(str::trim).filter(|t| !t.is_empty()) {
-        Some(token) => accepted.is_empty() || accepted.iter().any(|t| t == token),
+        Some(token) => {
+            accepted.is_empty()
+                || accepted.iter().any(|t| crate::wire::constant_time_eq(t.as_bytes(), token.as_bytes()))
+        }
         None => false,
     }
 }

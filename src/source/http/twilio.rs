@@ -51,7 +51,11 @@ fn authorized(door: &Door, account: &str, credentials: Option<(String, String)>)
     if accounts.is_empty() {
         return true;
     }
-    accounts.iter().any(|a| a.sid == account && (user == a.sid || is_sid(&user, "SK")) && password == a.auth_token)
+    accounts.iter().any(|a| {
+        a.sid == account
+            && (user == a.sid || is_sid(&user, "SK"))
+            && crate::wire::constant_time_eq(password.as_bytes(), a.auth_token.as_bytes())
+    })
 }
 
 /// An E.164 number: `+` and 8 to 15 digits.
