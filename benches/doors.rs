@@ -24,7 +24,7 @@ mod common;
 mod support;
 
 /// The service's allocator (`src/main.rs`), so that the webhook sender, which runs in this process, is
-/// measured as the service runs it.
+/// measured on it (with mimalloc's default purge delay; the service sets 10 s).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
