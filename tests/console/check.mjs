@@ -80,10 +80,11 @@ await page.waitForFunction(([x, y]) => [...document.querySelectorAll("#compare-b
   .catch(() => fail(page, "the runs are not offered for comparison"));
 await page.selectOption("#compare-a", a);
 await page.selectOption("#compare-b", b);
+const comparing = Date.now();
 await page.click("#compare-button");
-await page.waitForFunction(([x, y]) => { const t = document.querySelector("#compare-text").textContent; return t.includes(x) && t.includes(y); }, [a, b], { timeout: 15000 })
-  .catch(() => fail(page, "the comparison does not show"));
-console.log(`ok   ${b} compared with ${a}: ${await page.textContent("#compare-verdict")}`);
+await page.waitForFunction(([x, y]) => { const t = document.querySelector("#compare-text").textContent; return t.includes(x) && t.includes(y); }, [a, b], { timeout: 60000 })
+  .catch(async () => fail(page, `the comparison does not show; the console says: ${JSON.stringify(await page.textContent("#compare-verdict"))}`));
+console.log(`ok   ${b} compared with ${a} in ${Date.now() - comparing} ms: ${await page.textContent("#compare-verdict")}`);
 
 if (outside.length) await fail(page, `requests outside the service: ${outside.join(", ")}`);
 if (errors.length) await fail(page, `script errors: ${errors.join("; ")}`);
