@@ -6,7 +6,8 @@
 //!   the response time at half that rate, open model (each request at its planned time, latency from that
 //!   time).
 //! - `webhooks`: the webhook sender alone (Twilio's signed form callbacks, one lifecycle each) to a fast
-//!   local receiver (a child process): deliveries/s.
+//!   local receiver (a child process): deliveries/s; first its floor, bare posts of the same bodies
+//!   from one thread with reqwest and with hyper's client.
 //! - `slow`: the same to a receiver that answers each webhook after 500 ms: deliveries in flight at once,
 //!   deliveries/s, and memory per delivery in flight.
 //! - `wiremock`: WireMock (`org.wiremock:wiremock-standalone` from Maven Central, in its own JVM) sending
@@ -452,6 +453,86 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
     }
 }
 
+/// A Twilio status callback's body, of the size and shape the sender posts.
+const CALLBACK: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&From=%2B15550100\
+&MessageSid=SMf0e1d2c3b4a5968778695a4b3c2d1e0f&MessageStatus=delivered&SmsSid=SMf0e1d2c3b4a5968778695a4b3c2d1e0f\
+&SmsStatus=delivered&To=%2B15550123";
+
+/// The floor under the webhook sender: `n` posts of a callback-shaped body to the same receiver from one
+/// thread (the sender runs its deliveries on one arbiter), `at_once` in flight, with nothing behind them:
+/// no lifecycle, no signature, no ordering, no rows. First with reqwest (the sender's client), then with
+/// hyper's own pooled client, which reqwest wraps. The sender can only come below the first.
+fn webhook_floor(n: u64, at_once: usize) {
+    use http_body_util::{BodyExt, Full};
+    let receiver = Receiver::start(0);
+    let url = format!("http://127.0.0.1:{}/twilio/status", receiver.port);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let body = bytes::Bytes::from_static(CALLBACK.as_bytes());
+    println!(
+        "  webhook floor: {n} posts of a callback's body from one thread, {at_once} at once, to the same receiver:"
+    );
+    for client in ["reqwest", "hyper"] {
+        let next = Arc::new(AtomicU64::new(0));
+        let (cpu0, _) = support::proc_usage(std::process::id());
+        let t = Instant::now();
+        let ok: u64 = rt.block_on(async {
+            let reqwest = reqwest::Client::builder().pool_max_idle_per_host(at_once).build().unwrap();
+            let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(at_once)
+                .build_http::<Full<bytes::Bytes>>();
+            let uri: hyper::Uri = url.parse().unwrap();
+            let tasks: Vec<_> = (0..at_once)
+                .map(|_| {
+                    let (next, reqwest, hyper, uri, url, body) =
+                        (next.clone(), reqwest.clone(), hyper.clone(), uri.clone(), url.clone(), body.clone());
+                    tokio::spawn(async move {
+                        let mut ok = 0u64;
+                        while next.fetch_add(1, Ordering::Relaxed) < n {
+                            let answered = if client == "reqwest" {
+                                match reqwest
+                                    .post(&url)
+                                    .header("content-type", "application/x-www-form-urlencoded")
+                                    .header("x-twilio-signature", "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y")
+                                    .body(body.clone())
+                                    .send()
+                                    .await
+                                {
+                                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                                    Err(_) => false,
+                                }
+                            } else {
+                                let req = hyper::Request::post(uri.clone())
+                                    .header("content-type", "application/x-www-form-urlencoded")
+                                    .header("x-twilio-signature", "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y")
+                                    .body(Full::new(body.clone()))
+                                    .unwrap();
+                                match hyper.request(req).await {
+                                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                                    Err(_) => false,
+                                }
+                            };
+                            ok += u64::from(answered);
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for t in tasks {
+                ok += t.await.unwrap();
+            }
+            ok
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let (cpu1, _) = support::proc_usage(std::process::id());
+        println!(
+            "    {client:<8}          {:>10.0} requests/s ({ok} answered in {secs:.2} s), {:.1} µs CPU per request (this process)",
+            ok as f64 / secs,
+            (cpu1 - cpu0) * 1e6 / n as f64
+        );
+    }
+}
+
 /// WireMock's own webhooks: a stub whose every hit posts one webhook to the receiver; `n` requests from
 /// 64 clients, then the time until the receiver has them all.
 async fn wiremock(n: u64, delay_ms: u64, tuned: bool) {
@@ -562,6 +643,8 @@ fn main() {
     println!("understudy webhook benchmarks ({cores} cores); no broker: the sender alone");
     let in_flight = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     if support::wanted("webhooks") {
+        let at_once = std::env::var("BENCH_FLOOR_AT_ONCE").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        webhook_floor(webhooks, at_once);
         webhook_sink(webhooks, 0, in_flight, None);
     }
     if support::wanted("stored") {
