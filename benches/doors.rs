@@ -458,6 +458,9 @@ const CALLBACK: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion
 &MessageSid=SMf0e1d2c3b4a5968778695a4b3c2d1e0f&MessageStatus=delivered&SmsSid=SMf0e1d2c3b4a5968778695a4b3c2d1e0f\
 &SmsStatus=delivered&To=%2B15550123";
 
+/// A signature header's size, not checked by the receiver.
+const SIGNATURE: &str = "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y";
+
 /// The floor under the webhook sender: `n` posts of a callback-shaped body to the same receiver from one
 /// thread (the sender runs its deliveries on one arbiter), `at_once` in flight, with nothing behind them:
 /// no lifecycle, no signature, no ordering, no rows. First with reqwest (the sender's client), then with
@@ -472,6 +475,7 @@ fn webhook_floor(n: u64, at_once: usize) {
         "  webhook floor: {n} posts of a callback's body from one thread, {at_once} at once, to the same receiver:"
     );
     for client in ["reqwest", "hyper"] {
+        let with_reqwest = client == "reqwest";
         let next = Arc::new(AtomicU64::new(0));
         let (cpu0, _) = support::proc_usage(std::process::id());
         let t = Instant::now();
@@ -488,11 +492,11 @@ fn webhook_floor(n: u64, at_once: usize) {
                     tokio::spawn(async move {
                         let mut ok = 0u64;
                         while next.fetch_add(1, Ordering::Relaxed) < n {
-                            let answered = if client == "reqwest" {
+                            let answered = if with_reqwest {
                                 match reqwest
                                     .post(&url)
                                     .header("content-type", "application/x-www-form-urlencoded")
-                                    .header("x-twilio-signature", "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y")
+                                    .header("x-twilio-signature", SIGNATURE)
                                     .body(body.clone())
                                     .send()
                                     .await
@@ -503,7 +507,7 @@ fn webhook_floor(n: u64, at_once: usize) {
                             } else {
                                 let req = hyper::Request::post(uri.clone())
                                     .header("content-type", "application/x-www-form-urlencoded")
-                                    .header("x-twilio-signature", "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y")
+                                    .header("x-twilio-signature", SIGNATURE)
                                     .body(Full::new(body.clone()))
                                     .unwrap();
                                 match hyper.request(req).await {

@@ -105,6 +105,19 @@ fn rank(n: usize, q: f64) -> usize {
     ((q * n as f64).ceil() as usize).clamp(1, n)
 }
 
+/// The distribution of `⌊n·U₍ₖ₎⌋`, the index in a sorted sample of `n` of a resample's `q`-quantile
+/// (see `bootstrap_ci`): Beta(k, n + 1 − k) for the rank `k`.
+fn order_statistic(n: usize, q: f64) -> Beta<f64> {
+    let k = rank(n, q);
+    Beta::new(k as f64, (n + 1 - k) as f64).expect("both shapes are at least 1")
+}
+
+/// One resample's quantile of the sorted `v`, `beta` its `order_statistic`.
+fn resampled_quantile(v: &[f64], beta: &Beta<f64>, rng: &mut ChaCha8Rng) -> f64 {
+    let j = (beta.sample(rng) * v.len() as f64) as usize;
+    v[j.min(v.len() - 1)]
+}
+
 /// Bootstrap 95% interval of `quantile(b) − quantile(a)`; `a` and `b` sorted, neither empty.
 ///
 /// A resample's quantile is drawn without building the resample. The `k`-th smallest value of a
@@ -112,20 +125,13 @@ fn rank(n: usize, q: f64) -> usize {
 /// `0..n`. Those indices are `⌊n·U⌋` of `n` uniforms `U` in [0, 1), and `⌊·⌋` keeps their order, so
 /// `j = ⌊n·U₍ₖ₎⌋`, where `U₍ₖ₎`, the `k`-th order statistic of `n` uniforms, is Beta(k, n + 1 − k).
 /// One Beta draw per resample, exact, in place of `n` index draws and a sort: the bootstrap costs the
-/// same whatever the samples' sizes, and uses all of each sample (it once built and sorted every resample, of
-/// up to 4,000 values).
+/// same whatever the samples' sizes, and uses all of each sample (it once built and sorted every
+/// resample, of up to 4,000 values).
 pub fn bootstrap_ci(a: &[f64], b: &[f64], q: f64, rng: &mut ChaCha8Rng) -> (f64, f64) {
     debug_assert!(a.is_sorted_by(|x, y| x.total_cmp(y).is_le()) && b.is_sorted_by(|x, y| x.total_cmp(y).is_le()));
-    let order_statistic = |v: &[f64]| {
-        let (n, k) = (v.len(), rank(v.len(), q));
-        Beta::new(k as f64, (n + 1 - k) as f64).expect("both shapes are at least 1")
-    };
-    let (ba, bb) = (order_statistic(a), order_statistic(b));
-    let resampled = |v: &[f64], beta: &Beta<f64>, rng: &mut ChaCha8Rng| {
-        let j = (beta.sample(rng) * v.len() as f64) as usize;
-        v[j.min(v.len() - 1)]
-    };
-    let mut diffs: Vec<f64> = (0..RESAMPLES).map(|_| resampled(b, &bb, rng) - resampled(a, &ba, rng)).collect();
+    let (ba, bb) = (order_statistic(a.len(), q), order_statistic(b.len(), q));
+    let mut diffs: Vec<f64> =
+        (0..RESAMPLES).map(|_| resampled_quantile(b, &bb, rng) - resampled_quantile(a, &ba, rng)).collect();
     diffs.sort_unstable_by(f64::total_cmp);
     (quantile(&diffs, 0.025), quantile(&diffs, 0.975))
 }
@@ -366,9 +372,10 @@ mod tests {
                 r.sort_unstable_by(f64::total_cmp);
                 built[v.iter().position(|x| *x == quantile(&r, q)).unwrap()] += 1;
             }
-            let beta = Beta::new(rank(v.len(), q) as f64, (v.len() + 1 - rank(v.len(), q)) as f64).unwrap();
+            let beta = order_statistic(v.len(), q);
             for _ in 0..draws {
-                drawn[((beta.sample(&mut rng) * v.len() as f64) as usize).min(v.len() - 1)] += 1;
+                let x = resampled_quantile(&v, &beta, &mut rng);
+                drawn[v.iter().position(|y| *y == x).unwrap()] += 1;
             }
             let distance: f64 =
                 built.iter().zip(&drawn).map(|(b, d)| (f64::from(*b) - f64::from(*d)).abs()).sum::<f64>()
