@@ -4,11 +4,13 @@
 //!
 //! - [`kafka`]: the ack topic, through one shared producer.
 //! - [`webhook`]: the vendor's own webhooks, to the message's callback URL, signed.
+//! - [`http`]: the webhooks' HTTP client (hyper's, pooled), and receivers' URLs parsed once.
 //! - [`sns`]: SNS's signing key, certificate and subscriptions, for SES events.
 //!
 //! An event that goes to both is stored once both are done ([`webhook::Joint`]).
 
 pub mod attempts;
+pub mod http;
 pub mod kafka;
 pub mod sns;
 pub mod webhook;

@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::config::SesDelivery;
 use crate::model::AckEvent;
 use crate::sink::attempts::AttemptLog;
+use crate::sink::http;
 use crate::sink::sns::Sns;
 use crate::store::{AttemptRow, EventRow};
 use crate::telemetry;
@@ -33,6 +34,8 @@ use crate::wire::{self, Vendor};
 pub struct Target {
     pub vendor: Vendor,
     pub url: Arc<str>,
+    /// `url`, parsed once for all of the lifecycle's webhooks.
+    uri: http::Url,
     /// The signing key (Twilio: the account's auth token; WhatsApp: the app secret).
     pub key: Arc<str>,
     /// What every webhook echoes of the send call, read once per lifecycle.
@@ -51,6 +54,7 @@ impl Target {
     pub fn new(vendor: Vendor, url: Arc<str>, key: Arc<str>) -> Self {
         Self {
             vendor,
+            uri: http::Url::parse(&url),
             url,
             key,
             echo: Arc::new(Echo::Nothing),
@@ -135,7 +139,7 @@ enum Attempt {
 /// Cheap to clone; the lifecycles share one.
 #[derive(Clone)]
 pub struct WebhookSender {
-    client: reqwest::Client,
+    client: http::Client,
     room: Arc<Semaphore>,
     max_in_flight: usize,
     delivered: mpsc::UnboundedSender<EventRow>,
@@ -184,12 +188,7 @@ impl WebhookSender {
         let attempts = store.map(|s| AttemptLog::new(s, &arbiter));
         let (max_in_flight, timeout) = (http.webhooks_in_flight, Duration::from_millis(http.webhook_timeout_ms));
         let (tx, rx) = mpsc::unbounded_channel();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .pool_max_idle_per_host(max_in_flight)
-            .user_agent("Understudy-Webhooks/1.0")
-            .build()
-            .expect("an HTTP client with default TLS");
+        let client = http::Client::new(max_in_flight, timeout);
         let sender = Self {
             client,
             room: Arc::new(Semaphore::new(max_in_flight)),
@@ -624,32 +623,23 @@ impl WebhookSender {
         {
             return failed;
         }
-        let mut request =
-            self.client.post(&*target.url).header("content-type", body.content_type).body(body.bytes.clone());
-        for (name, value) in &body.headers {
-            request = request.header(*name, value);
-        }
-        let limit = target.limit.get_or_init(|| self.limit_for(&target.url)).clone();
+        let limit = target.limit.get_or_init(|| self.limit_for(target)).clone();
         let _slot = limit.acquire().await;
         let started = Instant::now();
-        let sent = request.send().await;
+        let sent = self.client.post(&target.uri, body.content_type, &body.headers, body.bytes.clone()).await;
         limit.sample(started.elapsed(), self.max_in_flight);
         match sent {
-            Ok(r) if r.status().is_success() => Attempt::Delivered,
-            Ok(r) => Attempt::Refused(r.status().as_u16()),
-            Err(e) => Attempt::Unreachable(e.to_string()),
+            Ok(status) if (200..300).contains(&status) => Attempt::Delivered,
+            Ok(status) => Attempt::Refused(status),
+            Err(e) => Attempt::Unreachable(e),
         }
     }
 }
 
 impl WebhookSender {
-    /// The limit of the receiver at `url` (all URLs of one scheme, host and port share it).
-    fn limit_for(&self, url: &str) -> Arc<HostLimit> {
-        let key = url::Url::parse(url)
-            .map(|u| {
-                format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
-            })
-            .unwrap_or_else(|_| url.to_owned());
+    /// The limit of the target's receiver (all URLs of one scheme, host and port share it).
+    fn limit_for(&self, target: &Target) -> Arc<HostLimit> {
+        let key = target.uri.origin().unwrap_or_else(|| target.url.to_string());
         self.limits.lock().expect("limit lock").entry(key).or_insert_with(|| Arc::new(HostLimit::new())).clone()
     }
 
@@ -743,19 +733,15 @@ impl WebhookSender {
         let signature = self.sns.sign(&envelope.string_to_sign());
         let mut body = Vec::with_capacity(1024);
         envelope.write(self.sns.signature_version, &signature, &self.sns.cert_url(), "", &mut body);
-        let sent = self
-            .client
-            .post(&*target.url)
-            .header("content-type", "text/plain; charset=UTF-8")
-            .header("x-amz-sns-message-type", "SubscriptionConfirmation")
-            .header("x-amz-sns-message-id", &message_id)
-            .header("x-amz-sns-topic-arn", &self.sns.topic_arn)
-            .body(body)
-            .send()
-            .await;
+        let headers = [
+            ("x-amz-sns-message-type", "SubscriptionConfirmation".to_owned()),
+            ("x-amz-sns-message-id", message_id.clone()),
+            ("x-amz-sns-topic-arn", self.sns.topic_arn.to_string()),
+        ];
+        let sent = self.client.post(&target.uri, "text/plain; charset=UTF-8", &headers, body.into()).await;
         telemetry::webhook_attempt("ses", if sent.is_ok() { "subscription" } else { "unreachable" });
         if let Err(e) = sent {
-            return Err(Attempt::Unreachable(e.to_string()));
+            return Err(Attempt::Unreachable(e));
         }
         if self.sns.confirmed(&token, self.confirm_within).await {
             tracing::info!(url = %target.url, "SNS subscription confirmed");
@@ -773,17 +759,18 @@ impl WebhookSender {
             .append_pair("hub.mode", "subscribe")
             .append_pair("hub.verify_token", &self.verify_token)
             .append_pair("hub.challenge", &challenge);
-        match self.client.get(url).send().await {
-            Ok(r) if r.status().is_success() => {
-                let body = r.text().await.unwrap_or_default();
-                if body.trim() != challenge {
+        let uri = http::Url::parse(url.as_str());
+        let uri = uri.uri().map_err(|e| Attempt::Unreachable(e.to_owned()))?;
+        match self.client.get(uri.clone()).await {
+            Ok((status, body)) if (200..300).contains(&status) => {
+                if String::from_utf8_lossy(&body).trim() != challenge {
                     tracing::warn!(url = %target.url, "the webhook receiver did not answer the verification challenge");
                     return Err(Attempt::Refused(200));
                 }
                 Ok(())
             }
-            Ok(r) => Err(Attempt::Refused(r.status().as_u16())),
-            Err(e) => Err(Attempt::Unreachable(e.to_string())),
+            Ok((status, _)) => Err(Attempt::Refused(status)),
+            Err(e) => Err(Attempt::Unreachable(e)),
         }
     }
 }
