@@ -7,7 +7,8 @@
 //!   time).
 //! - `webhooks`: the webhook sender alone (Twilio's signed form callbacks, one lifecycle each) to a fast
 //!   local receiver (a child process): deliveries/s; first its floor, bare posts of the same bodies
-//!   from one thread with reqwest and with hyper's client.
+//!   from one thread with reqwest and with the sender's own client (hyper's; `BENCH_FLOOR_AT_ONCE=0`
+//!   skips the floor).
 //! - `slow`: the same to a receiver that answers each webhook after 500 ms: deliveries in flight at once,
 //!   deliveries/s, and memory per delivery in flight.
 //! - `wiremock`: WireMock (`org.wiremock:wiremock-standalone` from Maven Central, in its own JVM) sending
@@ -463,10 +464,11 @@ const SIGNATURE: &str = "bm90IGEgc2lnbmF0dXJlLCBhIGZsb29y";
 
 /// The floor under the webhook sender: `n` posts of a callback-shaped body to the same receiver from one
 /// thread (the sender runs its deliveries on one arbiter), `at_once` in flight, with nothing behind them:
-/// no lifecycle, no signature, no ordering, no rows. First with reqwest (the sender's client), then with
-/// hyper's own pooled client, which reqwest wraps. The sender can only come below the first.
+/// no lifecycle, no signature, no ordering, no rows. First with reqwest (the sender's client until
+/// 2026-12-03, and the load generator's), then with the sender's own ([`understudy::sink::http`], hyper's
+/// pooled client, which reqwest wraps). The sender can only come below the second.
 fn webhook_floor(n: u64, at_once: usize) {
-    use http_body_util::{BodyExt, Full};
+    use understudy::sink::http;
     let receiver = Receiver::start(0);
     let url = format!("http://127.0.0.1:{}/twilio/status", receiver.port);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -481,10 +483,8 @@ fn webhook_floor(n: u64, at_once: usize) {
         let t = Instant::now();
         let ok: u64 = rt.block_on(async {
             let reqwest = reqwest::Client::builder().pool_max_idle_per_host(at_once).build().unwrap();
-            let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(at_once)
-                .build_http::<Full<bytes::Bytes>>();
-            let uri: hyper::Uri = url.parse().unwrap();
+            let hyper = http::Client::new(at_once, Duration::from_secs(10));
+            let uri = http::Url::parse(&url);
             let tasks: Vec<_> = (0..at_once)
                 .map(|_| {
                     let (next, reqwest, hyper, uri, url, body) =
@@ -505,15 +505,10 @@ fn webhook_floor(n: u64, at_once: usize) {
                                     Err(_) => false,
                                 }
                             } else {
-                                let req = hyper::Request::post(uri.clone())
-                                    .header("content-type", "application/x-www-form-urlencoded")
-                                    .header("x-twilio-signature", SIGNATURE)
-                                    .body(Full::new(body.clone()))
-                                    .unwrap();
-                                match hyper.request(req).await {
-                                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                                    Err(_) => false,
-                                }
+                                let headers = [("x-twilio-signature", SIGNATURE.to_owned())];
+                                let sent =
+                                    hyper.post(&uri, "application/x-www-form-urlencoded", &headers, body.clone()).await;
+                                matches!(sent, Ok(200..=299))
                             };
                             ok += u64::from(answered);
                         }
@@ -648,7 +643,9 @@ fn main() {
     let in_flight = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     if support::wanted("webhooks") {
         let at_once = std::env::var("BENCH_FLOOR_AT_ONCE").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
-        webhook_floor(webhooks, at_once);
+        if at_once > 0 {
+            webhook_floor(webhooks, at_once);
+        }
         webhook_sink(webhooks, 0, in_flight, None);
     }
     if support::wanted("stored") {

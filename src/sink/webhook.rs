@@ -136,9 +136,13 @@ enum Attempt {
     Unreachable(String),
 }
 
-/// Cheap to clone; the lifecycles share one.
+/// Cheap to clone (one reference count: a clone goes with every delivery); the lifecycles share one.
 #[derive(Clone)]
 pub struct WebhookSender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: http::Client,
     room: Arc<Semaphore>,
     max_in_flight: usize,
@@ -149,28 +153,28 @@ pub struct WebhookSender {
     arbiter: ArbiterHandle,
     time_scale: f64,
     /// Meta's verification handshake, per URL.
-    handshakes: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>>,
+    handshakes: std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>,
     verify_token: Arc<str>,
     /// Open batches by URL (SendGrid).
-    batches: Arc<std::sync::Mutex<std::collections::HashMap<String, OpenBatch>>>,
+    batches: std::sync::Mutex<std::collections::HashMap<String, OpenBatch>>,
     /// What SendGrid's event webhooks are signed with.
-    sendgrid_key: Arc<p256::ecdsa::SigningKey>,
+    sendgrid_key: p256::ecdsa::SigningKey,
     /// SNS's signer and subscriptions (SES events), and how SES events go out.
     sns: Arc<Sns>,
     ses_delivery: SesDelivery,
     /// SNS's subscription handshake, per URL.
-    subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>>,
+    subscriptions: std::sync::Mutex<std::collections::HashMap<String, Arc<Handshake>>>,
     /// How long a receiver has to confirm an SNS subscription.
     confirm_within: Duration,
     /// Requests under way per receiver (scheme, host and port), each with a limit of its own.
-    limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<HostLimit>>>>,
+    limits: std::sync::Mutex<std::collections::HashMap<String, Arc<HostLimit>>>,
     /// Where every attempt is stored; none: logged and counted only.
     attempts: Option<AttemptLog>,
 }
 
 impl std::fmt::Debug for WebhookSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSender").field("max_in_flight", &self.max_in_flight).finish()
+        f.debug_struct("WebhookSender").field("max_in_flight", &self.inner.max_in_flight).finish()
     }
 }
 
@@ -190,28 +194,30 @@ impl WebhookSender {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = http::Client::new(max_in_flight, timeout);
         let sender = Self {
-            client,
-            room: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            delivered: tx,
-            unforwarded: Arc::new(AtomicI64::new(0)),
-            in_flight: Arc::new(AtomicI64::new(0)),
-            arbiter,
-            time_scale,
-            handshakes: Arc::default(),
-            verify_token: http.whatsapp.verify_token.as_str().into(),
-            batches: Arc::default(),
-            sendgrid_key: Arc::new(sendgrid_key(http)),
-            sns,
-            ses_delivery: http.ses.delivery,
-            subscriptions: Arc::default(),
-            confirm_within: timeout,
-            limits: Arc::default(),
-            attempts,
+            inner: Arc::new(Inner {
+                client,
+                room: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
+                delivered: tx,
+                unforwarded: Arc::new(AtomicI64::new(0)),
+                in_flight: Arc::new(AtomicI64::new(0)),
+                arbiter,
+                time_scale,
+                handshakes: Default::default(),
+                verify_token: http.whatsapp.verify_token.as_str().into(),
+                batches: Default::default(),
+                sendgrid_key: sendgrid_key(http),
+                sns,
+                ses_delivery: http.ses.delivery,
+                subscriptions: Default::default(),
+                confirm_within: timeout,
+                limits: Default::default(),
+                attempts,
+            }),
         };
         // Sends SendGrid's batches whose wait is over.
         let ticker = sender.clone();
-        sender.arbiter.spawn(async move {
+        sender.inner.arbiter.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             loop {
                 tick.tick().await;
@@ -222,35 +228,35 @@ impl WebhookSender {
     }
 
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
+        self.inner.max_in_flight
     }
 
     /// Wait until every attempt made so far is stored.
     pub async fn flush_attempts(&self) {
-        if let Some(log) = &self.attempts {
+        if let Some(log) = &self.inner.attempts {
             log.flush().await;
         }
     }
 
     /// Deliveries under way.
     pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::SeqCst)
+        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     /// Delivered events still on their way to the persister's mailbox.
     pub fn unforwarded(&self) -> i64 {
-        self.unforwarded.load(Ordering::SeqCst)
+        self.inner.unforwarded.load(Ordering::SeqCst)
     }
 
     /// The counter and room [`crate::sink::kafka::forward_deliveries`] hands back.
     pub fn forwarding(&self) -> (Arc<AtomicI64>, Arc<Semaphore>) {
-        (self.unforwarded.clone(), self.room.clone())
+        (self.inner.unforwarded.clone(), self.inner.room.clone())
     }
 
     /// Room for one more delivery, waiting while [`max_in_flight`](Self::max_in_flight) are under way.
     pub async fn room(&self) -> OwnedSemaphorePermit {
         let t = Instant::now();
-        let permit = self.room.clone().acquire_owned().await.expect("never closed");
+        let permit = self.inner.room.clone().acquire_owned().await.expect("never closed");
         if t.elapsed() > Duration::from_millis(1) {
             telemetry::backpressure("webhooks", t.elapsed());
         }
@@ -287,11 +293,11 @@ impl WebhookSender {
     ) where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let (done, next) = tokio::sync::oneshot::channel();
         let previous = target.previous.lock().expect("order lock").replace(next);
         let this = self.clone();
-        self.arbiter.spawn(async move {
+        self.inner.arbiter.spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
@@ -307,7 +313,7 @@ impl WebhookSender {
             let _ = done.send(());
         }
         let full = {
-            let mut open = self.batches.lock().expect("batch lock");
+            let mut open = self.inner.batches.lock().expect("batch lock");
             let b = open.entry(target.url.to_string()).or_insert_with(|| OpenBatch {
                 target: target.clone(),
                 items: Vec::new(),
@@ -332,13 +338,13 @@ impl WebhookSender {
 
     /// Send the batches whose wait is over.
     fn send_due_batches(&self) {
-        self.send_batches(Duration::from_secs(30).mul_f64(self.time_scale.max(0.0)));
+        self.send_batches(Duration::from_secs(30).mul_f64(self.inner.time_scale.max(0.0)));
     }
 
     /// Send the batches open for `wait` or longer.
     fn send_batches(&self, wait: Duration) {
         let due: Vec<(Arc<Target>, Vec<Pending>, Turn)> = {
-            let mut open = self.batches.lock().expect("batch lock");
+            let mut open = self.inner.batches.lock().expect("batch lock");
             open.values_mut()
                 .filter(|b| !b.items.is_empty() && b.since.elapsed() >= wait)
                 .map(|b| (b.target.clone(), std::mem::take(&mut b.items), b.turn.clone()))
@@ -353,7 +359,7 @@ impl WebhookSender {
     /// lifecycle's events in two batches arrive in order.
     fn post_in_turn(&self, target: Arc<Target>, items: Vec<Pending>, turn: Turn) {
         let this = self.clone();
-        self.arbiter.spawn(async move {
+        self.inner.arbiter.spawn(async move {
             let _turn = turn.lock().await;
             this.post(target, items).await
         });
@@ -374,7 +380,7 @@ impl WebhookSender {
             telemetry::webhook_attempt(vendor, outcome_label(&outcome));
             telemetry::webhook_took(vendor, started.elapsed());
             let retry = (attempt <= retries(target.vendor, &outcome))
-                .then(|| retry_delay(target.vendor, attempt, self.time_scale));
+                .then(|| retry_delay(target.vendor, attempt, self.inner.time_scale));
             if retry.is_some() {
                 telemetry::webhook_retry(vendor);
             }
@@ -402,7 +408,7 @@ impl WebhookSender {
     /// before the restart are done with now; the others are posted at the attempt after the last, once
     /// the retry that was due is. `None`: nothing is left to post.
     async fn resume(&self, items: Vec<Pending>) -> Option<(Vec<Pending>, u32)> {
-        let Some(log) = &self.attempts else { return Some((items, 1)) };
+        let Some(log) = &self.inner.attempts else { return Some((items, 1)) };
         let ids: Vec<uuid::Uuid> = items.iter().map(|i| i.event.event_id).collect();
         let last = match log.last(&ids).await {
             Ok(last) => last,
@@ -440,7 +446,7 @@ impl WebhookSender {
         outcome: &Attempt,
         retry: Option<Duration>,
     ) {
-        let Some(log) = &self.attempts else { return };
+        let Some(log) = &self.inner.attempts else { return };
         let now = chrono::Utc::now().timestamp_micros();
         let (http_status, error) = match outcome {
             Attempt::Delivered => (None, None),
@@ -474,10 +480,10 @@ impl WebhookSender {
         };
         match store_at {
             Some((ack_partition, ack_offset)) => {
-                self.unforwarded.fetch_add(1, Ordering::SeqCst);
+                self.inner.unforwarded.fetch_add(1, Ordering::SeqCst);
                 let row = EventRow { event, ack_partition, ack_offset };
-                if self.delivered.send(row).is_err() {
-                    self.unforwarded.fetch_sub(1, Ordering::SeqCst);
+                if self.inner.delivered.send(row).is_err() {
+                    self.inner.unforwarded.fetch_sub(1, Ordering::SeqCst);
                     drop(permit);
                 } else {
                     // Given back by the forwarder once the persister has the row.
@@ -486,7 +492,7 @@ impl WebhookSender {
             }
             None => drop(permit),
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -539,7 +545,7 @@ impl WebhookSender {
                 }
                 bytes.push(b']');
                 let timestamp = chrono::Utc::now().timestamp().to_string();
-                let signature = wire::sendgrid::signature(&self.sendgrid_key, &timestamp, &bytes);
+                let signature = wire::sendgrid::signature(&self.inner.sendgrid_key, &timestamp, &bytes);
                 Body {
                     content_type: "application/json",
                     bytes: bytes.into(),
@@ -556,7 +562,7 @@ impl WebhookSender {
                     _ => None,
                 };
                 let mut event = Vec::with_capacity(2048);
-                match self.ses_delivery {
+                match self.inner.ses_delivery {
                     SesDelivery::Eventbridge => {
                         wire::ses::eventbridge(&item.event, &item.recipient, sent, &mut event);
                         return Body { content_type: "application/json", bytes: event.into(), headers: Vec::new() };
@@ -569,10 +575,10 @@ impl WebhookSender {
                 let mut headers = vec![
                     ("x-amz-sns-message-type", "Notification".to_owned()),
                     ("x-amz-sns-message-id", message_id.clone()),
-                    ("x-amz-sns-topic-arn", self.sns.topic_arn.clone()),
-                    ("x-amz-sns-subscription-arn", format!("{}:understudy", self.sns.topic_arn)),
+                    ("x-amz-sns-topic-arn", self.inner.sns.topic_arn.clone()),
+                    ("x-amz-sns-subscription-arn", format!("{}:understudy", self.inner.sns.topic_arn)),
                 ];
-                if self.ses_delivery == SesDelivery::Raw {
+                if self.inner.ses_delivery == SesDelivery::Raw {
                     headers.push(("x-amz-sns-rawdelivery", "true".to_owned()));
                     return Body { content_type: "text/plain; charset=UTF-8", bytes: event.into(), headers };
                 }
@@ -581,19 +587,19 @@ impl WebhookSender {
                 let envelope = wire::ses::Envelope {
                     kind: "Notification",
                     message_id: &message_id,
-                    topic_arn: &self.sns.topic_arn,
+                    topic_arn: &self.inner.sns.topic_arn,
                     message: &message,
                     timestamp: &timestamp,
                     token: None,
                     subscribe_url: None,
                 };
-                let signature = self.sns.sign(&envelope.string_to_sign());
+                let signature = self.inner.sns.sign(&envelope.string_to_sign());
                 let mut bytes = Vec::with_capacity(message.len() + 1024);
                 envelope.write(
-                    self.sns.signature_version,
+                    self.inner.sns.signature_version,
                     &signature,
-                    &self.sns.cert_url(),
-                    &self.sns.unsubscribe_url(),
+                    &self.inner.sns.cert_url(),
+                    &self.inner.sns.unsubscribe_url(),
                     &mut bytes,
                 );
                 Body { content_type: "text/plain; charset=UTF-8", bytes: bytes.into(), headers }
@@ -618,7 +624,7 @@ impl WebhookSender {
             return failed;
         }
         if target.vendor == Vendor::Ses
-            && self.ses_delivery == SesDelivery::Sns
+            && self.inner.ses_delivery == SesDelivery::Sns
             && let Err(failed) = self.subscribed(target).await
         {
             return failed;
@@ -626,8 +632,8 @@ impl WebhookSender {
         let limit = target.limit.get_or_init(|| self.limit_for(target)).clone();
         let _slot = limit.acquire().await;
         let started = Instant::now();
-        let sent = self.client.post(&target.uri, body.content_type, &body.headers, body.bytes.clone()).await;
-        limit.sample(started.elapsed(), self.max_in_flight);
+        let sent = self.inner.client.post(&target.uri, body.content_type, &body.headers, body.bytes.clone()).await;
+        limit.sample(started.elapsed(), self.inner.max_in_flight);
         match sent {
             Ok(status) if (200..300).contains(&status) => Attempt::Delivered,
             Ok(status) => Attempt::Refused(status),
@@ -640,7 +646,7 @@ impl WebhookSender {
     /// The limit of the target's receiver (all URLs of one scheme, host and port share it).
     fn limit_for(&self, target: &Target) -> Arc<HostLimit> {
         let key = target.uri.origin().unwrap_or_else(|| target.url.to_string());
-        self.limits.lock().expect("limit lock").entry(key).or_insert_with(|| Arc::new(HostLimit::new())).clone()
+        self.inner.limits.lock().expect("limit lock").entry(key).or_insert_with(|| Arc::new(HostLimit::new())).clone()
     }
 
     /// Meta's verification handshake, once per URL before its first webhook: `GET` with `hub.mode`,
@@ -648,7 +654,7 @@ impl WebhookSender {
     async fn verified(&self, target: &Target) -> Result<(), Attempt> {
         let retry_after = Duration::from_secs(15);
         Self::once_per_url(
-            &self.handshakes,
+            &self.inner.handshakes,
             target,
             self.scaled(retry_after),
             "the verification handshake failed",
@@ -662,7 +668,7 @@ impl WebhookSender {
     async fn subscribed(&self, target: &Target) -> Result<(), Attempt> {
         let retry_after = Duration::from_secs(20);
         Self::once_per_url(
-            &self.subscriptions,
+            &self.inner.subscriptions,
             target,
             self.scaled(retry_after),
             "the SNS subscription is not confirmed",
@@ -673,7 +679,7 @@ impl WebhookSender {
 
     /// `d` on the scenario's time scale, at least 10 ms.
     fn scaled(&self, d: Duration) -> Duration {
-        d.mul_f64(self.time_scale.max(0.0)).max(Duration::from_millis(10))
+        d.mul_f64(self.inner.time_scale.max(0.0)).max(Duration::from_millis(10))
     }
 
     /// Run a vendor's handshake with the target's URL once: one at a time per URL; a failed one is not
@@ -712,38 +718,38 @@ impl WebhookSender {
     }
 
     async fn subscribe(&self, target: &Target) -> Result<(), Attempt> {
-        if self.sns.is_confirmed(&target.url) {
+        if self.inner.sns.is_confirmed(&target.url) {
             return Ok(());
         }
-        let (token, subscribe_url) = self.sns.new_subscription(&target.url);
+        let (token, subscribe_url) = self.inner.sns.new_subscription(&target.url);
         let message = format!(
             "You have chosen to subscribe to the topic {}.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
-            self.sns.topic_arn
+            self.inner.sns.topic_arn
         );
         let (message_id, timestamp) = (uuid::Uuid::new_v4().to_string(), wire::iso(chrono::Utc::now()));
         let envelope = wire::ses::Envelope {
             kind: "SubscriptionConfirmation",
             message_id: &message_id,
-            topic_arn: &self.sns.topic_arn,
+            topic_arn: &self.inner.sns.topic_arn,
             message: &message,
             timestamp: &timestamp,
             token: Some(&token),
             subscribe_url: Some(&subscribe_url),
         };
-        let signature = self.sns.sign(&envelope.string_to_sign());
+        let signature = self.inner.sns.sign(&envelope.string_to_sign());
         let mut body = Vec::with_capacity(1024);
-        envelope.write(self.sns.signature_version, &signature, &self.sns.cert_url(), "", &mut body);
+        envelope.write(self.inner.sns.signature_version, &signature, &self.inner.sns.cert_url(), "", &mut body);
         let headers = [
             ("x-amz-sns-message-type", "SubscriptionConfirmation".to_owned()),
             ("x-amz-sns-message-id", message_id.clone()),
-            ("x-amz-sns-topic-arn", self.sns.topic_arn.to_string()),
+            ("x-amz-sns-topic-arn", self.inner.sns.topic_arn.to_string()),
         ];
-        let sent = self.client.post(&target.uri, "text/plain; charset=UTF-8", &headers, body.into()).await;
+        let sent = self.inner.client.post(&target.uri, "text/plain; charset=UTF-8", &headers, body.into()).await;
         telemetry::webhook_attempt("ses", if sent.is_ok() { "subscription" } else { "unreachable" });
         if let Err(e) = sent {
             return Err(Attempt::Unreachable(e));
         }
-        if self.sns.confirmed(&token, self.confirm_within).await {
+        if self.inner.sns.confirmed(&token, self.inner.confirm_within).await {
             tracing::info!(url = %target.url, "SNS subscription confirmed");
             Ok(())
         } else {
@@ -757,11 +763,11 @@ impl WebhookSender {
         let mut url = url::Url::parse(&target.url).map_err(|e| Attempt::Unreachable(e.to_string()))?;
         url.query_pairs_mut()
             .append_pair("hub.mode", "subscribe")
-            .append_pair("hub.verify_token", &self.verify_token)
+            .append_pair("hub.verify_token", &self.inner.verify_token)
             .append_pair("hub.challenge", &challenge);
         let uri = http::Url::parse(url.as_str());
         let uri = uri.uri().map_err(|e| Attempt::Unreachable(e.to_owned()))?;
-        match self.client.get(uri.clone()).await {
+        match self.inner.client.get(uri.clone()).await {
             Ok((status, body)) if (200..300).contains(&status) => {
                 if String::from_utf8_lossy(&body).trim() != challenge {
                     tracing::warn!(url = %target.url, "the webhook receiver did not answer the verification challenge");
