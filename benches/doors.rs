@@ -376,7 +376,8 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
     let url: Arc<str> = format!("http://127.0.0.1:{}/twilio/status", receiver.port).into();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let rss0 = support::proc_usage(std::process::id()).1;
-    let (delivered, peak_sender, peak_rss, secs, cpu0) = actix::System::new().block_on(async {
+    let receiver_pid = receiver.child.id();
+    let (delivered, peak_sender, peak_rss, secs, cpu0, receiver_cpu0) = actix::System::new().block_on(async {
         let http = understudy::config::HttpSettings {
             webhooks_in_flight: in_flight,
             listen_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -405,6 +406,7 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
         });
         // From here: the sender's setup (its SNS and SendGrid keys) is not counted.
         let (cpu0, _) = support::proc_usage(std::process::id());
+        let (receiver_cpu0, _) = support::proc_usage(receiver_pid);
         let t = Instant::now();
         let (mut peak, mut peak_rss) = (0i64, 0u64);
         for i in 0..n {
@@ -429,10 +431,11 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
             println!("    attempts stored   {stored} rows in webhook_attempts");
         }
         arbiter.stop();
-        (done.load(Ordering::SeqCst), peak, peak_rss, secs, cpu0)
+        (done.load(Ordering::SeqCst), peak, peak_rss, secs, cpu0, receiver_cpu0)
     });
     let (cpu1, _) = support::proc_usage(std::process::id());
     let (received, peak_receiver, first, last) = rt.block_on(receiver.wait_for(n, Duration::from_secs(10)));
+    let (receiver_cpu1, _) = support::proc_usage(receiver_pid);
     let span = (last.saturating_sub(first)) as f64 / 1e3;
     let what =
         if delay_ms == 0 { "a fast receiver".to_owned() } else { format!("a receiver answering in {delay_ms} ms") };
@@ -443,7 +446,13 @@ fn webhook_sink(n: u64, delay_ms: u64, in_flight: usize, store: Option<&str>) {
         "    delivered         {:>10.0} webhooks/s ({delivered} done in {secs:.2} s; the receiver got {received})",
         delivered as f64 / secs
     );
-    println!("    CPU               {:>10.1} µs per webhook (sender)", (cpu1 - cpu0) * 1e6 / n as f64);
+    let (sender_us, receiver_us) = ((cpu1 - cpu0) * 1e6 / n as f64, (receiver_cpu1 - receiver_cpu0) * 1e6 / n as f64);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    println!(
+        "    CPU               {sender_us:>10.1} µs per webhook (sender), {receiver_us:.1} µs (receiver): {:.1} µs together, at most {:.0} webhooks/s on {cores} cores",
+        sender_us + receiver_us,
+        cores as f64 * 1e6 / (sender_us + receiver_us)
+    );
     if delay_ms > 0 {
         let per = (peak_rss.saturating_sub(rss0)) as f64 / peak_sender.max(1) as f64;
         println!(
@@ -481,6 +490,7 @@ fn webhook_floor(n: u64, at_once: usize) {
         let with_reqwest = client == "reqwest";
         let next = Arc::new(AtomicU64::new(0));
         let (cpu0, _) = support::proc_usage(std::process::id());
+        let (receiver_cpu0, _) = support::proc_usage(receiver.child.id());
         let t = Instant::now();
         let ok: u64 = rt.block_on(async {
             let reqwest = reqwest::Client::builder().pool_max_idle_per_host(at_once).build().unwrap();
@@ -525,10 +535,12 @@ fn webhook_floor(n: u64, at_once: usize) {
         });
         let secs = t.elapsed().as_secs_f64();
         let (cpu1, _) = support::proc_usage(std::process::id());
+        let (receiver_cpu1, _) = support::proc_usage(receiver.child.id());
         println!(
-            "    {client:<8}          {:>10.0} requests/s ({ok} answered in {secs:.2} s), {:.1} µs CPU per request (this process)",
+            "    {client:<8}          {:>10.0} requests/s ({ok} answered in {secs:.2} s), {:.1} µs CPU per request (this process), {:.1} µs (receiver)",
             ok as f64 / secs,
-            (cpu1 - cpu0) * 1e6 / n as f64
+            (cpu1 - cpu0) * 1e6 / n as f64,
+            (receiver_cpu1 - receiver_cpu0) * 1e6 / n as f64
         );
     }
 }
