@@ -52,6 +52,24 @@ struct Hot {
     lag: [Histogram; 3],
     in_flight: [Gauge; 3],
     asleep: [Gauge; 3],
+    /// By [`VENDORS`] and [`WEBHOOK_OUTCOMES`].
+    webhook_attempts: [[Counter; 3]; 4],
+    webhook_seconds: [Histogram; 4],
+    webhook_retries: [Counter; 4],
+    /// By [`DOORS`] and [`HTTP_STATUSES`].
+    http_requests: [[Counter; HTTP_STATUSES.len()]; 5],
+    http_seconds: [Histogram; 5],
+}
+
+/// The vendors' labels, in [`crate::wire::Vendor::ALL`]'s order.
+const VENDORS: [&str; 4] = ["twilio", "whatsapp", "sendgrid", "ses"];
+/// The doors' labels: the vendors', and `other` for a path of none.
+const DOORS: [&str; 5] = ["twilio", "whatsapp", "sendgrid", "ses", "other"];
+/// The HTTP statuses the doors answer most, with handles of their own; others are looked up.
+const HTTP_STATUSES: [&str; 8] = ["200", "201", "202", "400", "401", "404", "413", "429"];
+
+fn position(labels: &[&str], label: &str) -> Option<usize> {
+    labels.iter().position(|l| *l == label)
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -66,6 +84,12 @@ fn hot() -> &'static Hot {
         lag: Channel::ALL.map(|c| histogram!(EMISSION_LAG_SECONDS, "channel" => c.as_str())),
         in_flight: Channel::ALL.map(|c| gauge!(LIFECYCLES_IN_FLIGHT, "channel" => c.as_str())),
         asleep: Channel::ALL.map(|c| gauge!(LIFECYCLES_ASLEEP, "channel" => c.as_str())),
+        webhook_attempts: VENDORS
+            .map(|v| WEBHOOK_OUTCOMES.map(|o| counter!(WEBHOOK_ATTEMPTS, "vendor" => v, "outcome" => o))),
+        webhook_seconds: VENDORS.map(|v| histogram!(WEBHOOK_SECONDS, "vendor" => v)),
+        webhook_retries: VENDORS.map(|v| counter!(WEBHOOK_RETRIES, "vendor" => v)),
+        http_requests: DOORS.map(|d| HTTP_STATUSES.map(|s| counter!(HTTP_REQUESTS, "vendor" => d, "status" => s))),
+        http_seconds: DOORS.map(|d| histogram!(HTTP_REQUEST_SECONDS, "vendor" => d)),
     })
 }
 
@@ -147,34 +171,40 @@ pub fn offsets_committed(n: usize) {
 
 /// One webhook delivery attempt, by vendor and outcome (`delivered`, `refused`, `unreachable`).
 pub fn webhook_attempt(vendor: &'static str, outcome: &'static str) {
-    counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(1);
+    match (position(&VENDORS, vendor), position(&WEBHOOK_OUTCOMES, outcome)) {
+        (Some(v), Some(o)) => hot().webhook_attempts[v][o].increment(1),
+        _ => counter!(WEBHOOK_ATTEMPTS, "vendor" => vendor, "outcome" => outcome).increment(1),
+    }
 }
 
 /// How long one webhook attempt took, from the request to the receiver's answer (or the failure).
 pub fn webhook_took(vendor: &'static str, took: Duration) {
-    histogram!(WEBHOOK_SECONDS, "vendor" => vendor).record(took.as_secs_f64());
+    match position(&VENDORS, vendor) {
+        Some(v) => hot().webhook_seconds[v].record(took.as_secs_f64()),
+        None => histogram!(WEBHOOK_SECONDS, "vendor" => vendor).record(took.as_secs_f64()),
+    }
 }
 
 /// A webhook attempt that failed and is retried by the vendor's policy.
 pub fn webhook_retry(vendor: &'static str) {
-    counter!(WEBHOOK_RETRIES, "vendor" => vendor).increment(1);
+    match position(&VENDORS, vendor) {
+        Some(v) => hot().webhook_retries[v].increment(1),
+        None => counter!(WEBHOOK_RETRIES, "vendor" => vendor).increment(1),
+    }
 }
 
 /// One request to the front doors, by the vendor whose path it asked for (`other`: none) and HTTP status.
 pub fn http_request(vendor: &'static str, status: u16, took: Duration) {
-    let status: std::borrow::Cow<'static, str> = match status {
-        200 => "200".into(),
-        201 => "201".into(),
-        202 => "202".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        404 => "404".into(),
-        413 => "413".into(),
-        429 => "429".into(),
-        other => other.to_string().into(),
-    };
-    counter!(HTTP_REQUESTS, "vendor" => vendor, "status" => status).increment(1);
-    histogram!(HTTP_REQUEST_SECONDS, "vendor" => vendor).record(took.as_secs_f64());
+    let mut code = itoa::Buffer::new();
+    let code = code.format(status);
+    match (position(&DOORS, vendor), position(&HTTP_STATUSES, code)) {
+        (Some(d), Some(s)) => hot().http_requests[d][s].increment(1),
+        _ => counter!(HTTP_REQUESTS, "vendor" => vendor, "status" => code.to_owned()).increment(1),
+    }
+    match position(&DOORS, vendor) {
+        Some(d) => hot().http_seconds[d].record(took.as_secs_f64()),
+        None => histogram!(HTTP_REQUEST_SECONDS, "vendor" => vendor).record(took.as_secs_f64()),
+    }
 }
 
 /// A pipeline stage started (`up`) or stopped.
@@ -304,4 +334,17 @@ pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics::describe_counter!(OFFSETS_COMMITTED, "Partition offsets committed.");
     register_known_series();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_handles_labels_are_the_vendors_and_doors() {
+        assert_eq!(VENDORS, crate::wire::Vendor::ALL.map(crate::wire::Vendor::as_str));
+        assert_eq!(DOORS[..4], VENDORS);
+        assert_eq!(DOORS[4], "other");
+        assert!(HTTP_STATUSES.iter().all(|s| s.parse::<u16>().is_ok()));
+    }
 }
