@@ -653,6 +653,8 @@ fn main() {
         }
     }
     println!("understudy webhook benchmarks ({cores} cores); no broker: the sender alone");
+    // The sender records its metrics as in the service, into a Prometheus exporter, not into nothing.
+    understudy::telemetry::init_metrics("127.0.0.1:0".parse().unwrap()).expect("the metrics exporter");
     let in_flight = std::env::var("BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     if support::wanted("webhooks") {
         let at_once = std::env::var("BENCH_FLOOR_AT_ONCE").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
