@@ -22,40 +22,98 @@ const USER_AGENT: &str = "Understudy-Webhooks/1.0";
 
 /// A receiver's URL, parsed once.
 #[derive(Debug, Clone)]
-pub struct Url(Result<hyper::Uri, String>);
+pub struct Url(Result<Parsed, String>);
+
+#[derive(Debug, Clone)]
+struct Parsed {
+    uri: hyper::Uri,
+    /// The URL's credentials (`https://user:pass@host/…`), sent as HTTP Basic auth, as reqwest and the
+    /// vendors do; they are not in `uri`.
+    authorization: Option<hyper::header::HeaderValue>,
+}
 
 impl Url {
-    /// `url` as hyper takes it; a URL that `http::Uri` refuses (spaces, a host that is not ASCII) is
-    /// normalised by the WHATWG parser first, as reqwest does. An unusable URL fails every attempt to it
-    /// with its reason, as an unreachable receiver does.
+    /// `url` as hyper takes it. One that needs normalising (characters to percent-encode, a host in
+    /// capitals or not ASCII, `.` segments, credentials, a port out of range) goes through the WHATWG
+    /// parser first, as reqwest does. An unusable URL fails every attempt to it with its reason, as an
+    /// unreachable receiver does.
     pub fn parse(url: &str) -> Self {
-        let uri = url
-            .parse::<hyper::Uri>()
-            .ok()
-            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
-        Self(match uri {
-            Some(u) => Ok(u),
-            None => match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
-                    u.as_str().parse::<hyper::Uri>().map_err(|e| format!("{url}: {e}"))
-                }
-                Ok(_) => Err(format!("{url}: not an http or https URL")),
-                Err(e) => Err(format!("{url}: {e}")),
-            },
-        })
+        Self(Self::as_it_is(url).map_or_else(|| Self::normalised(url), Ok))
+    }
+
+    /// `url` taken as it is, when nothing in it needs normalising.
+    fn as_it_is(url: &str) -> Option<Parsed> {
+        let plain = url.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:/?[]!$&()*+,;=%".contains(&b));
+        let dots = ["/./", "/../"].iter().any(|d| url.contains(d)) || url.ends_with("/.") || url.ends_with("/..");
+        if !plain || dots {
+            return None;
+        }
+        let uri = url.parse::<hyper::Uri>().ok()?;
+        let authority = uri.authority()?;
+        let after_host = authority.as_str().rsplit_once(']').map_or(authority.as_str(), |(_, rest)| rest);
+        let port_ok = !after_host.contains(':') || authority.port_u16().is_some();
+        let host_ok = !authority.host().is_empty() && !authority.host().bytes().any(|b| b.is_ascii_uppercase());
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        (port_ok && host_ok && scheme_ok).then_some(Parsed { uri, authorization: None })
+    }
+
+    fn normalised(url: &str) -> Result<Parsed, String> {
+        let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
+            return Err(format!("{url}: not an http or https URL"));
+        }
+        let authorization = (!u.username().is_empty() || u.password().is_some()).then(|| {
+            use base64::Engine as _;
+            let pair = format!("{}:{}", percent_decoded(u.username()), percent_decoded(u.password().unwrap_or("")));
+            let mut value = hyper::header::HeaderValue::try_from(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+            .expect("base64 is a valid header value");
+            value.set_sensitive(true);
+            value
+        });
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.set_fragment(None);
+        let uri = u.as_str().parse::<hyper::Uri>().map_err(|e| format!("{url}: {e}"))?;
+        Ok(Parsed { uri, authorization })
     }
 
     pub fn uri(&self) -> Result<&hyper::Uri, &str> {
-        self.0.as_ref().map_err(String::as_str)
+        self.0.as_ref().map(|p| &p.uri).map_err(String::as_str)
     }
 
     /// Scheme, host and port: what the receivers' concurrency limits are kept by.
     pub fn origin(&self) -> Option<String> {
-        let u = self.0.as_ref().ok()?;
+        let u = &self.0.as_ref().ok()?.uri;
         let (scheme, authority) = (u.scheme_str()?, u.authority()?);
         let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
         Some(format!("{scheme}://{}:{port}", authority.host()))
     }
+
+    fn authorization(&self) -> Option<&hyper::header::HeaderValue> {
+        self.0.as_ref().ok()?.authorization.as_ref()
+    }
+}
+
+/// `%XX` decoded (a URL's user name and password), bytes that are not UTF-8 replaced.
+fn percent_decoded(s: &str) -> String {
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One pool of kept-alive connections; cheap to clone.
@@ -90,37 +148,47 @@ impl Client {
     ) -> Result<u16, String> {
         let mut request = hyper::Request::post(url.uri()?.clone())
             .header(hyper::header::CONTENT_TYPE, content_type)
-            .header(hyper::header::USER_AGENT, USER_AGENT);
+            .header(hyper::header::USER_AGENT, USER_AGENT)
+            .header(hyper::header::ACCEPT, "*/*");
+        if let Some(auth) = url.authorization() {
+            request = request.header(hyper::header::AUTHORIZATION, auth);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        self.send(request).await.map(|(status, _)| status)
+        self.send(request, false).await.map(|(status, _)| status)
     }
 
-    /// GET `uri`: the answer's status and body (its first [`MAX_ANSWER`] bytes), or why there was none.
-    pub async fn get(&self, uri: hyper::Uri) -> Result<(u16, Bytes), String> {
-        let request = hyper::Request::get(uri)
+    /// GET `url` (with its credentials): the answer's status and whole body (at most [`MAX_ANSWER`]
+    /// bytes), or why there was none.
+    pub async fn get(&self, url: &Url) -> Result<(u16, Bytes), String> {
+        let mut request = hyper::Request::get(url.uri()?.clone())
             .header(hyper::header::USER_AGENT, USER_AGENT)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        self.send(request).await
+            .header(hyper::header::ACCEPT, "*/*");
+        if let Some(auth) = url.authorization() {
+            request = request.header(hyper::header::AUTHORIZATION, auth);
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        self.send(request, true).await
     }
 
-    /// The answer is read to its end, so that its connection goes back to the pool.
-    async fn send(&self, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
-        let answered = async {
-            let response = self.pool.request(request).await.map_err(|e| chain(&e))?;
-            let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {}", chain(&*e)))?;
-            Ok((status, body.to_bytes()))
+    /// The answer's status, and its body read to its end, so that its connection goes back to the pool.
+    /// Without `need_body` the status stands whatever becomes of the body (too long, cut, too slow: its
+    /// connection is then closed), as a vendor takes a receiver's answer by its status.
+    async fn send(&self, request: hyper::Request<Full<Bytes>>, need_body: bool) -> Result<(u16, Bytes), String> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.pool.request(request)).await {
+            Ok(response) => response.map_err(|e| chain(&e))?,
+            Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
         };
-        match tokio::time::timeout(self.timeout, answered).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        let status = response.status().as_u16();
+        let body = tokio::time::timeout_at(deadline, Limited::new(response.into_body(), MAX_ANSWER).collect()).await;
+        match body {
+            Ok(Ok(body)) => Ok((status, body.to_bytes())),
+            _ if !need_body => Ok((status, Bytes::new())),
+            Ok(Err(e)) => Err(format!("reading the answer: {}", chain(&*e))),
+            Err(_) => Err(format!("no whole answer within {} ms", self.timeout.as_millis())),
         }
     }
 }
@@ -159,5 +227,19 @@ mod tests {
         assert!(Url::parse("not a url").uri().unwrap_err().contains("not a url"));
         assert!(Url::parse("ftp://example.com/x").uri().unwrap_err().contains("not an http or https URL"));
         assert!(Url::parse("/relative").uri().is_err());
+        assert!(Url::parse("http://example.com:99999/x").uri().unwrap_err().contains("invalid port"));
+        assert!(Url::parse("http://example.com:8o80/x").uri().is_err());
+        assert_eq!(Url::parse("http://Example.COM/x").origin().as_deref(), Some("http://example.com:80"));
+        assert_eq!(Url::parse("http://example.com/a/../b").uri().unwrap().path(), "/b");
+        assert_eq!(Url::parse("http://[::1]:8080/x").origin().as_deref(), Some("http://[::1]:8080"));
+    }
+
+    #[test]
+    fn a_url_s_credentials_go_as_basic_auth_not_in_the_uri() {
+        let u = Url::parse("https://AC123:s%40cret@example.com/hook");
+        assert_eq!(u.uri().unwrap().to_string(), "https://example.com/hook");
+        // base64("AC123:s@cret")
+        assert_eq!(u.authorization().unwrap(), "Basic QUMxMjM6c0BjcmV0");
+        assert!(Url::parse("https://example.com/hook").authorization().is_none());
     }
 }

@@ -765,9 +765,7 @@ impl WebhookSender {
             .append_pair("hub.mode", "subscribe")
             .append_pair("hub.verify_token", &self.inner.verify_token)
             .append_pair("hub.challenge", &challenge);
-        let uri = http::Url::parse(url.as_str());
-        let uri = uri.uri().map_err(|e| Attempt::Unreachable(e.to_owned()))?;
-        match self.inner.client.get(uri.clone()).await {
+        match self.inner.client.get(&http::Url::parse(url.as_str())).await {
             Ok((status, body)) if (200..300).contains(&status) => {
                 if String::from_utf8_lossy(&body).trim() != challenge {
                     tracing::warn!(url = %target.url, "the webhook receiver did not answer the verification challenge");
