@@ -388,6 +388,9 @@ async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
     // Two seconds of vendor time: well above what the mock itself adds, which varies with the machine's load.
     let slow = "{ dist: uniform, min: 1500ms, max: 2500ms }";
     let runs = [
+        // Not compared: the broker's first consumer group pays for what the broker sets up once (on Apache
+        // Kafka, `__consumer_offsets`), and CI saw it add 1.5 – 2 s to every latency of the run that met it.
+        ("warm-up", sms_scenario(dir.path(), "warm-up", 3, slow)),
         ("slow-a", sms_scenario(dir.path(), "slow-a", 1, slow)),
         ("slow-b", sms_scenario(dir.path(), "slow-b", 2, slow)),
         ("fast", sms_scenario(dir.path(), "fast", 1, "{ dist: fixed, value: 5ms }")),
@@ -430,6 +433,7 @@ async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
     };
 
     // The same vendor, another seed: no significant change in DELIVERY, and nothing to fail on.
+    let ids = &ids[1..];
     let out = compare(&ids[0], &ids[1]);
     let same = json(&out);
     let verdicts = delivery(&same);
