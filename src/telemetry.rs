@@ -197,11 +197,12 @@ pub fn webhook_retry(vendor: &'static str) {
 pub fn http_request(vendor: &'static str, status: u16, took: Duration) {
     let mut code = itoa::Buffer::new();
     let code = code.format(status);
-    match (position(&DOORS, vendor), position(&HTTP_STATUSES, code)) {
+    let door = position(&DOORS, vendor);
+    match (door, position(&HTTP_STATUSES, code)) {
         (Some(d), Some(s)) => hot().http_requests[d][s].increment(1),
         _ => counter!(HTTP_REQUESTS, "vendor" => vendor, "status" => code.to_owned()).increment(1),
     }
-    match position(&DOORS, vendor) {
+    match door {
         Some(d) => hot().http_seconds[d].record(took.as_secs_f64()),
         None => histogram!(HTTP_REQUEST_SECONDS, "vendor" => vendor).record(took.as_secs_f64()),
     }

@@ -146,13 +146,7 @@ impl Client {
         headers: &[(&'static str, String)],
         body: Bytes,
     ) -> Result<u16, String> {
-        let mut request = hyper::Request::post(url.uri()?.clone())
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .header(hyper::header::USER_AGENT, USER_AGENT)
-            .header(hyper::header::ACCEPT, "*/*");
-        if let Some(auth) = url.authorization() {
-            request = request.header(hyper::header::AUTHORIZATION, auth);
-        }
+        let mut request = Self::request(hyper::Method::POST, url)?.header(hyper::header::CONTENT_TYPE, content_type);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -163,14 +157,22 @@ impl Client {
     /// GET `url` (with its credentials): the answer's status and whole body (at most [`MAX_ANSWER`]
     /// bytes), or why there was none.
     pub async fn get(&self, url: &Url) -> Result<(u16, Bytes), String> {
-        let mut request = hyper::Request::get(url.uri()?.clone())
+        let request = Self::request(hyper::Method::GET, url)?;
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        self.send(request, true).await
+    }
+
+    /// A request to `url` with what every request carries: the user agent, `Accept`, the URL's credentials.
+    fn request(method: hyper::Method, url: &Url) -> Result<hyper::http::request::Builder, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(url.uri()?.clone())
             .header(hyper::header::USER_AGENT, USER_AGENT)
             .header(hyper::header::ACCEPT, "*/*");
         if let Some(auth) = url.authorization() {
             request = request.header(hyper::header::AUTHORIZATION, auth);
         }
-        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        self.send(request, true).await
+        Ok(request)
     }
 
     /// The answer's status, and its body read to its end, so that its connection goes back to the pool.

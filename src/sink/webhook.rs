@@ -148,7 +148,7 @@ struct Inner {
     max_in_flight: usize,
     delivered: mpsc::UnboundedSender<EventRow>,
     unforwarded: Arc<AtomicI64>,
-    in_flight: Arc<AtomicI64>,
+    in_flight: AtomicI64,
     /// Where deliveries run: an arbiter of their own, so that shutdown can let them finish.
     arbiter: ArbiterHandle,
     time_scale: f64,
@@ -200,7 +200,7 @@ impl WebhookSender {
                 max_in_flight,
                 delivered: tx,
                 unforwarded: Arc::new(AtomicI64::new(0)),
-                in_flight: Arc::new(AtomicI64::new(0)),
+                in_flight: AtomicI64::new(0),
                 arbiter,
                 time_scale,
                 handshakes: Default::default(),
