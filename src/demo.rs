@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -18,6 +17,29 @@ use crate::kafka::embedded::EmbeddedBroker;
 use crate::model::Channel;
 use crate::scenario::Scenario;
 use crate::store::Store;
+
+/// What can stop the demo, or the helpers it shares.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("publishing the sample batch: {0}")]
+    Publish(rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::ScenarioError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("opening the store at {url}: {source}")]
+    OpenStore { url: String, source: crate::store::StoreError },
+    #[error(transparent)]
+    Pipeline(#[from] crate::actors::pipeline::PipelineError),
+    #[error("the demo's check failed: Kafka and the store disagree")]
+    CheckFailed,
+}
+
+pub type Result<T, E = DemoError> = std::result::Result<T, E>;
 
 /// The default scenario, built in so the demo runs from any directory.
 pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.yaml");
@@ -74,7 +96,12 @@ pub fn sample_batch(run: &str, n: usize) -> Vec<SampleMessage> {
 }
 
 /// Publish raw records; waits for every delivery.
-pub async fn publish(brokers: &str, topic: &str, messages: &[SampleMessage], progress: Option<&ProgressBar>) -> anyhow::Result<()> {
+pub async fn publish(
+    brokers: &str,
+    topic: &str,
+    messages: &[SampleMessage],
+    progress: Option<&ProgressBar>,
+) -> Result<()> {
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -93,7 +120,7 @@ pub async fn publish(brokers: &str, topic: &str, messages: &[SampleMessage], pro
             )
         });
         for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| e).context("publishing the sample batch")?;
+            r.map_err(|(e, _)| DemoError::Publish(e))?;
         }
         if let Some(p) = progress {
             p.inc(chunk.len() as u64);
@@ -115,7 +142,7 @@ pub struct ReadRecord {
 
 /// Read a topic from the beginning until `want` records have arrived or nothing came for `idle`.
 /// Does not rely on the broker's high watermark.
-pub fn read_topic(brokers: &str, topic: &str, want: usize, idle: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+pub fn read_topic(brokers: &str, topic: &str, want: usize, idle: Duration) -> Result<Vec<ReadRecord>> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("understudy-reader-{}", uuid::Uuid::new_v4()))
@@ -158,7 +185,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
-pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, opts: DemoOptions) -> Result<()> {
     let run_id = format!("demo{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let base = match &opts.scenario {
         Some(p) => Scenario::load(p)?,
@@ -186,7 +213,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         settings.store.url = Some(format!("sqlite://{}", path.display()));
     }
     let url = settings.store.url_or_default();
-    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let store = Store::connect(&url, 2).await.map_err(|source| DemoError::OpenStore { url: redact(&url), source })?;
 
     println!("Understudy demo");
     println!("  scenario  {} (time_scale {})", scenario.name(), scenario.file.time_scale);
@@ -195,10 +222,8 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     println!("  messages  {} over email, sms, whatsapp\n", opts.messages);
 
     let batch = sample_batch(&run_id, opts.messages);
-    let expected_events: usize = batch
-        .iter()
-        .map(|m| scenario.plan(m.channel, &m.payload_id).map_or(0, |p| p.steps.len()))
-        .sum();
+    let expected_events: usize =
+        batch.iter().map(|m| scenario.plan(m.channel, &m.payload_id).map_or(0, |p| p.steps.len())).sum();
 
     let pipeline = Pipeline::start(&settings, scenario.clone(), &brokers).await?;
     let started = Instant::now();
@@ -251,7 +276,10 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
         totals.events as f64 / secs,
         totals.messages as f64 / secs
     );
-    let ok = missing_in_kafka == 0 && in_kafka.len() == stored.len() && unfinished == 0 && totals.events as usize == expected_events;
+    let ok = missing_in_kafka == 0
+        && in_kafka.len() == stored.len()
+        && unfinished == 0
+        && totals.events as usize == expected_events;
     println!(
         "  check: {} acks in Kafka ({} distinct), {} events in the store, {} planned; {} stored but not in Kafka, {} unfinished lifecycles, {} duplicate acks {}",
         acks.len(),
@@ -265,7 +293,7 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     );
     store.close().await;
     if !ok {
-        anyhow::bail!("the demo's check failed: Kafka and the store disagree");
+        return Err(DemoError::CheckFailed);
     }
     Ok(())
 }

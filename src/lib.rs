@@ -8,6 +8,7 @@ pub mod actors;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod error;
 pub mod json;
 pub mod kafka;
 pub mod load;

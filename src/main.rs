@@ -335,7 +335,7 @@ fn main() -> ExitCode {
             match reached {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", understudy::error::chain(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -390,7 +390,7 @@ fn main() -> ExitCode {
             }
             telemetry::init_tracing(&settings.telemetry);
             let opts = demo::DemoOptions { messages, time_scale, scenario: common.scenario.clone() };
-            report(actix::System::new().block_on(demo::run(settings, opts)))
+            report(actix::System::new().block_on(demo::run(settings, opts)).map_err(anyhow::Error::from))
         }
     }
 }
@@ -408,11 +408,11 @@ fn config_error(e: impl std::fmt::Display) -> ExitCode {
 }
 
 /// An exit code chosen by the command (gates, usage), or 1 for an error.
-fn exit(r: anyhow::Result<u8>) -> ExitCode {
+fn exit<E: std::error::Error + 'static>(r: Result<u8, E>) -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", understudy::error::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -422,7 +422,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", understudy::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -267,19 +267,28 @@ pub fn init_tracing(settings: &TelemetrySettings) {
 }
 
 /// Start the Prometheus exporter on `addr`.
-pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+/// The Prometheus exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the metrics exporter on {addr}: {reason} (check `telemetry.metrics_addr`)")]
+pub struct MetricsError {
+    pub addr: SocketAddr,
+    pub reason: String,
+}
+
+pub fn init_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
+    let error = |e: metrics_exporter_prometheus::BuildError| MetricsError { addr, reason: e.to_string() };
     let lag_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let rows_buckets = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0];
     let http_buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Full(EMISSION_LAG_SECONDS.into()), &lag_buckets)?
-        .set_buckets_for_metric(Matcher::Full(PERSIST_SECONDS.into()), &lag_buckets)?
-        .set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets)?
-        .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), &http_buckets)?
-        .set_buckets_for_metric(Matcher::Full(WEBHOOK_SECONDS.into()), &http_buckets)?
-        .install()
-        .map_err(|e| anyhow::anyhow!("cannot start the metrics exporter on {addr}: {e}"))?;
+        .set_buckets_for_metric(Matcher::Full(EMISSION_LAG_SECONDS.into()), &lag_buckets)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PERSIST_SECONDS.into()), &lag_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), &http_buckets))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WEBHOOK_SECONDS.into()), &http_buckets))
+        .and_then(|b| b.install())
+        .map_err(error)?;
     metrics::describe_counter!(
         HTTP_REQUESTS,
         "Requests to the front doors, by vendor (the path's; `other` for none) and HTTP status."

@@ -128,6 +128,26 @@ fn run_refuses_an_invalid_config() {
 }
 
 #[test]
+fn a_failing_command_says_its_error_and_each_cause_once() {
+    // A store that cannot be opened: sqlx's errors repeat their causes in their own messages.
+    let out = understudy()
+        .args(["report"])
+        .env("UNDERSTUDY__STORE__URL", "sqlite:///nonexistent/dir/store.db")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: opening the store at sqlite:///nonexistent/dir/store.db: "), "{err}");
+    assert_eq!(err.matches("unable to open database file").count(), 1, "{err}");
+
+    // A cause kept only behind the error's source is told.
+    let out = understudy().args(["load", "--template", "/nonexistent/template.json", "--mock"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: reading the template /nonexistent/template.json: No such file"), "{err}");
+}
+
+#[test]
 fn environment_overrides_are_checked_too() {
     let out = understudy()
         .args(["run"])

@@ -3,17 +3,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
 use crate::actors::pipeline::Pipeline;
 use crate::config::{Settings, redact};
 use crate::kafka::embedded::EmbeddedBroker;
 use crate::load::gate::{Gate, GateError, Verdict};
 use crate::load::message::{Mix, Template};
 use crate::load::profile::Profile;
-use crate::load::{self, LoadSettings};
+use crate::load::{self, LoadError, LoadSettings, Result};
 use crate::scenario::Scenario;
 use crate::store::Store;
+
+/// The store at `url`, migrated; an error names the URL without its password.
+async fn open_store(url: &str) -> Result<Store> {
+    Store::connect(url, 2).await.map_err(|source| LoadError::OpenStore { url: redact(url), source })
+}
 
 /// Exit code for bad usage or config (as for the other commands).
 pub const USAGE_EXIT: u8 = 2;
@@ -241,15 +244,14 @@ pub fn parse_gates(texts: &[String]) -> Result<Vec<Gate>, GateError> {
 /// `understudy load`: the exit code is 0, or [`load::GATE_FAILED_EXIT`] when a gate failed.
 /// `broker`: where the embedded broker of `--mock` is left, for the caller to stop after everything else
 /// (stopped first, it would have the Kafka clients still winding down log that it went away).
-pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<EmbeddedBroker>) -> anyhow::Result<u8> {
+pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<EmbeddedBroker>) -> Result<u8> {
     let gates = match parse_gates(&args.gates) {
         Ok(g) => g,
         Err(e) => return Ok(config_error(e)),
     };
     let template = match &args.template {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading the template {}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(LoadError::file("reading the template", path))?;
             match text.parse::<Template>() {
                 Ok(t) => (t, Some(text)),
                 Err(e) => return Ok(config_error(format!("{}: {e}", path.display()))),
@@ -286,8 +288,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     }
     let recipients = match &args.recipients {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading the recipients {}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(LoadError::file("reading the recipients", path))?;
             match load::message::parse_recipients(&path.display().to_string(), &text) {
                 Ok(r) => r,
                 Err(e) => return Ok(config_error(e)),
@@ -401,7 +402,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
             let (tx, rx) = std::sync::mpsc::channel();
             let receiver =
                 load::door::Receiver::start(args.receiver, args.receiver_url.clone(), credentials.clone(), tx)
-                    .with_context(|| format!("listening for webhooks on {}", args.receiver))?;
+                    .map_err(LoadError::io(format!("listening for webhooks on {}", args.receiver)))?;
             let url = format!("{}{}", receiver.public_url(), load::door::webhook_path(vendor));
             if args.mock {
                 settings.http.listen_addr.get_or_insert_with(|| "127.0.0.1:0".parse().expect("an address"));
@@ -430,7 +431,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         .await?;
     }
     let url = settings.store.url_or_default();
-    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let store = open_store(&url).await?;
     // Generator 0 merges what the store holds under the run id: parts already there ended before it began,
     // so they belong to an earlier run under the same id.
     if merges {
@@ -551,7 +552,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
         // The figures are not lost with the store: print them, then report the failure.
         let summary = load::report::summary(&run_id, 1, &outcome.results, &outcome.verdicts);
         eprint!("{}", load::report::text(&summary));
-        return Err(e.context("storing the run (its summary is above)"));
+        return Err(LoadError::Save(Box::new(e)));
     }
     // What is printed is what was stored: this process's part (`report` merges the parts of a run), or,
     // for generator 0 of several, the merged run once the other parts are in.
@@ -571,11 +572,7 @@ pub async fn load(mut settings: Settings, args: LoadArgs, broker: &mut Option<Em
     }
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(u32::to_string).collect();
-        anyhow::bail!(
-            "generator(s) {} of run {run_id} stored no part within --wait-for-parts {}: the run above lacks them",
-            names.join(", "),
-            humantime::format_duration(args.wait_for_parts)
-        );
+        return Err(LoadError::MissingParts { run_id, generators: names.join(", "), wait: args.wait_for_parts });
     }
     code
 }
@@ -587,7 +584,7 @@ async fn wait_for_parts(
     run_id: &str,
     n: u32,
     wait: std::time::Duration,
-) -> anyhow::Result<(load::StoredRun, Vec<u32>)> {
+) -> Result<(load::StoredRun, Vec<u32>)> {
     let deadline = std::time::Instant::now() + wait;
     let mut told = false;
     loop {
@@ -616,7 +613,7 @@ async fn output(
     verdicts: &[Verdict],
     format: OutputFormat,
     html: Option<&std::path::Path>,
-) -> anyhow::Result<u8> {
+) -> Result<u8> {
     let summary = load::report::summary(&run.run_id, run.generators, &run.results, verdicts);
     let mut events =
         if format == OutputFormat::Csv || html.is_some() { store.run_events(&run.run_id).await? } else { Vec::new() };
@@ -632,14 +629,16 @@ async fn output(
             let written = load::report::csv(run, &events, &mut out).and_then(|()| std::io::Write::flush(&mut out));
             // A reader that stops early (`| head`) is not an error.
             match written {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(LoadError::Io { what: "writing the CSV".into(), source: e });
+                }
                 _ => {}
             }
         }
     }
     if let Some(path) = html {
         std::fs::write(path, load::html::render(run, &events, verdicts))
-            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+            .map_err(LoadError::file("writing the HTML report to", path))?;
         if format == OutputFormat::Text {
             println!("  report    {}", path.display());
         }
@@ -654,13 +653,13 @@ async fn output(
     }
 }
 
-pub async fn report(settings: &Settings, args: ReportArgs) -> anyhow::Result<u8> {
+pub async fn report(settings: &Settings, args: ReportArgs) -> Result<u8> {
     let gates = match parse_gates(&args.gates) {
         Ok(g) => g,
         Err(e) => return Ok(config_error(e)),
     };
     let url = settings.store.url_or_default();
-    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let store = open_store(&url).await?;
     let Some(run_id) = args.run else {
         let runs = store.list_runs(50).await?;
         if runs.is_empty() {
@@ -708,12 +707,12 @@ pub struct CompareArgs {
     pub fail_on_regression: bool,
 }
 
-pub async fn compare(settings: &Settings, args: CompareArgs) -> anyhow::Result<u8> {
+pub async fn compare(settings: &Settings, args: CompareArgs) -> Result<u8> {
     if args.format == OutputFormat::Csv {
         return Ok(config_error("compare prints `text` or `json`"));
     }
     let url = settings.store.url_or_default();
-    let store = Store::connect(&url, 2).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
+    let store = open_store(&url).await?;
     let a = load::load(&store, &args.run_a).await?;
     let b = load::load(&store, &args.run_b).await?;
     let (ea, eb) = (store.run_events(&a.run_id).await?, store.run_events(&b.run_id).await?);

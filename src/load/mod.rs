@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod compare;
 pub mod door;
+pub mod error;
 pub mod gate;
 pub mod html;
 pub mod message;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::KafkaSettings;
 use crate::model::{Channel, Status};
 use crate::wire::headers::{INTENDED_AT_HEADER, RUN_ID_HEADER};
+pub use error::{LoadError, Result};
 use gate::{Gate, Verdict};
 use message::MessageFactory;
 use profile::Profile;
@@ -211,19 +213,15 @@ pub async fn run(
     template: message::Template,
     gates: &[Gate],
     progress: Progress,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome> {
     let profile: Profile = settings.profile.parse()?;
     let mut total = profile.total();
     if let Some(max) = settings.max_messages {
         total = total.min(max);
     }
-    anyhow::ensure!(
-        total <= MAX_MESSAGES,
-        "the profile `{}` calls for {total} messages; one process sends at most {MAX_MESSAGES} in a run (it keeps \
-         about 2 bytes per message and 40 per ack in memory): cap it with --messages or split it over processes \
-         with --generator",
-        settings.profile
-    );
+    if total > MAX_MESSAGES {
+        return Err(LoadError::TooManyMessages { profile: settings.profile.clone(), total, max: MAX_MESSAGES });
+    }
     let schedule = Arc::new(Schedule {
         profile,
         batch_size: settings.batch_size.max(1),
@@ -248,15 +246,19 @@ pub async fn run(
                 let pointers = (settings.ack_payload_id.clone(), settings.ack_status.clone());
                 std::thread::Builder::new()
                     .name("load-correlator".into())
-                    .spawn(move || correlate(consumer, &shared, &schedule, &factory, &pointers))?
+                    .spawn(move || correlate(consumer, &shared, &schedule, &factory, &pointers))
+                    .map_err(LoadError::io("starting the correlator thread"))?
             };
             let generator = {
                 let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
                 let topic = settings.topic.clone();
                 let epoch_us = started_at.timestamp_micros();
-                std::thread::Builder::new().name("load-generator".into()).spawn(move || {
-                    (generate(producer, &shared, &schedule, &factory, &topic, late_after_us, epoch_us), None)
-                })?
+                std::thread::Builder::new()
+                    .name("load-generator".into())
+                    .spawn(move || {
+                        (generate(producer, &shared, &schedule, &factory, &topic, late_after_us, epoch_us), None)
+                    })
+                    .map_err(LoadError::io("starting the generator thread"))?
             };
             (correlator, generator)
         }
@@ -265,14 +267,18 @@ pub async fn run(
                 let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
                 std::thread::Builder::new()
                     .name("load-correlator".into())
-                    .spawn(move || correlate_observed(observed, &shared, &schedule, &factory))?
+                    .spawn(move || correlate_observed(observed, &shared, &schedule, &factory))
+                    .map_err(LoadError::io("starting the correlator thread"))?
             };
             let generator = {
                 let (shared, schedule, factory) = (shared.clone(), schedule.clone(), factory.clone());
-                std::thread::Builder::new().name("load-generator".into()).spawn(move || {
-                    let (sent, figures) = door::generate(&target, &shared, &schedule, &factory, late_after_us);
-                    (sent, Some(figures))
-                })?
+                std::thread::Builder::new()
+                    .name("load-generator".into())
+                    .spawn(move || {
+                        let (sent, figures) = door::generate(&target, &shared, &schedule, &factory, late_after_us);
+                        (sent, Some(figures))
+                    })
+                    .map_err(LoadError::io("starting the generator thread"))?
             };
             (correlator, generator)
         }
@@ -292,7 +298,7 @@ pub async fn run(
                 if shared.stop_sending.swap(true, Ordering::Relaxed) {
                     shared.stop_correlating.store(true, Ordering::Relaxed);
                     bar.abandon();
-                    anyhow::bail!("interrupted twice: the run is not stored");
+                    return Err(LoadError::Interrupted);
                 }
                 bar.println("interrupted: sending stops; waiting for the acks of what was sent (Ctrl-C again to quit)");
                 interrupt = Box::pin(tokio::signal::ctrl_c());
@@ -346,8 +352,8 @@ pub async fn run(
     }
     bar.finish_and_clear();
     shared.stop_correlating.store(true, Ordering::Relaxed);
-    let (sent, http) = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
-    let correlated = correlator.join().map_err(|_| anyhow::anyhow!("the correlator thread panicked"))?;
+    let (sent, http) = generator.join().map_err(|_| LoadError::Panicked("generator"))?;
+    let correlated = correlator.join().map_err(|_| LoadError::Panicked("correlator"))?;
 
     let mut results = Results::new(started_at, total, settings.late_after_ms);
     results.sending_ended_at = started_at + chrono::Duration::microseconds(sent.last_send_us as i64);
@@ -419,7 +425,7 @@ pub async fn run(
 }
 
 /// The messages of a generator process, as its settings describe them.
-fn message_factory(settings: &LoadSettings, template: message::Template) -> anyhow::Result<MessageFactory> {
+fn message_factory(settings: &LoadSettings, template: message::Template) -> Result<MessageFactory> {
     Ok(MessageFactory::new(
         &settings.run_id,
         settings.generator,
@@ -462,7 +468,7 @@ pub fn explain_lost(
     scenario: &crate::scenario::Scenario,
     input: &crate::config::InputSettings,
     gates: &[Gate],
-) -> anyhow::Result<()> {
+) -> Result<()> {
     use crate::kafka::decode::{Decoder, RawRecord};
     let factory = message_factory(&outcome.settings, template)?;
     let decoder = Decoder::new(input.clone()).with_rule_headers(scenario.rule_headers());
@@ -516,7 +522,7 @@ pub fn explain_lost(
 }
 
 /// Store a finished run (this process's part of it).
-pub async fn save(store: &crate::store::Store, outcome: &Outcome, scenario: Option<String>) -> anyhow::Result<()> {
+pub async fn save(store: &crate::store::Store, outcome: &Outcome, scenario: Option<String>) -> Result<()> {
     let r = &outcome.results;
     store
         .save_run(&crate::store::RunRow {
@@ -557,19 +563,15 @@ pub struct StoredRun {
 }
 
 /// Read a run back from the store.
-pub async fn load(store: &crate::store::Store, run_id: &str) -> anyhow::Result<StoredRun> {
+pub async fn load(store: &crate::store::Store, run_id: &str) -> Result<StoredRun> {
     load_parts(store, run_id, None).await
 }
 
 /// Read a run back from the store: every generator process's part merged, or only `generator`'s.
-pub async fn load_parts(
-    store: &crate::store::Store,
-    run_id: &str,
-    generator: Option<u32>,
-) -> anyhow::Result<StoredRun> {
+pub async fn load_parts(store: &crate::store::Store, run_id: &str, generator: Option<u32>) -> Result<StoredRun> {
     match load_stored(store, run_id, generator).await? {
         Some(run) => Ok(run),
-        None => anyhow::bail!("no run `{run_id}` in the store (`understudy report` lists the stored runs)"),
+        None => Err(LoadError::NoRun(run_id.to_owned())),
     }
 }
 
@@ -578,17 +580,18 @@ pub async fn load_stored(
     store: &crate::store::Store,
     run_id: &str,
     generator: Option<u32>,
-) -> anyhow::Result<Option<StoredRun>> {
+) -> Result<Option<StoredRun>> {
     let mut parts = store.run_parts(run_id).await?;
     if let Some(g) = generator {
         parts.retain(|p| p.generator == g as i32);
     }
     let Some(first) = parts.first() else { return Ok(None) };
-    let mut results: Results = serde_json::from_str(&first.results)?;
-    let mut settings = vec![serde_json::from_str(&first.settings)?];
+    let unreadable = |source| LoadError::StoredRun { run_id: run_id.to_owned(), source };
+    let mut results: Results = serde_json::from_str(&first.results).map_err(unreadable)?;
+    let mut settings = vec![serde_json::from_str(&first.settings).map_err(unreadable)?];
     for p in &parts[1..] {
-        results.merge(&serde_json::from_str(&p.results)?);
-        settings.push(serde_json::from_str(&p.settings)?);
+        results.merge(&serde_json::from_str(&p.results).map_err(unreadable)?);
+        settings.push(serde_json::from_str(&p.settings).map_err(unreadable)?);
     }
     Ok(Some(StoredRun {
         run_id: run_id.to_owned(),
@@ -629,7 +632,7 @@ fn producer_config(kafka: &KafkaSettings, brokers: &str) -> ClientConfig {
 }
 
 /// A consumer assigned every partition of the ack topic at its current end.
-fn ack_consumer(kafka: &KafkaSettings, brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+fn ack_consumer(kafka: &KafkaSettings, brokers: &str, topic: &str) -> Result<BaseConsumer> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("client.id", "understudy-load")
@@ -652,7 +655,9 @@ fn ack_consumer(kafka: &KafkaSettings, brokers: &str, topic: &str) -> anyhow::Re
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    anyhow::ensure!(!partitions.is_empty(), "the ack topic `{topic}` does not exist (or has no partitions)");
+    if partitions.is_empty() {
+        return Err(LoadError::NoAckTopic(topic.to_owned()));
+    }
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         // Acks already in the topic belong to earlier runs; the correlator skips any it still reads (a
