@@ -24,7 +24,7 @@ pub enum DemoError {
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("publishing the sample batch: {0}")]
-    Publish(rdkafka::error::KafkaError),
+    Publish(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaError),
     #[error(transparent)]

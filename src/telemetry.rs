@@ -269,14 +269,15 @@ pub fn init_tracing(settings: &TelemetrySettings) {
 /// Start the Prometheus exporter on `addr`.
 /// The Prometheus exporter could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the metrics exporter on {addr}: {reason} (check `telemetry.metrics_addr`)")]
+#[error("cannot start the metrics exporter on {addr}: {source} (check `telemetry.metrics_addr`)")]
 pub struct MetricsError {
     pub addr: SocketAddr,
-    pub reason: String,
+    #[source]
+    pub source: metrics_exporter_prometheus::BuildError,
 }
 
+/// Start the Prometheus exporter on `addr`.
 pub fn init_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
-    let error = |e: metrics_exporter_prometheus::BuildError| MetricsError { addr, reason: e.to_string() };
     let lag_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let rows_buckets = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0];
     let http_buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -287,8 +288,9 @@ pub fn init_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), &http_buckets))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WEBHOOK_SECONDS.into()), &http_buckets))
-        .and_then(|b| b.install())
-        .map_err(error)?;
+        .expect("the buckets are not empty")
+        .install()
+        .map_err(|source| MetricsError { addr, source })?;
     metrics::describe_counter!(
         HTTP_REQUESTS,
         "Requests to the front doors, by vendor (the path's; `other` for none) and HTTP status."

@@ -36,7 +36,7 @@ pub enum LoadError {
     Io { what: String, source: std::io::Error },
     #[error("the stored run `{run_id}` cannot be read: {source}")]
     StoredRun { run_id: String, source: serde_json::Error },
-    #[error("the run cannot be written as JSON: {0}")]
+    #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("no run `{0}` in the store (`understudy report` lists the stored runs)")]
     NoRun(String),
@@ -45,7 +45,7 @@ pub enum LoadError {
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
     #[error("storing the run (its summary is above): {0}")]
-    Save(Box<LoadError>),
+    Save(#[source] Box<LoadError>),
     #[error(
         "generator(s) {generators} of run {run_id} stored no part within --wait-for-parts {}: the run above lacks \
          them",
