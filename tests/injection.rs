@@ -215,9 +215,10 @@ async fn injected_faults_shape_the_acks_and_are_marked_in_the_store(k: Kafka) {
         assert_eq!((evs.len(), evs[0].status, evs[0].error_code.as_deref()), (1, Reject, Some("30008")));
         if received[&id("held", i)] < window_end.timestamp_micros() {
             in_window += 1;
-            let first =
-                by_payload[&id("held", i)].iter().filter_map(|e| e.1.as_ref()).map(|e| e.scheduled_at).min().unwrap();
-            assert!(first >= window_end, "held until the window ends");
+            // Email corrupts each ack with probability 0.1, so all three acks of a message are unreadable
+            // about once in a thousand (once in ten runs of these 100): such a message has nothing to time.
+            let first = by_payload[&id("held", i)].iter().filter_map(|e| e.1.as_ref()).map(|e| e.scheduled_at).min();
+            assert!(first.is_none_or(|first| first >= window_end), "held until the window ends");
             assert!(marked(&id("held", i), "outage"));
         }
     }
