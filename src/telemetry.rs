@@ -281,16 +281,18 @@ pub fn init_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
     let lag_buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let rows_buckets = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0];
     let http_buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Full(EMISSION_LAG_SECONDS.into()), &lag_buckets)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PERSIST_SECONDS.into()), &lag_buckets))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PERSIST_BATCH_ROWS.into()), &rows_buckets))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), &http_buckets))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WEBHOOK_SECONDS.into()), &http_buckets))
-        .expect("the buckets are not empty")
-        .install()
-        .map_err(|source| MetricsError { addr, source })?;
+    let error = |source| MetricsError { addr, source };
+    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    for (name, buckets) in [
+        (EMISSION_LAG_SECONDS, &lag_buckets[..]),
+        (PERSIST_SECONDS, &lag_buckets),
+        (PERSIST_BATCH_ROWS, &rows_buckets),
+        (HTTP_REQUEST_SECONDS, &http_buckets),
+        (WEBHOOK_SECONDS, &http_buckets),
+    ] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), buckets).map_err(error)?;
+    }
+    builder.install().map_err(error)?;
     metrics::describe_counter!(
         HTTP_REQUESTS,
         "Requests to the front doors, by vendor (the path's; `other` for none) and HTTP status."

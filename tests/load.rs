@@ -390,7 +390,8 @@ async fn compare_tells_a_real_difference_from_noise(k: Kafka) {
     let runs = [
         // Not compared: the first run on a fresh Apache Kafka broker meets its cold JVM. The broker spent
         // 8 s of CPU in that run's 5.5 s (the JIT compiling its hot paths, on the same two cores) and 4 s
-        // in each later one; SEND p50 was 93 – 406 ms against 16 – 40 ms after it (CI once saw 1,554 ms).
+        // in each later one; over seven fresh brokers SEND p50 was 45 – 406 ms in the first run against
+        // 15 – 40 ms after it (CI once saw 1,554 ms).
         // Not `__consumer_offsets`: with it created before the runs, the first run was as late.
         ("warm-up", sms_scenario(dir.path(), "warm-up", 3, slow)),
         ("slow-a", sms_scenario(dir.path(), "slow-a", 1, slow)),
